@@ -1,0 +1,166 @@
+"""`sbx doctor`: what this host allows, each finding with a fix hint.
+
+Probes run in a forked child that creates its own namespaces, so the answer
+is what `sbx run` will really meet, not a guess from sysctls alone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+from .frozen import dataclass
+
+
+@dataclass(frozen=True)
+class Finding:
+    name: str
+    status: str  # "ok", "warn" (works, weaker) or "fail" (sbx run cannot work)
+    detail: str
+    fix: str = ""
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _probe_in_child() -> dict[str, str]:
+    """Fork; in the child create the namespaces and try what init does; report key=value lines."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        out: list[str] = []
+        try:
+            _probe(out)
+        except BaseException as exc:  # report, never raise out of a forked child
+            out.append(f"error={exc}")
+        os.write(write_fd, "\n".join(out).encode())
+        os._exit(0)
+    os.close(write_fd)
+    chunks = []
+    while True:
+        chunk = os.read(read_fd, 4096)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(read_fd)
+    os.waitpid(pid, 0)
+    return dict(line.split("=", 1) for line in b"".join(chunks).decode().splitlines() if "=" in line)
+
+
+def _probe(out: list[str]) -> None:
+    from . import linux, rootfs
+
+    uid, gid = os.getuid(), os.getgid()
+    try:
+        linux.unshare(linux.CLONE_NEWUSER | linux.CLONE_NEWNS)
+        for path, text in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", f"0 {uid} 1"),
+                           ("/proc/self/gid_map", f"0 {gid} 1")):
+            with open(path, "w") as f:
+                f.write(text)
+    except OSError as exc:
+        out.append(f"userns=no: {exc.strerror}")
+        return
+    out.append("userns=yes")
+    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+    base = rootfs.staging_dir()
+    try:
+        rootfs.attach(rootfs.tmpfs(1 << 20, "0755", 0), os.open(base, os.O_PATH | os.O_CLOEXEC))
+    except OSError as exc:
+        out.append(f"tmpfs=no: {exc.strerror}")
+        return
+    out.append("tmpfs=yes")
+    out.append("xattr=" + ("yes" if rootfs.supports_user_xattrs(base) else "no"))
+    for name in ("u", "w", "m"):
+        os.mkdir(f"{base}/{name}")
+    try:
+        fd = rootfs.overlay("/usr", f"{base}/u", f"{base}/w", 0)
+        rootfs.attach(fd, os.open(f"{base}/m", os.O_PATH | os.O_CLOEXEC))
+        out.append("overlay=yes")
+    except OSError as exc:
+        out.append(f"overlay=no: {exc.strerror}")
+
+
+def findings() -> list[Finding]:
+    result = [Finding("kernel", "ok", os.uname().release)]
+    probe = _probe_in_child()
+    userns = probe.get("userns", "no")
+    if userns != "yes":
+        hints = []
+        if _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
+            hints.append("AppArmor restricts unprivileged user namespaces: "
+                         "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0 (or an AppArmor profile for sbx)")
+        if _read("/proc/sys/kernel/unprivileged_userns_clone") == "0":
+            hints.append("sysctl -w kernel.unprivileged_userns_clone=1")
+        if _read("/proc/sys/user/max_user_namespaces") == "0":
+            hints.append("sysctl -w user.max_user_namespaces=15000")
+        result.append(Finding("user namespaces", "fail", userns.partition(": ")[2] or "unavailable",
+                              "; ".join(hints) or "enable unprivileged user namespaces in the kernel"))
+        return result + _helpers()
+    result.append(Finding("user namespaces", "ok", "unprivileged user namespaces work"))
+    tmpfs = probe.get("tmpfs", "no")
+    result.append(Finding("tmpfs in a user namespace", "ok" if tmpfs == "yes" else "fail", tmpfs))
+    if probe.get("xattr") == "yes" and probe.get("overlay") == "yes":
+        result.append(Finding("writable layer", "ok", "overlayfs over the host image, upper on tmpfs "
+                                                      "(tmpfs has user xattrs)"))
+    elif probe.get("overlay", "").startswith("no"):
+        result.append(Finding("writable layer", "fail", f"overlay in a user namespace: {probe.get('overlay')}",
+                              "sbx needs Linux >= 5.11 for overlayfs in a user namespace"))
+    else:
+        result.append(Finding("writable layer", "warn",
+                              "tmpfs has no user.* xattrs (Linux < 6.6): the host image's /usr, /bin, ... are "
+                              "read-only binds instead of copy-on-write overlays, and -v SRC:DST:overlay is "
+                              "refused; /, /tmp, /etc, new paths and rw binds stay writable and size-limited",
+                              "Linux >= 6.6 gives tmpfs user xattrs"))
+    result.append(_cgroup())
+    return result + _helpers()
+
+
+def _cgroup() -> Finding:
+    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        return Finding("cgroup v2", "warn", "unified hierarchy present; delegation is not used by sbx yet, "
+                       "so memory/pids/cpu limits fall back to rlimits")
+    return Finding("cgroup v2", "warn", "no unified cgroup v2 hierarchy with controllers (cgroup v1 or hybrid): "
+                   "limits fall back to per-process rlimits and a wall timer",
+                   "boot with systemd.unified_cgroup_hierarchy=1 and delegate controllers to your user "
+                   "(Delegate= in user@.service)")
+
+
+def _helpers() -> list[Finding]:
+    found = []
+    for tool, purpose in (("pasta", "user-mode networking (--network pasta)"),
+                          ("slirp4netns", "user-mode networking fallback"),
+                          ("newuidmap", "id ranges for images with many owners")):
+        path = shutil.which(tool)
+        found.append(Finding(tool, "ok" if path else "warn", path or f"not installed: needed for {purpose}",
+                             "" if path else f"apt-get install {'passt' if tool == 'pasta' else 'uidmap' if tool == 'newuidmap' else tool}"))
+    import ctypes.util
+
+    lib = ctypes.util.find_library("seccomp")
+    found.append(Finding("libseccomp", "ok" if lib else "warn", lib or "not found",
+                         "" if lib else "apt-get install libseccomp2"))
+    return found
+
+
+def main(args: list[str]) -> int:
+    if args and args[0] in ("-h", "--help"):
+        sys.stdout.write("usage: sbx doctor\n\nChecks what this host allows sbx to do, with fixes.\n")
+        return 0
+    if args:
+        from .errors import UsageError
+
+        raise UsageError(f"doctor takes no arguments (got {args[0]!r})")
+    worst = "ok"
+    for finding in findings():
+        sys.stdout.write(f"{finding.status:4}  {finding.name}: {finding.detail}\n")
+        if finding.fix:
+            sys.stdout.write(f"      fix: {finding.fix}\n")
+        if finding.status == "fail":
+            worst = "fail"
+    return 1 if worst == "fail" else 0

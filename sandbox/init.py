@@ -1,0 +1,187 @@
+"""Inside the sandbox: the namespace entry process and pid 1.
+
+The supervisor forks `enter`, which creates the namespaces (a user namespace
+mapping root inside to the caller, plus mount, pid, ipc, uts, cgroup and
+usually net) and forks pid 1 (`init`).  Init builds the root filesystem,
+forks the payload (pid 2), reaps orphans and forwards signals.  When the
+payload exits, init kills everything left, reaps it, reports the payload's
+status and the sandbox's rusage, and exits, which ends the pid namespace.
+
+Each of these processes dies with its parent (PR_SET_PDEATHSIG), so killing
+the supervisor, even with SIGKILL, brings the whole sandbox down.
+
+Messages to the supervisor are lines on one pipe:
+    P <pid>                      init's pid outside (from enter)
+    R                            root built, payload waiting for release
+    E <message>                  setup failed
+    X <status> <utime> <stime> <maxrss_kib>   the payload's wait status
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal as _signal
+else:
+    import _signal  # `signal` itself imports enum: ~4 ms at start-up
+import os
+import resource
+
+from . import linux, rootfs
+from . import payload as payload_mod
+from .errors import EXIT_SBX, SbxError
+from .spec import Spec
+
+FORWARDED = (_signal.SIGTERM, _signal.SIGHUP, _signal.SIGINT, _signal.SIGQUIT, _signal.SIGUSR1, _signal.SIGUSR2)
+
+
+def _say(fd: int, line: str) -> None:
+    os.write(fd, (line.replace("\n", " ") + "\n").encode(errors="replace"))
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _fail(report_w: int, exc: BaseException) -> None:
+    if isinstance(exc, SbxError):
+        message = str(exc)
+    elif isinstance(exc, OSError):
+        message = f"cannot set up the sandbox: {exc.strerror if exc.filename is None else exc}"
+        if exc.args and isinstance(exc.args[-1], str) and ":" in exc.args[-1]:
+            message = f"cannot set up the sandbox: {exc.args[-1]}"
+    else:
+        message = f"cannot set up the sandbox: {exc!r}"
+    if os.environ.get("SBX_DEBUG"):
+        import traceback
+
+        traceback.print_exception(exc)
+    try:
+        _say(report_w, "E " + message)
+    finally:
+        os._exit(EXIT_SBX)
+
+
+def enter(spec: Spec, report_w: int, release_r: int, exec_w: int, stdio: tuple[int, int, int],
+          supervisor: int) -> None:
+    """The supervisor's child: create the namespaces, fork init, wait for it."""
+    try:
+        linux.prctl(linux.PR_SET_PDEATHSIG, _signal.SIGKILL)
+        if os.getppid() != supervisor:
+            os._exit(EXIT_SBX)
+        for signum in FORWARDED:
+            _signal.signal(signum, _signal.SIG_IGN)  # the supervisor forwards them to init
+        if not spec.tty:
+            os.setsid()  # keep terminal signals for the supervisor alone
+        uid, gid = os.getuid(), os.getgid()
+        flags = (linux.CLONE_NEWUSER | linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWIPC
+                 | linux.CLONE_NEWUTS | linux.CLONE_NEWCGROUP)
+        if spec.network != "host":
+            flags |= linux.CLONE_NEWNET
+        try:
+            linux.unshare(flags)
+        except OSError as exc:
+            raise SbxError(f"cannot create user namespace: {exc.strerror} (run 'sbx doctor' for the host's "
+                           "user-namespace settings)") from None
+        _write("/proc/self/setgroups", "deny")
+        _write("/proc/self/uid_map", f"0 {uid} 1\n")
+        _write("/proc/self/gid_map", f"0 {gid} 1\n")
+        pid = os.fork()
+        if pid == 0:
+            init(spec, report_w, release_r, exec_w, stdio)
+        os.close(release_r)
+        os.close(exec_w)
+        _say(report_w, f"P {pid}")
+        os.close(report_w)
+        while True:
+            try:
+                os.waitpid(pid, 0)
+                break
+            except ChildProcessError:
+                break
+        os._exit(0)
+    except BaseException as exc:
+        _fail(report_w, exc)
+
+
+def _loopback_up() -> None:
+    import _socket
+    import fcntl
+    import struct
+
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        iff_up_running = 0x1 | 0x40
+        fcntl.ioctl(sock.fileno(), 0x8914, struct.pack("16sH22x", b"lo", iff_up_running))  # SIOCSIFFLAGS
+    finally:
+        sock.close()
+
+
+def init(spec: Spec, report_w: int, release_r: int, exec_w: int, stdio: tuple[int, int, int]) -> None:
+    """Pid 1 of the new pid namespace."""
+    try:
+        linux.prctl(linux.PR_SET_PDEATHSIG, _signal.SIGKILL)
+        linux.prctl(linux.PR_SET_DUMPABLE, 0)  # the payload must not ptrace or read init's memory
+        linux.sethostname(spec.hostname)
+        if spec.network != "host":
+            _loopback_up()
+        with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
+            last_cap = int(f.read())
+        root = rootfs.Root(spec)
+        root.build()
+        root.pivot()
+        payload = os.fork()
+        if payload == 0:
+            os.close(report_w)
+            payload_mod.main(spec, release_r, exec_w, stdio, last_cap)
+        os.close(release_r)
+        os.close(exec_w)
+        for fd in set(stdio):
+            if fd > 2:
+                os.close(fd)
+    except BaseException as exc:
+        _fail(report_w, exc)
+    _supervise_payload(spec, payload, report_w)
+
+
+def _supervise_payload(spec: Spec, payload: int, report_w: int) -> None:
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.kill(-payload, signum)  # the payload's session, when it has one
+        except OSError:
+            try:
+                os.kill(payload, signum)
+            except OSError:
+                pass
+
+    for signum in FORWARDED:
+        if spec.tty and signum in (_signal.SIGINT, _signal.SIGQUIT):
+            _signal.signal(signum, _signal.SIG_IGN)  # the terminal sends these to the payload itself
+        else:
+            _signal.signal(signum, forward)
+    _say(report_w, "R")
+    status = 0
+    while True:
+        try:
+            pid, wstatus = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        if pid == payload:
+            status = wstatus
+            break
+    try:
+        os.kill(-1, _signal.SIGKILL)  # from pid 1, everything else in the namespace
+    except ProcessLookupError:
+        pass
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    _say(report_w, f"X {status} {usage.ru_utime:.6f} {usage.ru_stime:.6f} {usage.ru_maxrss}")
+    os._exit(0)

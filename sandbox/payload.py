@@ -1,0 +1,119 @@
+"""Pid 2: wait for the supervisor's release, shed every privilege, exec.
+
+Runs in a fork of init after the root is pivoted.  Nothing here may return:
+every path ends in execve or os._exit.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal as _signal
+else:
+    import _signal  # `signal` itself imports enum: ~4 ms at start-up
+import os
+import resource
+
+from . import linux
+from .errors import EXIT_NOEXEC, EXIT_NOTFOUND, EXIT_SBX
+from .spec import Spec
+
+RELEASE = b"G"
+
+
+def _reset_signals() -> None:
+    # Python ignores SIGPIPE and SIGXFSZ; exec keeps ignored signals, so undo that.
+    for signum in range(1, _signal.NSIG):
+        if signum in (_signal.SIGKILL, _signal.SIGSTOP):
+            continue
+        try:
+            _signal.signal(signum, _signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, set())
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _enter_nested_userns(uid: int, gid: int) -> None:
+    """Run as uid/gid inside: a child user namespace mapping them to our root, as bwrap does."""
+    linux.unshare(linux.CLONE_NEWUSER)
+    _write("/proc/self/setgroups", "deny")
+    _write("/proc/self/uid_map", f"{uid} 0 1\n")
+    _write("/proc/self/gid_map", f"{gid} 0 1\n")
+
+
+def _drop_privileges(last_cap: int) -> None:
+    for cap in range(last_cap + 1):
+        linux.prctl(linux.PR_CAPBSET_DROP, cap)
+    linux.prctl(linux.PR_SET_SECUREBITS, linux.SECURE_ALL_LOCKED)
+    linux.prctl(linux.PR_CAP_AMBIENT, linux.PR_CAP_AMBIENT_CLEAR_ALL)
+    linux.clear_capabilities()
+    linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def _set_rlimits(spec: Spec) -> None:
+    limits = spec.limits
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if limits.time is not None:
+        seconds = max(1, int(limits.time + 0.999))
+        resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
+    for which, value in ((resource.RLIMIT_FSIZE, limits.file_size), (resource.RLIMIT_NOFILE, limits.open_files),
+                         (resource.RLIMIT_STACK, limits.stack), (resource.RLIMIT_AS, limits.memory)):
+        if value is not None:
+            resource.setrlimit(which, (value, value))
+
+
+def _close_fds(keep: list[int]) -> None:
+    low = 3
+    for fd in sorted(k for k in keep if k >= 3):
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)
+
+
+def main(spec: Spec, release_r: int, exec_w: int, stdio: tuple[int, int, int], last_cap: int) -> None:
+    code = EXIT_SBX
+    try:
+        _reset_signals()
+        if os.read(release_r, 1) != RELEASE:
+            os._exit(EXIT_SBX)  # the supervisor is gone: never run unsupervised
+        os.close(release_r)
+        for target, fd in enumerate(stdio):
+            if fd != target:
+                os.dup2(fd, target)
+        if not spec.tty:
+            os.setsid()  # no controlling terminal: no TIOCSTI into the caller's
+        _set_rlimits(spec)
+        if spec.uid != 0 or spec.gid != 0:
+            _enter_nested_userns(spec.uid, spec.gid)
+        os.chdir(spec.workdir)
+        _drop_privileges(last_cap)
+        _close_fds([exec_w, *spec.pass_fds])
+        for fd in spec.pass_fds:
+            os.set_inheritable(fd, True)
+        code = EXIT_NOTFOUND
+        os.execvpe(spec.argv[0], list(spec.argv), dict(spec.env))
+    except OSError as exc:
+        if code != EXIT_NOTFOUND:
+            message = f"E {exc}"
+        else:
+            if exc.errno not in (2, 20):  # ENOENT, ENOTDIR
+                code = EXIT_NOEXEC
+            message = f"X {exc.errno}"
+        try:
+            os.write(exec_w, message.encode(errors="replace")[:4000])
+        finally:
+            os._exit(code)
+    except BaseException as exc:
+        try:
+            os.write(exec_w, f"E {exc!r}".encode(errors="replace")[:4000])
+        finally:
+            os._exit(code)

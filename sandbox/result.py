@@ -1,0 +1,83 @@
+"""A run's outcome: verdict, figures, and the JSON and isolate-style meta forms."""
+
+from __future__ import annotations
+
+from .frozen import dataclass
+from .spec import Spec
+
+VERDICTS = ("OK", "RE", "SG", "TLE", "WTLE", "MLE", "OLE", "XX")
+# isolate's status codes for the meta file
+_META_STATUS = {"RE": "RE", "SG": "SG", "TLE": "TO", "WTLE": "TO", "MLE": "SG", "OLE": "RE", "XX": "XX"}
+
+
+@dataclass(frozen=True)
+class Result:
+    verdict: str
+    status: int                 # what sbx exits with: the payload's code, 128+signal, or 125
+    exit_code: int | None = None
+    signal: int | None = None
+    wall_time: float = 0.0
+    cpu_time: float = 0.0
+    user_time: float = 0.0
+    sys_time: float = 0.0
+    memory_peak: int = 0
+    oom_killed: bool = False
+    output_bytes: int = 0
+    limits_enforced: tuple[tuple[str, bool], ...] = ()
+    message: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "verdict": self.verdict,
+            "exit_code": self.exit_code,
+            "signal": self.signal,
+            "cpu_time": round(self.cpu_time, 6),
+            "user_time": round(self.user_time, 6),
+            "sys_time": round(self.sys_time, 6),
+            "wall_time": round(self.wall_time, 6),
+            "memory_peak": self.memory_peak,
+            "oom_killed": self.oom_killed,
+            "output_bytes": self.output_bytes,
+            "limits_enforced": dict(self.limits_enforced),
+            "message": self.message,
+        }
+
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    def to_meta(self) -> str:
+        """isolate's meta-file format, so judge code written for isolate parses it unchanged."""
+        lines = [
+            f"time:{self.cpu_time:.3f}",
+            f"time-wall:{self.wall_time:.3f}",
+            f"max-rss:{self.memory_peak // 1024}",
+        ]
+        if self.exit_code is not None:
+            lines.append(f"exitcode:{self.exit_code}")
+        if self.signal is not None:
+            lines.append(f"exitsig:{self.signal}")
+        if self.verdict in ("TLE", "WTLE", "MLE", "OLE") or self.signal is not None:
+            lines.append("killed:1")
+        if self.verdict != "OK":
+            lines.append(f"status:{_META_STATUS[self.verdict]}")
+        if self.message:
+            lines.append(f"message:{self.message}")
+        return "\n".join(lines) + "\n"
+
+
+def verdict_for(spec: Spec, exit_code: int | None, signal: int, wall_timed_out: bool, failed: bool,
+                cpu_time: float) -> str:
+    if failed:
+        return "XX"
+    if wall_timed_out:
+        return "WTLE"
+    time_limit = spec.limits.time
+    if signal in (24, 9) and time_limit is not None and cpu_time >= time_limit:  # SIGXCPU, or its hard kill
+        return "TLE"
+    if signal == 25 and spec.limits.file_size is not None:  # SIGXFSZ
+        return "OLE"
+    if signal:
+        return "SG"
+    return "OK" if exit_code == 0 else "RE"

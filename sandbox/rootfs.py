@@ -1,0 +1,364 @@
+"""The sandbox's root filesystem, built by init inside its own mount namespace.
+
+Layout (all in one size-limited tmpfs, the "disk", so every write the
+payload makes counts against --disk):
+
+    STAGING/root           the new /, a bind of itself so it can be pivoted to
+    STAGING/layers/N/...   overlay upper and work dirs, unreachable after pivot
+
+Host directories of the `host` image are overlay lower layers (copy-on-write,
+discarded with the tmpfs).  Before Linux 6.6 tmpfs has no user.* xattrs, which
+an overlay in a user namespace needs for opaque directories and whiteouts; then
+they are read-only binds instead (correct, size-limited, but not writable).
+
+User-given targets are resolved with openat2(RESOLVE_IN_ROOT), so a symlink can
+never send a mount outside the new root, and every mount is moved onto a file
+descriptor rather than a path.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from . import linux
+from .errors import SetupError
+from .spec import Mount, Spec
+
+HOST_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
+# /etc entries a toolchain may need; missing ones are skipped.
+ETC_SHARED = ("alternatives", "ssl", "ca-certificates", "ld.so.cache", "services", "protocols",
+              "mime.types", "localtime", "timezone", "os-release", "debian_version")
+ETC_SHARED_PREFIXES = ("java-", "python3")
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus")
+PROC_MASKED_FILES = ("kcore", "keys", "timer_list", "sched_debug", "latency_stats")
+PROC_MASKED_DIRS = ("acpi", "scsi", "asound")
+STAGING_CANDIDATES = ("/tmp", "/mnt", "/var/tmp")
+RO = linux.MOUNT_ATTR_RDONLY | linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV
+PATH_FLAGS = os.O_PATH | os.O_CLOEXEC
+
+
+def staging_dir() -> str:
+    for path in STAGING_CANDIDATES:
+        if os.path.isdir(path) and not os.path.islink(path):
+            return path
+    raise SetupError("no directory to build the sandbox in (tried /tmp, /mnt, /var/tmp)")
+
+
+def tmpfs(size: int, mode: str, attrs: int, nr_inodes: int | None = None) -> int:
+    """A detached tmpfs mount; returns its mount fd."""
+    fd = linux.fsopen("tmpfs")
+    try:
+        linux.fsconfig(fd, "size", str(size))
+        linux.fsconfig(fd, "mode", mode)
+        if nr_inodes is not None:
+            linux.fsconfig(fd, "nr_inodes", str(nr_inodes))
+        linux.fsconfig(fd, None)
+        return linux.fsmount(fd, attrs)
+    finally:
+        os.close(fd)
+
+
+def overlay(lower: str, upper: str, work: str, attrs: int) -> int:
+    if "," in lower or "," in upper:
+        raise SetupError(f"cannot use {lower!r} as an overlay layer: the path contains a comma")
+    fd = linux.fsopen("overlay")
+    try:
+        linux.fsconfig(fd, "lowerdir", lower.replace("\\", "\\\\").replace(":", "\\:"))
+        linux.fsconfig(fd, "upperdir", upper)
+        linux.fsconfig(fd, "workdir", work)
+        linux.fsconfig(fd, "userxattr")
+        linux.fsconfig(fd, None)
+        return linux.fsmount(fd, attrs)
+    finally:
+        os.close(fd)
+
+
+def clone_tree(path: str, attrs: int, recursive: bool = True) -> int:
+    """A detached recursive bind of a host path with mount attributes set on every submount."""
+    flags = linux.OPEN_TREE_CLONE | (linux.AT_RECURSIVE if recursive else 0)
+    fd = linux.open_tree(-100, path, flags)  # AT_FDCWD
+    try:
+        if attrs:
+            linux.mount_setattr(fd, attrs, recursive)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def attach(mount_fd: int, target_fd: int) -> None:
+    try:
+        linux.move_mount(mount_fd, target_fd)
+    finally:
+        os.close(mount_fd)
+        os.close(target_fd)
+
+
+def supports_user_xattrs(path: str) -> bool:
+    try:
+        os.setxattr(path, "user.sbx.probe", b"1")
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM):
+            return False
+        raise
+    os.removexattr(path, "user.sbx.probe")
+    return True
+
+
+class Root:
+    """Builds the tree for one spec, then pivots into it."""
+
+    def __init__(self, spec: Spec) -> None:
+        self.spec = spec
+        self.base = staging_dir()
+        self.root = self.base + "/root"
+        self.layers = 0
+        self.cow = False
+
+    # -- fixed layout: paths we create ourselves in a fresh tmpfs -----------------
+
+    def path(self, inside: str) -> str:
+        return self.root + inside
+
+    def target(self, inside: str) -> int:
+        return os.open(self.path(inside), PATH_FLAGS)
+
+    def mkdir(self, inside: str, mode: int = 0o755) -> None:
+        os.mkdir(self.path(inside), mode)
+        os.chmod(self.path(inside), mode)  # umask may have narrowed it
+
+    def write(self, inside: str, text: str) -> None:
+        fd = os.open(self.path(inside), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+
+    def touch(self, inside: str) -> None:
+        os.close(os.open(self.path(inside), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+
+    def build(self) -> None:
+        spec = self.spec
+        linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+        base_fd = os.open(self.base, PATH_FLAGS | os.O_DIRECTORY)
+        attach(tmpfs(spec.disk, "0755", linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV), base_fd)
+        self.cow = supports_user_xattrs(self.base)
+        os.mkdir(self.root, 0o755)
+        os.chmod(self.root, 0o755)
+        os.mkdir(self.base + "/layers", 0o700)
+        attach(clone_tree(self.root, 0, recursive=False), os.open(self.root, PATH_FLAGS))
+
+        for name in HOST_DIRS:
+            self.host_dir(name)
+        self.etc()
+        for name in ("root", "home", "run", "var", "var/tmp", "tmp", "proc", "dev"):
+            self.mkdir("/" + name, 0o700 if name == "root" else 0o755)
+        if spec.uid != 0:
+            self.mkdir("/home/sbx")
+        attach(tmpfs(spec.tmp_size, "1777", linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV), self.target("/tmp"))
+        self.proc()
+        self.dev()
+        rootfd = os.open(self.root, PATH_FLAGS | os.O_DIRECTORY)
+        try:
+            for mount in sorted(spec.mounts, key=lambda m: m.target.count("/")):
+                self.user_mount(rootfd, mount)
+            os.close(resolve(rootfd, spec.workdir, is_dir=True))
+        finally:
+            os.close(rootfd)
+
+    def pivot(self) -> None:
+        os.chdir(self.root)
+        linux.pivot_root(".", ".")
+        linux.umount2(".", linux.MNT_DETACH)
+        os.chdir("/")
+
+    # -- the host image --------------------------------------------------------
+
+    def host_dir(self, name: str) -> None:
+        host = "/" + name
+        try:
+            if os.path.islink(host):
+                os.symlink(os.readlink(host), self.path(host))
+                return
+            if not os.path.isdir(host):
+                return
+        except FileNotFoundError:
+            return
+        self.mkdir(host)
+        if self.cow:
+            mount_fd = self.overlay_of(host, linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV)
+        else:
+            mount_fd = clone_tree(host, RO)
+        attach(mount_fd, self.target(host))
+
+    def overlay_of(self, lower: str, attrs: int) -> int:
+        self.layers += 1
+        layer = f"{self.base}/layers/{self.layers}"
+        os.mkdir(layer, 0o700)
+        os.mkdir(layer + "/upper", 0o755)
+        os.mkdir(layer + "/work", 0o700)
+        return overlay(lower, layer + "/upper", layer + "/work", attrs)
+
+    def etc(self) -> None:
+        spec = self.spec
+        self.mkdir("/etc")
+        users = "root:x:0:0:root:/root:/bin/sh\n"
+        groups = "root:x:0:\n"
+        if spec.uid != 0:
+            users += f"sbx:x:{spec.uid}:{spec.gid}:sbx:/home/sbx:/bin/sh\n"
+        if spec.gid != 0:
+            groups += f"sbx:x:{spec.gid}:\n"
+        self.write("/etc/passwd", users + "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")
+        self.write("/etc/group", groups + "nogroup:x:65534:\n")
+        self.write("/etc/nsswitch.conf", "passwd: files\ngroup: files\nhosts: files dns\n")
+        if spec.network == "host":
+            for name in ("hosts", "resolv.conf"):
+                self.share_etc(name)
+        else:
+            self.write("/etc/hosts", f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                                     f"127.0.1.1\t{spec.hostname}\n")
+        try:
+            names = os.listdir("/etc")
+        except OSError:
+            names = []
+        for name in names:
+            if name in ETC_SHARED or name.startswith(ETC_SHARED_PREFIXES):
+                self.share_etc(name)
+
+    def share_etc(self, name: str) -> None:
+        """A read-only bind of host /etc/NAME (a symlink is copied, pointing the same way)."""
+        host = "/etc/" + name
+        try:
+            if os.path.islink(host):
+                os.symlink(os.readlink(host), self.path(host))
+                return
+            is_dir = os.path.isdir(host)
+        except OSError:
+            return
+        if is_dir:
+            self.mkdir(host)
+        else:
+            self.touch(host)
+        attach(clone_tree(host, RO), self.target(host))
+
+    # -- /proc and /dev --------------------------------------------------------
+
+    def proc(self) -> None:
+        fd = linux.fsopen("proc")
+        try:
+            linux.fsconfig(fd, None)
+            mount_fd = linux.fsmount(fd, linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV | linux.MOUNT_ATTR_NOEXEC)
+        finally:
+            os.close(fd)
+        attach(mount_fd, self.target("/proc"))
+        for name in PROC_READONLY:
+            inside = "/proc/" + name
+            if os.path.lexists(self.path(inside)):
+                attach(clone_tree(self.path(inside), RO | linux.MOUNT_ATTR_NOEXEC), self.target(inside))
+        for name in PROC_MASKED_FILES:
+            inside = "/proc/" + name
+            if os.path.lexists(self.path(inside)):
+                attach(clone_tree("/dev/null", RO | linux.MOUNT_ATTR_NOEXEC, recursive=False), self.target(inside))
+        for name in PROC_MASKED_DIRS:
+            inside = "/proc/" + name
+            if os.path.isdir(self.path(inside)):
+                attach(tmpfs(4096, "0555", RO | linux.MOUNT_ATTR_NOEXEC, nr_inodes=1), self.target(inside))
+
+    def dev(self) -> None:
+        spec = self.spec
+        attach(tmpfs(65536, "0755", linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV | linux.MOUNT_ATTR_NOEXEC),
+               self.target("/dev"))
+        for name in DEVICES:
+            inside = "/dev/" + name
+            self.touch(inside)
+            attach(clone_tree(inside, linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NOEXEC, recursive=False),
+                   self.target(inside))
+        for link, dest in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                           ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx")):
+            os.symlink(dest, self.path("/dev/" + link))
+        self.mkdir("/dev/pts")
+        fd = linux.fsopen("devpts")
+        try:
+            linux.fsconfig(fd, "newinstance")
+            linux.fsconfig(fd, "ptmxmode", "0666")
+            linux.fsconfig(fd, "mode", "0620")
+            linux.fsconfig(fd, None)
+            mount_fd = linux.fsmount(fd, linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NOEXEC)
+        finally:
+            os.close(fd)
+        attach(mount_fd, self.target("/dev/pts"))
+        self.mkdir("/dev/shm", 0o1777)
+        attrs = linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV | linux.MOUNT_ATTR_NOEXEC
+        attach(tmpfs(spec.shm_size, "1777", attrs), self.target("/dev/shm"))
+
+    # -- binds and tmpfs from -v / --tmpfs / profiles ------------------------------
+
+    def user_mount(self, rootfd: int, mount: Mount) -> None:
+        attrs = linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV
+        if mount.mode == "tmpfs":
+            size = mount.size if mount.size is not None else self.spec.tmp_size
+            mount_fd = tmpfs(size, "1777", attrs)
+            target = resolve(rootfd, mount.target, is_dir=True)
+            attach(mount_fd, target)
+            return
+        assert mount.source is not None
+        if mount.optional and not os.path.exists(mount.source):
+            return
+        is_dir = os.path.isdir(mount.source)
+        if mount.mode == "overlay":
+            if not is_dir:
+                raise SetupError(f"-v {mount.source}:{mount.target}:overlay: an overlay needs a directory")
+            if not self.cow:
+                raise SetupError(f"-v {mount.source}:{mount.target}:overlay: this kernel's tmpfs has no user "
+                                 "xattrs (Linux < 6.6), so overlays cannot be stacked on it; use :ro or :rw")
+            mount_fd = self.overlay_of(mount.source, attrs)
+        else:
+            mount_fd = clone_tree(mount.source, attrs | (linux.MOUNT_ATTR_RDONLY if mount.mode == "ro" else 0))
+        try:
+            target = resolve(rootfd, mount.target, is_dir=is_dir)
+        except BaseException:
+            os.close(mount_fd)
+            raise
+        attach(mount_fd, target)
+
+
+def resolve(rootfd: int, inside: str, is_dir: bool) -> int:
+    """An O_PATH fd for `inside`, resolved as if rootfd were /, creating what is missing.
+
+    Symlinks (absolute ones and `..` included) are resolved within the root, so
+    no component can ever lead outside it.
+    """
+    parts = [p for p in inside.split("/") if p and p != "."]
+    if ".." in parts:
+        raise SetupError(f"{inside}: '..' is not allowed in a sandbox path")
+    how = linux.RESOLVE_IN_ROOT | linux.RESOLVE_NO_MAGICLINKS
+    try:
+        return linux.openat2(rootfd, "/".join(parts) or ".", os.O_PATH, how)
+    except FileNotFoundError:
+        pass
+    for i in range(len(parts)):
+        sub = "/".join(parts[: i + 1])
+        try:
+            os.close(linux.openat2(rootfd, sub, os.O_PATH, how))
+            continue
+        except FileNotFoundError:
+            pass
+        parent = linux.openat2(rootfd, "/".join(parts[:i]) or ".", os.O_PATH | os.O_DIRECTORY, how)
+        try:
+            if i == len(parts) - 1 and not is_dir:
+                os.close(os.open(parts[i], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                 0o644, dir_fd=parent))
+            else:
+                os.mkdir(parts[i], 0o755, dir_fd=parent)
+        except FileExistsError:
+            pass  # a dangling symlink: the open below reports it
+        except OSError as exc:
+            raise SetupError(f"cannot create {inside} in the sandbox: {exc.strerror}") from None
+        finally:
+            os.close(parent)
+    try:
+        return linux.openat2(rootfd, "/".join(parts), os.O_PATH, how)
+    except OSError as exc:
+        raise SetupError(f"cannot create {inside} in the sandbox: {exc.strerror}") from None

@@ -1,0 +1,76 @@
+"""The one description of a run: frozen values built by the CLI or a profile.
+
+Everything the supervisor, init and the payload need is here, so the later
+stages never look at argv, profiles or the environment again.
+"""
+
+from __future__ import annotations
+
+from .frozen import dataclass
+
+MiB = 1024 * 1024
+
+# Mount modes: bind modes for -v, plus "tmpfs" for --tmpfs and [[mount]] tmpfs.
+BIND_MODES = ("ro", "rw", "overlay")
+MOUNT_MODES = BIND_MODES + ("tmpfs",)
+NETWORK_MODES = ("none", "host")
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One bind or tmpfs inside the sandbox.
+
+    `source` is an absolute host path (None for tmpfs); `target` an absolute
+    path inside the sandbox, resolved there without ever leaving the new root.
+    """
+
+    target: str
+    mode: str = "ro"
+    source: str | None = None
+    size: int | None = None
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits; None means unlimited.  Sizes in bytes, times in seconds."""
+
+    memory: int | None = None
+    cpus: float | None = None
+    cpuset: str | None = None
+    pids: int | None = None
+    time: float | None = None
+    wall_time: float | None = None
+    output: int | None = None
+    file_size: int | None = None
+    open_files: int | None = None
+    stack: int | None = None
+    io_read_bps: int | None = None
+    io_write_bps: int | None = None
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A complete run.  `env` is the payload's whole environment."""
+
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    image: str = "host"
+    hostname: str = "sbx"
+    uid: int = 0
+    gid: int = 0
+    workdir: str = "/"
+    mounts: tuple[Mount, ...] = ()
+    network: str = "none"
+    disk: int = 256 * MiB
+    tmp_size: int = 64 * MiB
+    shm_size: int = 64 * MiB
+    tty: bool = False
+    pass_fds: tuple[int, ...] = ()
+    limits: Limits = Limits()
+    stdin: str | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    result: str | None = None
+    meta: str | None = None

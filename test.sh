@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Set up and run the whole test suite.
+#
+# As root (CI): installs the Debian packages the tests need, a virtualenv with
+# the Python ones, then runs the suite as root and again as an unprivileged
+# user (created if missing), since rootless is sbx's main case.  As a normal
+# user: a virtualenv in .venv and the suite as that user.
+# Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")"
+repo=$PWD
+test_user=${SBX_TEST_USER:-sbxtest}
+packages=(python3 python3-venv python3-dev gcc libc6-dev libseccomp2 bubblewrap passt uidmap)
+
+if [ "$(id -u)" = 0 ]; then
+  venv=${SBX_VENV:-/opt/sbx-test-venv}
+  missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+else
+  venv=${SBX_VENV:-$repo/.venv}
+fi
+
+if [ "${SBX_VENV_READY:-}" != 1 ]; then
+  # Debian's interpreter, not a per-user one: the unprivileged stage must be able to run it.
+  [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -e ".[test]" --config-settings editable_mode=compat
+  chmod -R a+rX "$venv"
+fi
+py=$venv/bin/python
+
+echo "== mypy"
+"$py" -m mypy
+
+echo "== tests as $(id -un) (uid $(id -u))"
+status=0
+"$py" -m pytest "$@" || status=$?
+
+if [ "$(id -u)" = 0 ] && [ "${SBX_SKIP_USER_STAGE:-}" != 1 ]; then
+  id "$test_user" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$test_user"
+  copy=$(mktemp -d /tmp/sbx-user-stage.XXXXXX)
+  trap 'rm -rf "$copy"' EXIT
+  tar --exclude=./.venv --exclude=./.git -cf - . | tar -xf - -C "$copy"
+  chown -R "$test_user:" "$copy"
+  chmod 755 "$copy"
+  echo "== tests as $test_user (rootless)"
+  su "$test_user" -s /bin/bash -c "cd '$copy' && SBX_VENV='$venv' SBX_VENV_READY=1 '$py' -m pytest $*" || status=$?
+fi
+exit $status
