@@ -41,6 +41,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
     (("-t", "--tty"), "run.tty", None, False, "keep the caller's terminal (no new session)"),
     (("--pass-fd",), "run.pass_fds", "N", True, "keep file descriptor N open for the command"),
     (("--strict",), "limits.strict", None, False, "refuse to run when a protection or limit cannot be applied"),
+    (("--seccomp",), "seccomp.policy", "POLICY", False,
+     "syscall filter: default (deny-list), strict (allow-list) or none"),
     (("--memory", "-m"), "limits.memory", "SIZE", False, "memory limit"),
     (("--cpus",), "limits.cpus", "N", False, "CPU bandwidth limit, e.g. 1.5"),
     (("--cpuset",), "limits.cpuset", "CPUS", False, "CPUs to run on, e.g. 0-1"),
@@ -103,7 +105,7 @@ def parse_run_args(args: list[str]) -> tuple[dict[str, object], list[str]]:
         if not arg.startswith("-") or arg == "-":
             return raw, args[i:]
         if arg in ("-h", "--help"):
-            raise _Help(run_usage())
+            raise HelpRequested(run_usage())
         name, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
         if name not in table and not arg.startswith("--") and arg[:2] in table and len(arg) > 2:
             name, eq, value = arg[:2], "=", arg[2:]  # -vSRC:DST, -eX=1
@@ -130,8 +132,8 @@ def parse_run_args(args: list[str]) -> tuple[dict[str, object], list[str]]:
     return raw, []
 
 
-class _Help(Exception):
-    pass
+class HelpRequested(Exception):
+    """-h/--help among the run options; str() is the text to print."""
 
 
 def _convert(key: str, value: str, flag: str) -> object:
@@ -284,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return profile_cmd.main(rest)
         raise UsageError(f"unknown command {command!r} (see 'sbx --help')")
-    except _Help as shown:
+    except HelpRequested as shown:
         sys.stdout.write(str(shown))
         return 0
     except SbxError as exc:

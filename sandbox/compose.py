@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from .errors import UsageError
+from .seccomp import SeccompSpec
 from .spec import BIND_MODES, NETWORK_MODES, Limits, Mount, Spec
 
 TYPE_CHECKING = False
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LIMIT_KEYS = ("memory", "cpus", "cpuset", "pids", "time", "wall_time", "output", "file_size", "open_files",
               "stack", "io_read_bps", "io_write_bps", "strict")
+SECCOMP_KEYS = ("policy", "allow", "deny", "action")
 MAX_ID = 65535
 
 
@@ -44,6 +46,8 @@ def _mounts(value: object) -> tuple[Mount, ...]:
 
 def parse_volume(text: str, cwd: str) -> Mount:
     """SRC:DST[:ro|rw|overlay] (podman's -v), SRC relative to cwd."""
+    if "\0" in text:
+        raise UsageError("-v: the spec contains a NUL byte")
     parts = text.split(":")
     mode = "ro"
     if len(parts) == 3 and parts[2] in BIND_MODES:
@@ -138,6 +142,8 @@ def _id(settings: Mapping[str, object], key: str) -> int:
 def build(settings: Mapping[str, object], argv: list[str], cwd: str, environ: Mapping[str, str]) -> Spec:
     if not argv:
         raise UsageError("no command given (usage: sbx run [OPTIONS] -- COMMAND [ARG...])")
+    if any("\0" in arg for arg in argv):
+        raise UsageError("the command's arguments cannot contain NUL bytes")
     network = str(settings.get("network.mode", "none"))
     if network == "nat":
         network = "pasta"
@@ -160,6 +166,8 @@ def build(settings: Mapping[str, object], argv: list[str], cwd: str, environ: Ma
     if not hostname or len(hostname) > 64 or "/" in hostname or "\0" in hostname:
         raise UsageError(f"hostname {hostname!r} is not valid (1 to 64 characters, no '/')")
     limits = Limits(**{k: settings[f"limits.{k}"] for k in LIMIT_KEYS if f"limits.{k}" in settings})  # type: ignore[arg-type]
+    seccomp = SeccompSpec(**{k: settings[f"seccomp.{k}"] for k in SECCOMP_KEYS  # type: ignore[arg-type]
+                             if f"seccomp.{k}" in settings})
     optional = {field: settings[key] for key, field in _OPTIONAL_FIELDS if key in settings}
     return Spec(
         argv=tuple(argv),
@@ -173,6 +181,7 @@ def build(settings: Mapping[str, object], argv: list[str], cwd: str, environ: Ma
         network=network,
         tty=tty,
         limits=limits,
+        seccomp=seccomp,
         **optional,  # type: ignore[arg-type]
     )
 

@@ -27,9 +27,10 @@ else:
 import os
 import resource
 
-from . import linux, rootfs
+from . import linux, rootfs, seccomp
 from . import payload as payload_mod
 from .errors import EXIT_SBX, SbxError
+from .handoff import Handoff
 from .spec import Spec
 
 FORWARDED = (_signal.SIGTERM, _signal.SIGHUP, _signal.SIGINT, _signal.SIGQUIT, _signal.SIGUSR1, _signal.SIGUSR2)
@@ -66,9 +67,9 @@ def _fail(report_w: int, exc: BaseException) -> None:
         os._exit(EXIT_SBX)
 
 
-def enter(spec: Spec, report_w: int, release_r: int, exec_w: int, stdio: tuple[int, int, int],
-          supervisor: int) -> None:
+def enter(spec: Spec, handoff: Handoff, supervisor: int) -> None:
     """The supervisor's child: create the namespaces, fork init, wait for it."""
+    report_w = handoff.report_w
     try:
         linux.prctl(linux.PR_SET_PDEATHSIG, _signal.SIGKILL)
         if os.getppid() != supervisor:
@@ -92,9 +93,9 @@ def enter(spec: Spec, report_w: int, release_r: int, exec_w: int, stdio: tuple[i
         _write("/proc/self/gid_map", f"0 {gid} 1\n")
         pid = os.fork()
         if pid == 0:
-            init(spec, report_w, release_r, exec_w, stdio)
-        os.close(release_r)
-        os.close(exec_w)
+            init(spec, handoff)
+        for fd in handoff.payload_only():
+            os.close(fd)
         _say(report_w, f"P {pid}")
         os.close(report_w)
         while True:
@@ -121,8 +122,9 @@ def _loopback_up() -> None:
         sock.close()
 
 
-def init(spec: Spec, report_w: int, release_r: int, exec_w: int, stdio: tuple[int, int, int]) -> None:
+def init(spec: Spec, handoff: Handoff) -> None:
     """Pid 1 of the new pid namespace."""
+    report_w = handoff.report_w
     try:
         linux.prctl(linux.PR_SET_PDEATHSIG, _signal.SIGKILL)
         linux.prctl(linux.PR_SET_DUMPABLE, 0)  # the payload must not ptrace or read init's memory
@@ -134,15 +136,17 @@ def init(spec: Spec, report_w: int, release_r: int, exec_w: int, stdio: tuple[in
         root = rootfs.Root(spec)
         root.build()
         root.pivot()
+        if handoff.seccomp is not None:
+            seccomp.prepare()  # resolve ctypes symbols once, before the fork
+        # Signals are ignored here until init's handlers exist; hold them instead, so one that
+        # arrives now is delivered later (to init's forwarder, or to the payload once it resets).
+        _signal.pthread_sigmask(_signal.SIG_BLOCK, set(FORWARDED))
         payload = os.fork()
         if payload == 0:
             os.close(report_w)
-            payload_mod.main(spec, release_r, exec_w, stdio, last_cap)
-        os.close(release_r)
-        os.close(exec_w)
-        for fd in set(stdio):
-            if fd > 2:
-                os.close(fd)
+            payload_mod.main(spec, handoff, last_cap)
+        for fd in set(handoff.payload_only()):
+            os.close(fd)
     except BaseException as exc:
         _fail(report_w, exc)
     _supervise_payload(spec, payload, report_w)
@@ -163,6 +167,7 @@ def _supervise_payload(spec: Spec, payload: int, report_w: int) -> None:
             _signal.signal(signum, _signal.SIG_IGN)  # the terminal sends these to the payload itself
         else:
             _signal.signal(signum, forward)
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, set(FORWARDED))
     _say(report_w, "R")
     status = 0
     while True:

@@ -15,10 +15,10 @@ import os
 import resource
 
 from . import linux
+from . import seccomp
 from .errors import EXIT_NOEXEC, EXIT_NOTFOUND, EXIT_SBX
+from .handoff import RELEASE, Handoff
 from .spec import Spec
-
-RELEASE = b"G"
 
 
 def _reset_signals() -> None:
@@ -79,14 +79,27 @@ def _close_fds(keep: list[int]) -> None:
     os.closerange(low, 1 << 20)
 
 
-def main(spec: Spec, release_r: int, exec_w: int, stdio: tuple[int, int, int], last_cap: int) -> None:
+def _send_listener(sock_fd: int, listener: int) -> None:
+    """Hand the seccomp listener to the supervisor (it is closed on our exec)."""
+    import _socket
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM, 0, sock_fd)  # no probing syscalls
+    try:
+        sock.sendmsg([b"L"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, listener.to_bytes(4, "little"))])
+    finally:
+        sock.detach()
+    os.close(listener)
+
+
+def main(spec: Spec, handoff: Handoff, last_cap: int) -> None:
     code = EXIT_SBX
+    exec_w = handoff.exec_w
     try:
         _reset_signals()
-        if os.read(release_r, 1) != RELEASE:
+        if os.read(handoff.release_r, 1) != RELEASE:
             os._exit(EXIT_SBX)  # the supervisor is gone: never run unsupervised
-        os.close(release_r)
-        for target, fd in enumerate(stdio):
+        os.close(handoff.release_r)
+        for target, fd in enumerate(handoff.stdio):
             if fd != target:
                 os.dup2(fd, target)
         if not spec.tty:
@@ -96,9 +109,14 @@ def main(spec: Spec, release_r: int, exec_w: int, stdio: tuple[int, int, int], l
             _enter_nested_userns(spec.uid, spec.gid)
         os.chdir(spec.workdir)
         _drop_privileges(last_cap)
-        _close_fds([exec_w, *spec.pass_fds])
+        _close_fds([exec_w, handoff.listener_w, *spec.pass_fds])
         for fd in spec.pass_fds:
             os.set_inheritable(fd, True)
+        if handoff.seccomp is not None:
+            # Last, so the filter need not allow anything sbx itself does.
+            listener = seccomp.load(handoff.seccomp, listener=handoff.listener_w >= 0)
+            if listener >= 0:
+                _send_listener(handoff.listener_w, listener)
         code = EXIT_NOTFOUND
         os.execvpe(spec.argv[0], list(spec.argv), dict(spec.env))
     except OSError as exc:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 from . import linux
 from .errors import SetupError
@@ -142,6 +143,17 @@ class Root:
     def build(self) -> None:
         spec = self.spec
         linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+        # Grab the bind sources first: the staging tmpfs may cover them (a source under /tmp).
+        sources = [self.open_source(mount) for mount in spec.mounts]
+        try:
+            self.build_tree(sources)
+        finally:
+            for source in sources:
+                if source is not None:
+                    os.close(source[0])
+
+    def build_tree(self, sources: list[tuple[int, bool] | None]) -> None:
+        spec = self.spec
         base_fd = os.open(self.base, PATH_FLAGS | os.O_DIRECTORY)
         attach(tmpfs(spec.disk, "0755", linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV), base_fd)
         self.cow = supports_user_xattrs(self.base)
@@ -162,9 +174,14 @@ class Root:
         self.dev()
         rootfd = os.open(self.root, PATH_FLAGS | os.O_DIRECTORY)
         try:
-            for mount in sorted(spec.mounts, key=lambda m: m.target.count("/")):
-                self.user_mount(rootfd, mount)
-            os.close(resolve(rootfd, spec.workdir, is_dir=True))
+            for index in sorted(range(len(spec.mounts)), key=lambda i: spec.mounts[i].target.count("/")):
+                self.user_mount(rootfd, spec.mounts[index], sources[index])
+            workdir = resolve(rootfd, spec.workdir, is_dir=True)
+            try:
+                if not stat.S_ISDIR(os.fstat(workdir).st_mode):
+                    raise SetupError(f"workdir {spec.workdir}: not a directory")
+            finally:
+                os.close(workdir)
         finally:
             os.close(rootfd)
 
@@ -295,27 +312,40 @@ class Root:
 
     # -- binds and tmpfs from -v / --tmpfs / profiles ------------------------------
 
-    def user_mount(self, rootfd: int, mount: Mount) -> None:
+    def open_source(self, mount: Mount) -> tuple[int, bool] | None:
+        """(fd, is_dir) for a bind's source: a detached clone, or for an overlay an O_PATH fd of the lower dir."""
+        if mount.mode == "tmpfs" or mount.source is None:
+            return None
+        what = f"{mount.source}:{mount.target}"
+        try:
+            is_dir = stat.S_ISDIR(os.stat(mount.source).st_mode)
+        except FileNotFoundError:
+            if mount.optional:
+                return None
+            raise SetupError(f"{what}: {mount.source} does not exist") from None
+        if mount.mode != "overlay":
+            attrs = linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV
+            return clone_tree(mount.source, attrs | (linux.MOUNT_ATTR_RDONLY if mount.mode == "ro" else 0)), is_dir
+        if not is_dir:
+            raise SetupError(f"{what}:overlay: an overlay needs a directory")
+        return os.open(mount.source, PATH_FLAGS | os.O_DIRECTORY), True
+
+    def user_mount(self, rootfd: int, mount: Mount, source: tuple[int, bool] | None) -> None:
         attrs = linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV
         if mount.mode == "tmpfs":
             size = mount.size if mount.size is not None else self.spec.tmp_size
-            mount_fd = tmpfs(size, "1777", attrs)
-            target = resolve(rootfd, mount.target, is_dir=True)
-            attach(mount_fd, target)
+            attach(tmpfs(size, "1777", attrs), resolve(rootfd, mount.target, is_dir=True))
             return
-        assert mount.source is not None
-        if mount.optional and not os.path.exists(mount.source):
-            return
-        is_dir = os.path.isdir(mount.source)
+        if source is None:
+            return  # an optional source that does not exist
+        fd, is_dir = source
         if mount.mode == "overlay":
-            if not is_dir:
-                raise SetupError(f"-v {mount.source}:{mount.target}:overlay: an overlay needs a directory")
             if not self.cow:
-                raise SetupError(f"-v {mount.source}:{mount.target}:overlay: this kernel's tmpfs has no user "
+                raise SetupError(f"{mount.source}:{mount.target}:overlay: this kernel's tmpfs has no user "
                                  "xattrs (Linux < 6.6), so overlays cannot be stacked on it; use :ro or :rw")
-            mount_fd = self.overlay_of(mount.source, attrs)
+            mount_fd = self.overlay_of(f"/proc/self/fd/{fd}", attrs)
         else:
-            mount_fd = clone_tree(mount.source, attrs | (linux.MOUNT_ATTR_RDONLY if mount.mode == "ro" else 0))
+            mount_fd = os.dup(fd)
         try:
             target = resolve(rootfd, mount.target, is_dir=is_dir)
         except BaseException:

@@ -7,6 +7,7 @@ stages never look at argv, profiles or the environment again.
 from __future__ import annotations
 
 from .frozen import dataclass
+from .seccomp import SeccompSpec
 
 MiB = 1024 * 1024
 
@@ -69,6 +70,7 @@ class Spec:
     tty: bool = False
     pass_fds: tuple[int, ...] = ()
     limits: Limits = Limits()
+    seccomp: SeccompSpec = SeccompSpec()
     stdin: str | None = None
     stdout: str | None = None
     stderr: str | None = None

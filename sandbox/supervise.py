@@ -18,41 +18,36 @@ import time
 
 from . import init as init_mod
 from .errors import EXIT_SBX, SbxError, SetupError
-from .payload import RELEASE
+from .handoff import RELEASE, Handoff
 from .result import Result
 from .spec import Spec
 
 
-class _Lines:
-    """Lines from a pipe, read without the io module's buffering layers."""
+class _Reports:
+    """Init's report lines, read straight from the pipe (no io buffering layers)."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.buffer = b""
 
-    def next(self, deadline: float | None = None) -> str | None:
-        while b"\n" not in self.buffer:
-            if deadline is not None and not _wait_readable(self.fd, deadline):
-                raise TimeoutError
-            chunk = os.read(self.fd, 4096)
-            if not chunk:
-                return None
-            self.buffer += chunk
+    def pop(self) -> str | None:
+        if b"\n" not in self.buffer:
+            return None
         line, _, self.buffer = self.buffer.partition(b"\n")
         return line.decode(errors="replace")
 
+    def fill(self) -> bool:
+        """Read what is there; False at EOF."""
+        chunk = os.read(self.fd, 4096)
+        self.buffer += chunk
+        return bool(chunk)
 
-def _wait_readable(fd: int, deadline: float) -> bool:
-    import select
-
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        if poller.poll(remaining * 1000 + 1):
-            return True
+    def next(self) -> str | None:
+        """The next line, blocking; None at EOF."""
+        while True:
+            line = self.pop()
+            if line is not None or not self.fill():
+                return line
 
 
 def _open_stdio(spec: Spec) -> tuple[int, int, int]:
@@ -75,10 +70,18 @@ def _open_stdio(spec: Spec) -> tuple[int, int, int]:
 
 def run(spec: Spec) -> Result:
     """Run one sandbox to completion.  Raises SbxError when it cannot be set up."""
+    program = _seccomp_program(spec)
     stdio = _open_stdio(spec)
     report_r, report_w = os.pipe()
     release_r, release_w = os.pipe()
     exec_r, exec_w = os.pipe()
+    listener_r = listener_w = -1
+    if program is not None and spec.seccomp.action == "kill":
+        import _socket
+
+        pair = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+        listener_r, listener_w = pair[0].detach(), pair[1].detach()
+    handoff = Handoff(report_w, release_r, exec_w, stdio, listener_w, program)
     supervisor = os.getpid()
     init_pid = 0
     pending: list[int] = []
@@ -96,15 +99,16 @@ def run(spec: Spec) -> Result:
                 if not (spec.tty and s in (_signal.SIGINT, _signal.SIGQUIT))}
     child = os.fork()
     if child == 0:
-        os.close(report_r)
-        os.close(release_w)
-        os.close(exec_r)
-        init_mod.enter(spec, report_w, release_r, exec_w, stdio, supervisor)
-    for fd in (report_w, release_r, exec_w, *{f for f in stdio if f > 2}):
+        for fd in (report_r, release_w, exec_r, listener_r):
+            if fd >= 0:
+                os.close(fd)
+        init_mod.enter(spec, handoff, supervisor)
+    for fd in (report_w, *set(handoff.payload_only())):
         os.close(fd)
-    lines = _Lines(report_r)
+    reports = _Reports(report_r)
+    listener = -1
     try:
-        init_pid = _await_ready(lines)
+        init_pid = _await_ready(reports)
         for signum in pending:
             forward(signum, None)
         start = time.monotonic()
@@ -112,32 +116,93 @@ def run(spec: Spec) -> Result:
         os.close(release_w)
         release_w = -1
         exec_error = _await_exec(exec_r)
+        if listener_r >= 0 and exec_error is None:
+            listener = _receive_listener(listener_r)
         deadline = None if spec.limits.wall_time is None else start + spec.limits.wall_time
-        try:
-            report = lines.next(deadline)
-            timed_out = False
-        except TimeoutError:
+        report, cause = _await_end(reports, deadline, listener)
+        if report is None:
             os.kill(init_pid, _signal.SIGKILL)
-            report, timed_out = None, True
         wall = time.monotonic() - start
     except BaseException:
         os.kill(child, _signal.SIGKILL)
         raise
     finally:
-        if release_w >= 0:
-            os.close(release_w)
-        os.close(report_r)
-        os.close(exec_r)
+        for fd in (release_w, report_r, exec_r, listener_r, listener):
+            if fd >= 0:
+                os.close(fd)
         os.waitpid(child, 0)
         for signum, handler in previous.items():
             _signal.signal(signum, handler)
-    return _result(spec, report, wall, timed_out, exec_error)
+    return _result(spec, report, wall, cause, exec_error)
 
 
-def _await_ready(lines: _Lines) -> int:
+def _seccomp_program(spec: Spec) -> bytes | None:
+    from .seccomp import SeccompError, program
+
+    try:
+        return program(spec.seccomp)
+    except SeccompError as exc:
+        raise SbxError(str(exc)) from None
+
+
+def _receive_listener(sock_fd: int) -> int:
+    """The payload's seccomp listener fd, sent before its exec (-1 when the kernel gave none)."""
+    import _socket
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM, 0, sock_fd)
+    try:
+        sock.setblocking(False)
+        try:
+            _, ancillary, _, _ = sock.recvmsg(1, _socket.CMSG_SPACE(4))
+        except BlockingIOError:
+            return -1
+    finally:
+        sock.detach()
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS and len(data) >= 4:
+            return int.from_bytes(data[:4], "little")
+    return -1
+
+
+def _await_end(reports: _Reports, deadline: float | None, listener: int) -> tuple[str | None, str]:
+    """Init's final report, or None and why there is none: "wall", a seccomp message, or "" (init died)."""
+    line = reports.pop()
+    if line is not None:
+        return line, ""
+    if deadline is None and listener < 0:
+        return reports.next(), ""
+    import select
+
+    poller = select.poll()
+    poller.register(reports.fd, select.POLLIN)
+    if listener >= 0:
+        poller.register(listener, select.POLLIN)
+    while True:
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000 + 1
+        events = poller.poll(timeout)
+        if not events and deadline is not None and time.monotonic() >= deadline:
+            return None, "wall"
+        for fd, event in events:
+            if fd == listener:
+                if event & select.POLLIN:
+                    from . import seccomp
+
+                    note = seccomp.receive(listener)
+                    if note is not None:
+                        return None, seccomp.describe(note[1], note[2])
+                else:
+                    poller.unregister(listener)  # no filtered task left
+            elif not reports.fill():
+                return reports.pop(), ""
+        line = reports.pop()
+        if line is not None:
+            return line, ""
+
+
+def _await_ready(reports: _Reports) -> int:
     init_pid = 0
     while True:
-        line = lines.next()
+        line = reports.next()
         if line is None:
             raise SetupError("the sandbox died while being set up")
         kind, _, rest = line.partition(" ")
@@ -155,28 +220,33 @@ def _await_exec(exec_r: int) -> str | None:
     return data.decode(errors="replace") if data else None
 
 
-def _result(spec: Spec, report: str | None, wall: float, timed_out: bool, exec_error: str | None) -> Result:
+def _result(spec: Spec, report: str | None, wall: float, cause: str, exec_error: str | None) -> Result:
+    """cause: "" (init reported), "wall" (wall time ran out), or the seccomp violation it was killed for."""
     from .result import verdict_for
 
     status = signal = 0
     exit_code: int | None = None
     user = system = 0.0
     maxrss = 0
+    message = ""
     if report is not None and report.startswith("X "):
         fields = report.split()
         wstatus = int(fields[1])
         user, system, maxrss = float(fields[2]), float(fields[3]), int(fields[4]) * 1024
         if os.WIFSIGNALED(wstatus):
             signal = os.WTERMSIG(wstatus)
-            status = 128 + signal
         else:
             exit_code = status = os.WEXITSTATUS(wstatus)
-    elif timed_out:
+    elif cause == "wall":
         signal = _signal.SIGKILL
-        status = 128 + signal
+    elif cause:
+        signal, message = _signal.SIGSYS, cause  # the syscall never ran; report it as its SIGSYS kill
     else:
         raise SetupError("the sandbox's init died unexpectedly")
-    message = ""
+    if signal:
+        status = 128 + signal
+        if signal == _signal.SIGSYS and not message:
+            message = "killed by seccomp (SIGSYS)"
     if exec_error is not None:
         kind, _, detail = exec_error.partition(" ")
         if kind == "X":
@@ -185,7 +255,7 @@ def _result(spec: Spec, report: str | None, wall: float, timed_out: bool, exec_e
             message = detail
             status = exit_code = EXIT_SBX
     failed = exec_error is not None and status == EXIT_SBX
-    verdict = verdict_for(spec, exit_code, signal, timed_out, failed, user + system)
+    verdict = verdict_for(spec, exit_code, signal, cause == "wall", failed, user + system)
     return Result(verdict=verdict, status=status, exit_code=exit_code, signal=signal or None,
                   wall_time=wall, cpu_time=user + system, user_time=user, sys_time=system,
                   memory_peak=maxrss, message=message)

@@ -1,0 +1,153 @@
+"""Seccomp costs: compile, cached lookup, load, per-syscall overhead, imports.
+
+    /opt/sbx-dev/bin/python bench/seccomp.py [--rounds N]
+
+Goals (issue 5): load under 1 ms, getpid overhead under 5 %.  The getpid
+figures are the best of N interleaved runs of a C loop (tests/attacks/
+getpid_loop.c) exec'd with no filter, a one-instruction ALLOW filter (the
+kernel's fixed cost of being filtered at all) and each policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[0] = str(ROOT)  # not bench/: this file would shadow the `seccomp` bindings
+
+from sandbox import seccomp as S  # noqa: E402
+
+SPECS = {
+    "default": S.SeccompSpec(),
+    "default-kill": S.SeccompSpec(action="kill"),
+    "strict": S.SeccompSpec(policy="strict"),
+    "grader": S.SeccompSpec(policy="strict", action="kill"),
+}
+ALLOW_ALL = (0x06).to_bytes(2, "little") + b"\0\0" + (0x7FFF0000).to_bytes(4, "little")
+
+
+def ms(x: float) -> str:
+    return f"{x * 1e3:.3f} ms"
+
+
+def bench_compile() -> None:
+    print("== compile (libseccomp, cache off)")
+    t = time.perf_counter()
+    S.program(SPECS["default"], cache=False)
+    print(f"  first, with importing the bindings: {ms(time.perf_counter() - t)}")
+    for name, spec in SPECS.items():
+        samples = []
+        for _ in range(10):
+            t = time.perf_counter()
+            prog = S.program(spec, cache=False)
+            samples.append(time.perf_counter() - t)
+        assert prog is not None
+        print(f"  {name:13s} {len(prog) // 8:4d} insns  median {ms(statistics.median(samples))}")
+
+
+def bench_cached(cache: str) -> None:
+    print("== cached program() in a fresh interpreter (after `import ctypes`, as the supervisor has)")
+    env = dict(os.environ, XDG_CACHE_HOME=cache)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    code = (
+        "import time, ctypes; t = time.perf_counter(); from sandbox import seccomp as S; t1 = time.perf_counter();"
+        "S.program(S.SeccompSpec(policy='strict', action='kill')); t2 = time.perf_counter();"
+        "print(t1 - t, t2 - t1)"
+    )
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True, capture_output=True)  # warm
+    imp, prog = [], []
+    for _ in range(10):
+        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True, capture_output=True, text=True)
+        a, b = map(float, out.stdout.split())
+        imp.append(a)
+        prog.append(b)
+    print(f"  import sandbox.seccomp: median {ms(statistics.median(imp))}")
+    print(f"  program() cache hit:    median {ms(statistics.median(prog))}")
+    for mod in ("sandbox.seccomp", "pyseccomp"):
+        lines = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", f"import ctypes; import {mod}"],
+            env=env, cwd=ROOT, capture_output=True, text=True,
+        ).stderr.strip().splitlines()
+        print(f"  -X importtime {mod}: {lines[-1].split('|')[1].strip()} us cumulative")
+
+
+def bench_load() -> None:
+    print("== load() in a forked child (no_new_privs + seccomp(2)), goal < 1 ms")
+    for name, prepared in (("default", False), ("default", True), ("grader", True)):
+        prog = S.program(SPECS[name], cache=False)
+        assert prog is not None
+        if prepared:
+            S.prepare()
+        samples = []
+        for _ in range(20):
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                t = time.perf_counter()
+                S.load(prog)
+                os.write(w, str(time.perf_counter() - t).encode())
+                os._exit(0)
+            os.close(w)
+            os.waitpid(pid, 0)
+            samples.append(float(os.read(r, 64)))
+            os.close(r)
+        how = "after prepare() in the parent" if prepared else "cold (ctypes resolved in the child)"
+        print(f"  {name:8s} median {ms(statistics.median(samples))}  max {ms(max(samples))}  {how}")
+
+
+def bench_getpid(rounds: int) -> None:
+    print(f"== getpid loop, ns per call, best of {rounds} interleaved runs, goal overhead < 5 %")
+    if shutil.which("gcc") is None:
+        print("  (gcc missing: skipped)")
+        return
+    with tempfile.TemporaryDirectory() as d:
+        exe = os.path.join(d, "getpid_loop")
+        subprocess.run(["gcc", "-O2", "-o", exe, str(ROOT / "tests/attacks/getpid_loop.c")], check=True)
+        progs = {"none": None, "allow-all": ALLOW_ALL}
+        progs.update({k: S.program(SPECS[k], cache=False) for k in ("default", "grader")})
+        times: dict[str, list[float]] = {k: [] for k in progs}
+        for _ in range(rounds):
+            for k, p in progs.items():
+                r, w = os.pipe()
+                pid = os.fork()
+                if pid == 0:
+                    os.dup2(w, 1)
+                    if p is not None:
+                        S.load(p)
+                    os.execv(exe, [exe, "500000"])
+                os.close(w)
+                os.waitpid(pid, 0)
+                times[k].append(float(os.read(r, 64)))
+                os.close(r)
+        best = {k: min(v) for k, v in times.items()}
+        for k, v in best.items():
+            print(
+                f"  {k:9s} {v:7.1f} ns  vs none {100 * (v / best['none'] - 1):+5.1f} %"
+                f"  vs allow-all {100 * (v / best['allow-all'] - 1):+5.1f} %"
+            )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=15)
+    args = ap.parse_args()
+    print(f"libseccomp {S.libseccomp_version()}, kernel {os.uname().release}, uid {os.getuid()}")
+    bench_compile()
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["XDG_CACHE_HOME"] = cache
+        S.program(SPECS["grader"])
+        bench_cached(cache)
+    bench_load()
+    bench_getpid(args.rounds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Fuzz `sbx run` flag parsing: argv -> settings -> Spec.
+
+Every input must either build a Spec or raise SbxError (one line, exit 125);
+any other exception is a bug.  Covers -v/--tmpfs/-e/--env-file specs, units
+and ids.
+
+    python fuzz/fuzz_flags.py -max_total_time=20 fuzz/corpus/flags
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import atheris  # noqa: E402
+
+with atheris.instrument_imports():
+    from sandbox import cli, compose, units  # noqa: E402
+    from sandbox.errors import SbxError  # noqa: E402
+
+WORKDIR = tempfile.mkdtemp(prefix="sbx-fuzz-")  # under $TMPDIR: the pytest wrapper points it at its tmp_path
+os.makedirs(os.path.join(WORKDIR, "src"), exist_ok=True)
+ENVIRON = {"HOME": WORKDIR, "FOO": "bar"}
+
+
+def one_input(data: bytes) -> None:
+    fdp = atheris.FuzzedDataProvider(data)
+    text = fdp.ConsumeUnicodeNoSurrogates(200)
+    args = text.split("\x00") if "\x00" in text else text.split(" ")
+    try:
+        spec = cli.build_spec(args, WORKDIR, ENVIRON)
+        assert spec.argv, "a Spec without a command"
+    except SbxError as exc:
+        assert "\n" not in str(exc), f"multi-line error: {exc!r}"
+    except cli.HelpRequested:
+        pass
+    for parse in (units.parse_size, units.parse_duration):
+        try:
+            parse(text)
+        except ValueError:
+            pass
+    for build in (lambda t: compose.parse_volume(t, WORKDIR), compose.parse_tmpfs,
+                  lambda t: compose.parse_env(t, ENVIRON)):
+        try:
+            build(text)
+        except SbxError:
+            pass
+
+
+def main() -> None:
+    atheris.Setup(sys.argv, one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

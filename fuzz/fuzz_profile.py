@@ -1,0 +1,78 @@
+"""Fuzz profile parsing: any bytes, as a profile file, must give a Profile or
+a one-line ProfileError, and a Profile written back by `sbx profile show`
+must resolve to the same profile again.
+
+Each input is resolved twice through the whole path (read, TOML, validation,
+inheritance, mounts, expansion): by path as a trusted file, and by name from
+./.sbx/profiles/ under the project rule.  Run it (new inputs go to the first
+directory, so give a scratch one before the seeds):
+
+    python fuzz/fuzz_profile.py -max_total_time=20 -dict=fuzz/profile.dict \
+        /tmp/profile-corpus fuzz/corpus/profile
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+import atheris
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+with atheris.instrument_imports():
+    import tomllib  # noqa: F401  (instrumented: profile_file imports it lazily)
+
+    from sandbox import profile, profile_file, seccomp_policy, units  # noqa: F401
+
+# libFuzzer ends the process without running atexit handlers, so this small
+# directory stays behind: point TMPDIR somewhere disposable (the test does).
+ROOT = tempfile.mkdtemp(prefix="sbx-fuzz-profile-")
+PROJECT = os.path.join(ROOT, "project")
+PROJECT_PROFILES = os.path.join(PROJECT, ".sbx", "profiles")
+ENVIRON = {
+    "HOME": os.path.join(ROOT, "home"),
+    "XDG_CONFIG_HOME": os.path.join(ROOT, "xdg"),
+    "DATA": "/srv/data",
+    "EMPTY": "",
+}
+os.makedirs(PROJECT_PROFILES)
+os.makedirs(os.path.join(PROJECT, "data"))
+
+
+def resolve(ref: str) -> profile.Profile | None:
+    try:
+        return profile.resolve(ref, cwd=PROJECT, environ=ENVIRON)
+    except profile.ProfileError as error:
+        message = str(error)
+        assert message and "\n" not in message, repr(message)
+        return None
+
+
+def round_trip(resolved: profile.Profile) -> None:
+    text = profile_file.dumps(resolved)
+    shown = os.path.join(ROOT, "shown.toml")
+    with open(shown, "w", encoding="utf-8") as file:
+        file.write(text)
+    again = profile.resolve(shown, cwd=PROJECT, environ=ENVIRON)  # must not fail
+    assert profile_file.dumps(again, header=False) == profile_file.dumps(resolved, header=False), text
+
+
+def test_one_input(data: bytes) -> None:
+    for directory in (PROJECT, PROJECT_PROFILES):
+        with open(os.path.join(directory, "fuzz.toml"), "wb") as file:
+            file.write(data)
+    for ref in ("./fuzz.toml", "fuzz"):
+        resolved = resolve(ref)
+        if resolved is not None:
+            round_trip(resolved)
+
+
+def main() -> None:
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""What the supervisor hands to the processes it starts inside the sandbox."""
+
+from __future__ import annotations
+
+from .frozen import dataclass
+
+RELEASE = b"G"  # the supervisor's go byte on the release pipe
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """The child ends of one run's pipes, and the compiled seccomp filter.
+
+    report_w: lines to the supervisor (the protocol is in init.py).
+    release_r: the payload waits here for RELEASE; EOF means the supervisor is gone.
+    exec_w: close-on-exec; the payload writes why exec failed, if it did.
+    stdio: the payload's fds 0, 1, 2.
+    listener_w: a unix socket the payload sends its seccomp listener fd on (-1: none).
+    seccomp: the BPF program to load last before execve (None: no filter).
+    """
+
+    report_w: int
+    release_r: int
+    exec_w: int
+    stdio: tuple[int, int, int]
+    listener_w: int = -1
+    seccomp: bytes | None = None
+
+    def payload_only(self) -> tuple[int, ...]:
+        """Fds that init must close once the payload has its copies."""
+        return (self.release_r, self.exec_w, *(fd for fd in (self.listener_w, *self.stdio) if fd > 2))
