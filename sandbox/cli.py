@@ -41,6 +41,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
     (("-t", "--tty"), "run.tty", None, False, "keep the caller's terminal (no new session)"),
     (("--pass-fd",), "run.pass_fds", "N", True, "keep file descriptor N open for the command"),
     (("--strict",), "limits.strict", None, False, "refuse to run when a protection or limit cannot be applied"),
+    (("--cgroup",), "run.cgroup", "PATH", False,
+     "a delegated cgroup v2 directory to create run cgroups in (default: $SBX_CGROUP, else discovered)"),
     (("--seccomp",), "seccomp.policy", "POLICY", False,
      "syscall filter: default (deny-list), strict (allow-list) or none"),
     (("--memory", "-m"), "limits.memory", "SIZE", False, "memory limit"),
@@ -235,17 +237,8 @@ def build_spec(args: list[str], cwd: str, environ: Mapping[str, str]) -> Spec:
 
 def cmd_run(args: list[str]) -> int:
     from . import supervise
-    from .limits import check
 
-    environ = os.environ
-    cwd = os.getcwd()
-    spec = build_spec(args, cwd, environ)
-    warnings = check(spec)
-    if spec.network == "host":
-        warnings.append("--network host: the sandbox shares the host's network namespace; services on the "
-                        "host's loopback and abstract unix sockets are reachable")
-    for line in warnings:
-        sys.stderr.write(f"sbx: warning: {line}\n")
+    spec = build_spec(args, os.getcwd(), os.environ)
     result = supervise.run(spec)
     _write_reports(spec, result)
     if result.message:

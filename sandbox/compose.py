@@ -189,7 +189,8 @@ def build(settings: Mapping[str, object], argv: list[str], cwd: str, environ: Ma
 # Settings copied to the Spec field of the same meaning only when set, so the Spec's defaults apply otherwise.
 _OPTIONAL_FIELDS = (("sandbox.disk", "disk"), ("sandbox.tmp_size", "tmp_size"), ("run.pass_fds", "pass_fds"),
                     ("io.stdin", "stdin"), ("io.stdout", "stdout"), ("io.stderr", "stderr"),
-                    ("io.result", "result"), ("io.meta", "meta"))
+                    ("io.result", "result"), ("io.meta", "meta"),
+                    ("run.cgroup", "cgroup"))
 
 
 def _names(value: object) -> tuple[str, ...]:

@@ -15,7 +15,8 @@ class Handoff:
     release_r: the payload waits here for RELEASE; EOF means the supervisor is gone.
     exec_w: close-on-exec; the payload writes why exec failed, if it did.
     stdio: the payload's fds 0, 1, 2.
-    listener_w: a unix socket the payload sends its seccomp listener fd on (-1: none).
+    channel_w: a unix datagram socket to the supervisor: the payload's first message tells
+        its pid (by SCM_CREDENTIALS), a later one carries its seccomp listener fd.
     seccomp: the BPF program to load last before execve (None: no filter).
     """
 
@@ -23,9 +24,9 @@ class Handoff:
     release_r: int
     exec_w: int
     stdio: tuple[int, int, int]
-    listener_w: int = -1
+    channel_w: int
     seccomp: bytes | None = None
 
     def payload_only(self) -> tuple[int, ...]:
         """Fds that init must close once the payload has its copies."""
-        return (self.release_r, self.exec_w, *(fd for fd in (self.listener_w, *self.stdio) if fd > 2))
+        return (self.release_r, self.exec_w, *(fd for fd in (self.channel_w, *self.stdio) if fd > 2))

@@ -1,9 +1,12 @@
-"""Which limits this run can enforce, and how loudly to say so when it cannot.
+"""Which limits a run can enforce, and how loudly to say so when it cannot.
 
-Without cgroup v2 delegation (not wired in yet) the degraded path applies:
-rlimits per process, a wall timer in the supervisor, and the pid namespace
-killed as a whole.  A limit that cannot be applied is a warning, or an error
-under --strict: sbx never pretends to enforce what it does not.
+With a delegated cgroup v2 subtree, memory, pids, cpus, cpuset and io are
+cgroup limits on the whole tree, and CPU time is watched there.  Without
+one (cgroup v1 or hybrid hosts, containers without delegation) the degraded
+path applies: rlimits per process, the supervisor's wall timer, the pid
+namespace killed as a whole.  A limit that cannot be applied as asked is a
+warning, or an error under --strict: sbx never pretends to enforce what it
+does not.
 """
 
 from __future__ import annotations
@@ -11,45 +14,55 @@ from __future__ import annotations
 from .errors import UsageError
 from .spec import Spec
 
-# limit -> how the degraded path enforces it (None: it cannot)
-DEGRADED = {
-    "memory": "RLIMIT_AS per process",
-    "time": "RLIMIT_CPU per process",
-    "wall_time": "the supervisor's timer",
-    "file_size": "RLIMIT_FSIZE",
-    "open_files": "RLIMIT_NOFILE",
-    "stack": "RLIMIT_STACK",
-    "cpus": None,
-    "cpuset": None,
-    "pids": None,
-    "output": None,
-    "io_read_bps": None,
-    "io_write_bps": None,
-}
-PER_PROCESS = ("memory", "time")
-FLAGS = {"pids": "--pids-limit", "output": "--output-limit"}
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .cgroup import Delegation
+
+# limit -> the cgroup controller that enforces it for the whole tree
+CONTROLLER = {"memory": "memory", "pids": "pids", "cpus": "cpu", "cpuset": "cpuset",
+              "io_read_bps": "io", "io_write_bps": "io"}
+# limits the degraded path still applies, per process
+PER_PROCESS = {"memory": "RLIMIT_AS", "time": "RLIMIT_CPU"}
+# limits that never need a cgroup: rlimits that mean what they say, or the supervisor's own
+ALWAYS = ("wall_time", "output", "file_size", "open_files", "stack")
+FLAGS = {"pids": "--pids-limit", "output": "--output-limit", "time": "--time"}
 
 
 def requested(spec: Spec) -> list[str]:
-    return [name for name in DEGRADED if getattr(spec.limits, name) is not None]
+    names = (*CONTROLLER, "time", *ALWAYS)
+    return [name for name in names if getattr(spec.limits, name) is not None]
 
 
-def enforced(spec: Spec) -> dict[str, bool]:
-    """Per requested limit: is it enforced for the whole sandbox?"""
-    return {name: DEGRADED[name] is not None and name not in PER_PROCESS for name in requested(spec)}
+def plan(spec: Spec, delegation: Delegation | None, unenforced: tuple[str, ...]) -> tuple[dict[str, bool], list[str]]:
+    """Per requested limit, whether it holds for the whole sandbox; and the warnings.
 
-
-def check(spec: Spec) -> list[str]:
-    """Warnings for limits that are weaker than asked; raises under --strict."""
+    `unenforced`: controllers the run cgroup lacked.  Raises UsageError under
+    --strict when a limit or protection would be weaker than asked.
+    """
+    enforced: dict[str, bool] = {}
     problems = []
     for name in requested(spec):
-        how = DEGRADED[name]
         flag = FLAGS.get(name, "--" + name.replace("_", "-"))
-        if how is None:
-            problems.append(f"{flag} is not enforced: it needs cgroup v2 delegation (see 'sbx doctor')")
-        elif name in PER_PROCESS:
-            problems.append(f"{flag} is enforced per process only ({how}), not for the whole sandbox: "
-                            "it needs cgroup v2 delegation (see 'sbx doctor')")
+        controller = CONTROLLER.get(name)
+        if name in ALWAYS:
+            ok = True
+        elif name == "time":
+            ok = delegation is not None
+        else:
+            ok = delegation is not None and controller not in unenforced and controller in delegation.controllers
+        enforced[name] = ok
+        if ok:
+            continue
+        why = ("it needs cgroup v2 delegation (see 'sbx doctor')" if delegation is None
+               else f"the {controller} controller is not delegated to {delegation.path}")
+        if name in PER_PROCESS:
+            problems.append(f"{flag} is enforced per process only ({PER_PROCESS[name]}), not for the whole "
+                            f"sandbox: {why}")
+        else:
+            problems.append(f"{flag} is not enforced: {why}")
     if problems and spec.limits.strict:
         raise UsageError(problems[0] + "; refusing to run under --strict")
-    return problems
+    if spec.network == "host":
+        problems.append("--network host: the sandbox shares the host's network namespace; services on the "
+                        "host's loopback and abstract unix sockets are reachable")
+    return enforced, problems

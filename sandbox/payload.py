@@ -79,16 +79,16 @@ def _close_fds(keep: list[int]) -> None:
     os.closerange(low, 1 << 20)
 
 
-def _send_listener(sock_fd: int, listener: int) -> None:
-    """Hand the seccomp listener to the supervisor (it is closed on our exec)."""
+def _send(sock_fd: int, data: bytes, fd: int = -1) -> None:
+    """A message to the supervisor; the kernel adds our credentials (it set SO_PASSCRED)."""
     import _socket
 
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM, 0, sock_fd)  # no probing syscalls
     try:
-        sock.sendmsg([b"L"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, listener.to_bytes(4, "little"))])
+        ancillary = [] if fd < 0 else [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd.to_bytes(4, "little"))]
+        sock.sendmsg([data], ancillary)
     finally:
         sock.detach()
-    os.close(listener)
 
 
 def main(spec: Spec, handoff: Handoff, last_cap: int) -> None:
@@ -96,6 +96,7 @@ def main(spec: Spec, handoff: Handoff, last_cap: int) -> None:
     exec_w = handoff.exec_w
     try:
         _reset_signals()
+        _send(handoff.channel_w, b"P")  # our pid, so the supervisor can put us in the run cgroup
         if os.read(handoff.release_r, 1) != RELEASE:
             os._exit(EXIT_SBX)  # the supervisor is gone: never run unsupervised
         os.close(handoff.release_r)
@@ -106,17 +107,20 @@ def main(spec: Spec, handoff: Handoff, last_cap: int) -> None:
             os.setsid()  # no controlling terminal: no TIOCSTI into the caller's
         _set_rlimits(spec)
         if spec.uid != 0 or spec.gid != 0:
+            # init is not dumpable and we inherited that: our /proc files would belong to the
+            # host's root, and the id maps could not be written.  exec resets it anyway.
+            linux.prctl(linux.PR_SET_DUMPABLE, 1)
             _enter_nested_userns(spec.uid, spec.gid)
         os.chdir(spec.workdir)
         _drop_privileges(last_cap)
-        _close_fds([exec_w, handoff.listener_w, *spec.pass_fds])
+        _close_fds([exec_w, handoff.channel_w, *spec.pass_fds])
         for fd in spec.pass_fds:
             os.set_inheritable(fd, True)
         if handoff.seccomp is not None:
             # Last, so the filter need not allow anything sbx itself does.
-            listener = seccomp.load(handoff.seccomp, listener=handoff.listener_w >= 0)
+            listener = seccomp.load(handoff.seccomp, listener=spec.seccomp.action == "kill")
             if listener >= 0:
-                _send_listener(handoff.listener_w, listener)
+                _send(handoff.channel_w, b"L", listener)  # ours closes on exec
         code = EXIT_NOTFOUND
         os.execvpe(spec.argv[0], list(spec.argv), dict(spec.env))
     except OSError as exc:

@@ -22,6 +22,7 @@ class Result:
     sys_time: float = 0.0
     memory_peak: int = 0
     oom_killed: bool = False
+    pids_peak: int | None = None
     output_bytes: int = 0
     limits_enforced: tuple[tuple[str, bool], ...] = ()
     message: str = ""
@@ -37,6 +38,7 @@ class Result:
             "wall_time": round(self.wall_time, 6),
             "memory_peak": self.memory_peak,
             "oom_killed": self.oom_killed,
+            "pids_peak": self.pids_peak,
             "output_bytes": self.output_bytes,
             "limits_enforced": dict(self.limits_enforced),
             "message": self.message,
@@ -53,7 +55,11 @@ class Result:
             f"time:{self.cpu_time:.3f}",
             f"time-wall:{self.wall_time:.3f}",
             f"max-rss:{self.memory_peak // 1024}",
+            f"cg-mem:{self.memory_peak // 1024}",
+            f"output-bytes:{self.output_bytes}",
         ]
+        if self.oom_killed:
+            lines.append("cg-oom-killed:1")
         if self.exit_code is not None:
             lines.append(f"exitcode:{self.exit_code}")
         if self.signal is not None:
@@ -67,12 +73,21 @@ class Result:
         return "\n".join(lines) + "\n"
 
 
-def verdict_for(spec: Spec, exit_code: int | None, signal: int, wall_timed_out: bool, failed: bool,
-                cpu_time: float) -> str:
+def verdict_for(spec: Spec, exit_code: int | None, signal: int, cause: str, failed: bool, cpu_time: float,
+                oom: bool) -> str:
+    """cause: what the supervisor killed the run for ("wall", "time", "output", a seccomp message) or ""."""
     if failed:
         return "XX"
-    if wall_timed_out:
+    if cause == "wall":
         return "WTLE"
+    if cause == "time":
+        return "TLE"
+    if cause == "output":
+        return "OLE"
+    if cause:
+        return "SG"  # a seccomp kill: signal 31 with the syscall in the message
+    if oom:
+        return "MLE"
     time_limit = spec.limits.time
     if signal in (24, 9) and time_limit is not None and cpu_time >= time_limit:  # SIGXCPU, or its hard kill
         return "TLE"

@@ -76,3 +76,4 @@ class Spec:
     stderr: str | None = None
     result: str | None = None
     meta: str | None = None
+    cgroup: str | None = None  # a delegated cgroup v2 directory to run under (else discovered)

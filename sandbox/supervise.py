@@ -1,9 +1,10 @@
 """The supervisor: the sbx process outside the sandbox.
 
-It starts the sandbox, releases the payload once the root is built, enforces
-wall time, forwards signals to init, and turns init's report into a Result.
-It holds no state on the host: the sandbox's files live in tmpfs mounts of
-its own mount namespace, which vanish with its last process.
+It starts the sandbox, puts the payload in its run cgroup and releases it
+once the root is built, enforces CPU time, wall time and output size, forwards
+signals to init, and turns what it measured into a Result.  It holds no
+state on the host but the run cgroup, which it removes: the sandbox's files
+live in tmpfs mounts of its own mount namespace, which vanish with it.
 """
 
 from __future__ import annotations
@@ -11,16 +12,23 @@ from __future__ import annotations
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal as _signal
+    from collections.abc import Callable
+
+    from .cgroup import CgroupStats, Delegation, RunCgroup
 else:
     import _signal  # `signal` itself imports enum: ~4 ms at start-up
+
 import os
 import time
 
 from . import init as init_mod
+from . import limits as limits_mod
 from .errors import EXIT_SBX, SbxError, SetupError
 from .handoff import RELEASE, Handoff
 from .result import Result
 from .spec import Spec
+
+CHUNK = 65536
 
 
 class _Reports:
@@ -50,6 +58,52 @@ class _Reports:
                 return line
 
 
+class _Output:
+    """Copies the payload's stdout and stderr to their destinations, counting bytes against a limit."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.total = 0
+        self.exceeded = False
+        self.pipes: dict[int, int] = {}  # read end -> destination
+
+    def pipe(self, destination: int) -> int:
+        """A pipe whose read end we drain into `destination`; returns the payload's write end."""
+        read_end, write_end = os.pipe()
+        self.pipes[read_end] = destination
+        return write_end
+
+    def pump(self, fd: int) -> bool:
+        """Copy what is readable; False at EOF (the pipe is then closed)."""
+        data = os.read(fd, CHUNK)
+        if not data:
+            os.close(fd)
+            del self.pipes[fd]
+            return False
+        if self.limit is not None:
+            room = self.limit - self.total
+            if len(data) > room:
+                data, self.exceeded = data[: max(room, 0)], True
+        self.total += len(data)
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self.pipes[fd], view):]
+            except BrokenPipeError:
+                break  # our reader went away; keep counting, stop copying
+        return True
+
+    def drain(self) -> None:
+        for fd in list(self.pipes):
+            while self.pump(fd):
+                pass
+
+    def close(self) -> None:
+        for fd in self.pipes:
+            os.close(fd)
+        self.pipes.clear()
+
+
 def _open_stdio(spec: Spec) -> tuple[int, int, int]:
     """The payload's fds 0-2; files are opened here, outside, never following a final symlink."""
     fds = [0, 1, 2]
@@ -68,20 +122,63 @@ def _open_stdio(spec: Spec) -> tuple[int, int, int]:
     return fds[0], fds[1], fds[2]
 
 
-def run(spec: Spec) -> Result:
-    """Run one sandbox to completion.  Raises SbxError when it cannot be set up."""
+def _warn(line: str) -> None:
+    import sys
+
+    sys.stderr.write(f"sbx: warning: {line}\n")
+
+
+def run(spec: Spec, warn: Callable[[str], None] = _warn) -> Result:
+    """Run one sandbox to completion.  Raises SbxError when it cannot be set up.
+
+    `warn` gets each protection or limit that is weaker than asked (an error
+    instead under --strict), before anything runs.
+    """
     program = _seccomp_program(spec)
+    delegation = _delegation(spec)
+    cgroup = None
+    if delegation is not None:
+        from .cgroup import CgroupError, RunCgroup
+
+        try:
+            cgroup = RunCgroup.create(delegation, spec.limits, f"sbx-{os.getpid()}-{time.monotonic_ns()}")
+        except CgroupError as exc:
+            raise SetupError(str(exc)) from None
+    try:
+        enforced, warnings = limits_mod.plan(spec, delegation, () if cgroup is None else cgroup.unenforced)
+        for line in warnings:
+            warn(line)
+        return _run(spec, program, cgroup, enforced)
+    finally:
+        if cgroup is not None:
+            cgroup.remove()
+
+
+def _delegation(spec: Spec) -> Delegation | None:
+    from .cgroup import CgroupError, discover
+
+    try:
+        return discover(spec.cgroup, os.environ)
+    except CgroupError as exc:
+        raise SetupError(str(exc)) from None
+
+
+def _run(spec: Spec, program: bytes | None, cgroup: RunCgroup | None, enforced: dict[str, bool]) -> Result:
+    import _socket
+
     stdio = _open_stdio(spec)
+    output = _Output(spec.limits.output)
+    if spec.limits.output is not None:
+        stdio = (stdio[0], output.pipe(stdio[1]), output.pipe(stdio[2]))
     report_r, report_w = os.pipe()
     release_r, release_w = os.pipe()
     exec_r, exec_w = os.pipe()
-    listener_r = listener_w = -1
-    if program is not None and spec.seccomp.action == "kill":
-        import _socket
-
-        pair = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_DGRAM)
-        listener_r, listener_w = pair[0].detach(), pair[1].detach()
-    handoff = Handoff(report_w, release_r, exec_w, stdio, listener_w, program)
+    # The payload tells us its pid here (the kernel translates SCM_CREDENTIALS into our
+    # pid namespace) and sends its seccomp listener fd.
+    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+    ours.setsockopt(_socket.SOL_SOCKET, _socket.SO_PASSCRED, 1)
+    channel_w = theirs.detach()
+    handoff = Handoff(report_w, release_r, exec_w, stdio, channel_w, program)
     supervisor = os.getpid()
     init_pid = 0
     pending: list[int] = []
@@ -99,9 +196,9 @@ def run(spec: Spec) -> Result:
                 if not (spec.tty and s in (_signal.SIGINT, _signal.SIGQUIT))}
     child = os.fork()
     if child == 0:
-        for fd in (report_r, release_w, exec_r, listener_r):
-            if fd >= 0:
-                os.close(fd)
+        ours.close()
+        for fd in (report_r, release_w, exec_r, *output.pipes):
+            os.close(fd)
         init_mod.enter(spec, handoff, supervisor)
     for fd in (report_w, *set(handoff.payload_only())):
         os.close(fd)
@@ -109,6 +206,11 @@ def run(spec: Spec) -> Result:
     listener = -1
     try:
         init_pid = _await_ready(reports)
+        payload = _await_payload_pid(ours, reports)
+        baseline = None
+        if cgroup is not None:
+            cgroup.add(payload)
+            baseline = cgroup.stats()
         for signum in pending:
             forward(signum, None)
         start = time.monotonic()
@@ -116,24 +218,40 @@ def run(spec: Spec) -> Result:
         os.close(release_w)
         release_w = -1
         exec_error = _await_exec(exec_r)
-        if listener_r >= 0 and exec_error is None:
-            listener = _receive_listener(listener_r)
-        deadline = None if spec.limits.wall_time is None else start + spec.limits.wall_time
-        report, cause = _await_end(reports, deadline, listener)
-        if report is None:
-            os.kill(init_pid, _signal.SIGKILL)
+        if exec_error is None and program is not None and spec.seccomp.action == "kill":
+            listener = _receive_listener(ours)
+        watch = _Watch(spec, cgroup, baseline, start, listener, output)
+        report, cause = watch.wait(reports)
+        if cause:
+            _kill_payload(cgroup, payload)
+            report = reports.next()
         wall = time.monotonic() - start
+        output.drain()
+        stats = None if cgroup is None or baseline is None else cgroup.stats().since(baseline)
     except BaseException:
         os.kill(child, _signal.SIGKILL)
         raise
     finally:
-        for fd in (release_w, report_r, exec_r, listener_r, listener):
+        ours.close()
+        output.close()
+        for fd in (release_w, report_r, exec_r, listener):
             if fd >= 0:
                 os.close(fd)
         os.waitpid(child, 0)
         for signum, handler in previous.items():
             _signal.signal(signum, handler)
-    return _result(spec, report, wall, cause, exec_error)
+    return _result(spec, report, wall, cause, exec_error, stats, output.total, enforced)
+
+
+def _kill_payload(cgroup: RunCgroup | None, payload: int) -> None:
+    """End the payload's whole tree; init then kills the rest and reports."""
+    if cgroup is not None:
+        cgroup.kill()
+    else:
+        try:
+            os.kill(payload, _signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _seccomp_program(spec: Spec) -> bytes | None:
@@ -143,60 +261,6 @@ def _seccomp_program(spec: Spec) -> bytes | None:
         return program(spec.seccomp)
     except SeccompError as exc:
         raise SbxError(str(exc)) from None
-
-
-def _receive_listener(sock_fd: int) -> int:
-    """The payload's seccomp listener fd, sent before its exec (-1 when the kernel gave none)."""
-    import _socket
-
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM, 0, sock_fd)
-    try:
-        sock.setblocking(False)
-        try:
-            _, ancillary, _, _ = sock.recvmsg(1, _socket.CMSG_SPACE(4))
-        except BlockingIOError:
-            return -1
-    finally:
-        sock.detach()
-    for level, kind, data in ancillary:
-        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS and len(data) >= 4:
-            return int.from_bytes(data[:4], "little")
-    return -1
-
-
-def _await_end(reports: _Reports, deadline: float | None, listener: int) -> tuple[str | None, str]:
-    """Init's final report, or None and why there is none: "wall", a seccomp message, or "" (init died)."""
-    line = reports.pop()
-    if line is not None:
-        return line, ""
-    if deadline is None and listener < 0:
-        return reports.next(), ""
-    import select
-
-    poller = select.poll()
-    poller.register(reports.fd, select.POLLIN)
-    if listener >= 0:
-        poller.register(listener, select.POLLIN)
-    while True:
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000 + 1
-        events = poller.poll(timeout)
-        if not events and deadline is not None and time.monotonic() >= deadline:
-            return None, "wall"
-        for fd, event in events:
-            if fd == listener:
-                if event & select.POLLIN:
-                    from . import seccomp
-
-                    note = seccomp.receive(listener)
-                    if note is not None:
-                        return None, seccomp.describe(note[1], note[2])
-                else:
-                    poller.unregister(listener)  # no filtered task left
-            elif not reports.fill():
-                return reports.pop(), ""
-        line = reports.pop()
-        if line is not None:
-            return line, ""
 
 
 def _await_ready(reports: _Reports) -> int:
@@ -214,14 +278,154 @@ def _await_ready(reports: _Reports) -> int:
             return init_pid
 
 
+def _await_payload_pid(sock: object, reports: _Reports) -> int:
+    """The payload's pid as we see it, from the credentials on its first message."""
+    import _socket
+    import select
+
+    assert isinstance(sock, _socket.socket)
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    poller.register(reports.fd, select.POLLIN)
+    while True:
+        for fd, _event in poller.poll():
+            if fd == reports.fd:
+                if not reports.fill() or reports.buffer:
+                    raise SetupError("the payload died before it could be released")
+                continue
+            _, ancillary, _, _ = sock.recvmsg(1, _socket.CMSG_SPACE(12))
+            for level, kind, data in ancillary:
+                if level == _socket.SOL_SOCKET and kind == _socket.SCM_CREDENTIALS and len(data) >= 12:
+                    return int.from_bytes(data[:4], "little")
+            raise SetupError("the payload's first message carried no credentials")
+
+
 def _await_exec(exec_r: int) -> str | None:
     """None once the payload has exec'd (its end of the pipe closed on exec), else why it could not."""
     data = os.read(exec_r, 4096)
     return data.decode(errors="replace") if data else None
 
 
-def _result(spec: Spec, report: str | None, wall: float, cause: str, exec_error: str | None) -> Result:
-    """cause: "" (init reported), "wall" (wall time ran out), or the seccomp violation it was killed for."""
+def _receive_listener(sock: object) -> int:
+    """The payload's seccomp listener fd, sent before its exec (-1 when the kernel gave none)."""
+    import _socket
+
+    assert isinstance(sock, _socket.socket)
+    sock.setblocking(False)
+    try:
+        _, ancillary, _, _ = sock.recvmsg(1, _socket.CMSG_SPACE(4))
+    except BlockingIOError:
+        return -1
+    finally:
+        sock.setblocking(True)
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS and len(data) >= 4:
+            return int.from_bytes(data[:4], "little")
+    return -1
+
+
+class _Watch:
+    """Waits for init's final report while enforcing the limits only the supervisor can.
+
+    Causes: "wall", "time" (CPU time, from the run cgroup), "output", or a
+    seccomp message; "" when init reported on its own.
+    """
+
+    def __init__(self, spec: Spec, cgroup: RunCgroup | None, baseline: CgroupStats | None, start: float,
+                 listener: int, output: _Output) -> None:
+        self.spec = spec
+        self.cgroup = cgroup
+        self.baseline_usec = 0 if baseline is None else baseline.cpu_usec
+        self.deadline = None if spec.limits.wall_time is None else start + spec.limits.wall_time
+        self.listener = listener
+        self.output = output
+        self.cpu_limit = spec.limits.time if cgroup is not None else None
+        self.ncpus = 1.0
+        if self.cpu_limit is not None:
+            from .cgroup import usable_cpus
+
+            self.ncpus = usable_cpus(spec.limits)
+
+    def cpu_used(self) -> float:
+        assert self.cgroup is not None
+        try:
+            with open(self.cgroup.path + "/cpu.stat", "rb") as f:
+                first = f.readline()  # "usage_usec N"
+        except OSError:
+            return 0.0
+        return (int(first.split()[1]) - self.baseline_usec) / 1e6
+
+    def next_timeout(self) -> float | None:
+        """Milliseconds until something must be checked, None for never."""
+        now = time.monotonic()
+        waits = []
+        if self.deadline is not None:
+            waits.append(self.deadline - now)
+        if self.cpu_limit is not None:
+            from .cgroup import next_check_delay
+
+            waits.append(next_check_delay(self.cpu_limit, self.cpu_used(), self.ncpus))
+        if not waits:
+            return None
+        return max(0.0, min(waits)) * 1000
+
+    def expired(self) -> str:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return "wall"
+        if self.cpu_limit is not None and self.cpu_used() >= self.cpu_limit:
+            return "time"
+        return ""
+
+    def wait(self, reports: _Reports) -> tuple[str | None, str]:
+        line = reports.pop()
+        if line is not None:
+            return line, ""
+        import select
+
+        poller = select.poll()
+        poller.register(reports.fd, select.POLLIN)
+        for fd in self.output.pipes:
+            poller.register(fd, select.POLLIN)
+        if self.listener >= 0:
+            poller.register(self.listener, select.POLLIN)
+        while True:
+            timeout = self.next_timeout()
+            events = poller.poll(None if timeout is None else timeout + 0.5)
+            cause = self.expired()
+            if cause:
+                return None, cause
+            for fd, event in events:
+                if fd == self.listener:
+                    cause = self._seccomp(event)
+                    if cause:
+                        return None, cause
+                    if not event & select.POLLIN:
+                        poller.unregister(fd)  # no filtered task left
+                elif fd in self.output.pipes:
+                    if not self.output.pump(fd):
+                        poller.unregister(fd)
+                    elif self.output.exceeded:
+                        return None, "output"
+                elif not reports.fill():
+                    return reports.pop(), ""
+            line = reports.pop()
+            if line is not None:
+                return line, ""
+
+    def _seccomp(self, event: int) -> str:
+        import select
+
+        if not event & select.POLLIN:
+            return ""
+        from . import seccomp
+
+        note = seccomp.receive(self.listener)
+        return "" if note is None else seccomp.describe(note[1], note[2])
+
+
+def _result(spec: Spec, report: str | None, wall: float, cause: str, exec_error: str | None,
+            stats: CgroupStats | None, output_bytes: int, enforced: dict[str, bool]) -> Result:
+    """Init's report and the cgroup's figures -> verdict and figures."""
     from .result import verdict_for
 
     status = signal = 0
@@ -237,12 +441,12 @@ def _result(spec: Spec, report: str | None, wall: float, cause: str, exec_error:
             signal = os.WTERMSIG(wstatus)
         else:
             exit_code = status = os.WEXITSTATUS(wstatus)
-    elif cause == "wall":
-        signal = _signal.SIGKILL
-    elif cause:
-        signal, message = _signal.SIGSYS, cause  # the syscall never ran; report it as its SIGSYS kill
-    else:
+    elif not cause:
         raise SetupError("the sandbox's init died unexpectedly")
+    if cause:
+        signal, exit_code = _signal.SIGKILL, None
+        if cause not in ("wall", "time", "output"):
+            signal, message = _signal.SIGSYS, cause  # the syscall never ran: report it as its SIGSYS kill
     if signal:
         status = 128 + signal
         if signal == _signal.SIGSYS and not message:
@@ -254,8 +458,18 @@ def _result(spec: Spec, report: str | None, wall: float, cause: str, exec_error:
         else:
             message = detail
             status = exit_code = EXIT_SBX
+    oom = False
+    pids_peak = None
+    memory_peak = maxrss
+    if stats is not None:
+        user, system = stats.user_usec / 1e6, stats.system_usec / 1e6
+        oom = stats.oom_kills > 0
+        pids_peak = stats.pids_peak
+        if stats.memory_peak is not None:
+            memory_peak = stats.memory_peak
     failed = exec_error is not None and status == EXIT_SBX
-    verdict = verdict_for(spec, exit_code, signal, cause == "wall", failed, user + system)
+    verdict = verdict_for(spec, exit_code, signal, cause, failed, user + system, oom)
     return Result(verdict=verdict, status=status, exit_code=exit_code, signal=signal or None,
                   wall_time=wall, cpu_time=user + system, user_time=user, sys_time=system,
-                  memory_peak=maxrss, message=message)
+                  memory_peak=memory_peak, oom_killed=oom, pids_peak=pids_peak, output_bytes=output_bytes,
+                  limits_enforced=tuple(enforced.items()), message=message)
