@@ -1,8 +1,8 @@
 """Fuzz `sbx run` flag parsing: argv -> settings -> Spec.
 
 Every input must either build a Spec or raise SbxError (one line, exit 125);
-any other exception is a bug.  Covers -v/--tmpfs/-e/--env-file specs, units
-and ids.
+any other exception is a bug.  Covers -v/--tmpfs/-e/--env-file specs, -p
+publish specs and egress rules, units and ids.
 
     python fuzz/fuzz_flags.py -max_total_time=20 fuzz/corpus/flags
 """
@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import atheris  # noqa: E402
 
 with atheris.instrument_imports():
-    from sandbox import cli, compose, units  # noqa: E402
+    from sandbox import cli, compose, net, units  # noqa: E402
     from sandbox.errors import SbxError  # noqa: E402
 
 WORKDIR = tempfile.mkdtemp(prefix="sbx-fuzz-")  # under $TMPDIR: the pytest wrapper points it at its tmp_path
@@ -48,6 +48,11 @@ def one_input(data: bytes) -> None:
             build(text)
         except SbxError:
             pass
+    for parse in (net.parse_publish, net.parse_rule):  # -p specs and egress rules
+        try:
+            parse(text)
+        except net.NetError as exc:
+            assert "\n" not in str(exc) or "\n" in text, f"multi-line error: {exc!r}"
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ from .frozen import dataclass
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Iterable, Iterator, Mapping
 
     from .spec import Limits
 
@@ -461,6 +461,61 @@ def _block_devices() -> list[str]:
     return out
 
 
+def _whole_disk(dev: str) -> str | None:
+    """MAJ:MIN of the disk a block device belongs to (itself unless a partition); None if not a block device.
+
+    io.max takes whole disks only (a partition is ENODEV).
+    """
+    sys_dir = f"/sys/dev/block/{dev}"
+    if not os.path.exists(os.path.join(sys_dir, "dev")):
+        return None
+    if os.path.exists(os.path.join(sys_dir, "partition")):
+        parent = _read_or(os.path.join(os.path.realpath(sys_dir), "..", "dev"))
+        return parent.strip() if parent else None
+    return dev
+
+
+def _mount_source_device(st_dev: int, mountinfo: str | None = None) -> str | None:
+    """MAJ:MIN of the block device a mount of `st_dev` was made from (btrfs and others show an anonymous st_dev)."""
+    if mountinfo is None:
+        mountinfo = _read_or("/proc/self/mountinfo", "") or ""
+    want = f"{os.major(st_dev)}:{os.minor(st_dev)}"
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields = left.split(" ")
+        if not sep or len(fields) < 3 or fields[2] != want:
+            continue
+        source = _unescape((right.split(" ") + ["", ""])[1])
+        if source.startswith("/dev/"):
+            try:
+                rdev = os.stat(source).st_rdev
+            except OSError:
+                continue
+            if rdev:
+                return f"{os.major(rdev)}:{os.minor(rdev)}"
+    return None
+
+
+def devices_behind(paths: Iterable[str]) -> tuple[str, ...]:
+    """The whole disks (MAJ:MIN) that hold `paths`, for io.max: loop devices included, tmpfs and the like not."""
+    out: list[str] = []
+    mountinfo: str | None = None
+    for path in paths:
+        try:
+            st_dev = os.stat(path).st_dev
+        except OSError:
+            continue
+        disk = _whole_disk(f"{os.major(st_dev)}:{os.minor(st_dev)}")
+        if disk is None:
+            if mountinfo is None:
+                mountinfo = _read_or("/proc/self/mountinfo", "") or ""
+            source = _mount_source_device(st_dev, mountinfo)
+            disk = None if source is None else _whole_disk(source)
+        if disk is not None and disk not in out:
+            out.append(disk)
+    return tuple(out)
+
+
 def cpu_max(cpus: float) -> str:
     """cpu.max for a share of `cpus` CPUs: "<quota_usec> <period_usec>"."""
     quota = max(MIN_CPU_QUOTA_USEC, round(cpus * CPU_PERIOD_USEC))
@@ -484,7 +539,12 @@ class RunCgroup:
         return f"RunCgroup({self.path!r})"
 
     @classmethod
-    def create(cls, d: Delegation, limits: Limits, name: str) -> RunCgroup:
+    def create(cls, d: Delegation, limits: Limits, name: str, devices: tuple[str, ...] = ()) -> RunCgroup:
+        """Make the run cgroup `name` under `d` with `limits` set.
+
+        `devices`: MAJ:MIN of disks io.max must cover besides the machine's
+        whole disks (those behind the run's binds, loop devices included).
+        """
         if "/" in name or name in ("", ".", "..") or name == LEAF or name.startswith("cgroup."):
             raise CgroupError(f"bad cgroup name {name!r}")
         path = os.path.join(d.path, name)
@@ -501,13 +561,13 @@ class RunCgroup:
             raise CgroupError(f"cannot create cgroup {path}: {_errmsg(exc)}") from exc
         run = cls(path)
         try:
-            run.unenforced = run._apply(d, limits)
+            run.unenforced = run._apply(d, limits, devices)
         except BaseException:
             run._rmdir_tree()
             raise
         return run
 
-    def _apply(self, d: Delegation, limits: Limits) -> tuple[str, ...]:
+    def _apply(self, d: Delegation, limits: Limits, extra_devices: tuple[str, ...] = ()) -> tuple[str, ...]:
         have = d.controllers
         missing: list[str] = []
         sets: list[tuple[str, str, bool]] = []  # file, value, required
@@ -534,7 +594,7 @@ class RunCgroup:
             else:
                 missing.append("cpuset")
         if limits.io_read_bps is not None or limits.io_write_bps is not None:
-            devices = _block_devices() if "io" in have else []
+            devices = [] if "io" not in have else list(dict.fromkeys((*extra_devices, *_block_devices())))
             if not devices:
                 missing.append("io")
             parts = []
@@ -548,7 +608,10 @@ class RunCgroup:
                     _write(os.path.join(self.path, "io.max"), f"{dev} {' '.join(parts)}")
                     ok = True
                 except OSError:
-                    pass  # not every block device takes io.max
+                    # Not every block device takes io.max; one behind a bind must.
+                    if dev in extra_devices:
+                        ok = False
+                        break
             if devices and not ok:
                 missing.append("io")
         for fname, value, required in sets:
@@ -696,6 +759,49 @@ class RunCgroup:
                     if exc.errno != errno.EBUSY or attempt == 49:
                         raise CgroupError(f"cannot remove {path}: {_errmsg(exc)}") from exc
                     time.sleep(0.002)
+
+
+RUN_PREFIX = "sbx-"
+
+
+def run_name(pid: int, stamp: int) -> str:
+    """A run cgroup's name: the supervisor's pid first, so a stale one can be told from a live one."""
+    return f"{RUN_PREFIX}{pid}-{stamp}"
+
+
+def remove_stale(d: Delegation) -> list[str]:
+    """Remove run cgroups whose supervisor is gone (it was SIGKILLed); the paths removed.
+
+    Only empty ones: a supervisor that dies takes its sandbox with it (init's
+    PR_SET_PDEATHSIG, then the pid namespace), so nothing is left running.
+    A supervisor we cannot see (another pid namespace) counts as alive.
+    """
+    removed: list[str] = []
+    try:
+        names = os.listdir(d.path)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(RUN_PREFIX) or name == LEAF:
+            continue
+        pid_text = name[len(RUN_PREFIX):].partition("-")[0]
+        if not pid_text.isdigit():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue  # alive
+        except PermissionError:
+            continue  # alive, someone else's
+        except ProcessLookupError:
+            pass
+        run = RunCgroup(os.path.join(d.path, name))
+        try:
+            if not run.populated():
+                run._rmdir_tree()
+                removed.append(run.path)
+        except (CgroupError, OSError):
+            pass
+    return removed
 
 
 # --- CPU-time limit ------------------------------------------------------------

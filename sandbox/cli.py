@@ -33,10 +33,17 @@ RUN_OPTIONS: tuple[Option, ...] = (
     (("-e", "--env"), "env", "NAME[=VALUE]", True, "set a variable, or copy NAME from the caller"),
     (("--env-file",), "env_file", "FILE", True, "read NAME=VALUE lines from FILE"),
     (("--hostname",), "sandbox.hostname", "NAME", False, "hostname inside (default: sbx)"),
-    (("--network", "--net"), "network.mode", "MODE", False, "none (default: loopback only) or host"),
+    (("--network", "--net"), "network.mode", "MODE", False,
+     "none (default: loopback only), pasta (user-mode NAT; alias nat) or host"),
+    (("-p", "--publish"), "network.publish", "[HOST_IP:]HOST_PORT:PORT[/tcp|udp]", True,
+     "make a port inside reachable from the host (pasta)"),
+    (("--dns",), "network.dns", "IP", True, "name server for the sandbox's resolv.conf (pasta)"),
+    (("--host-loopback",), "network.host_loopback", None, False,
+     "pasta: let the gateway address reach the host's loopback services (off by default)"),
     (("--uid",), "sandbox.uid", "N", False, "user id inside (default 0)"),
     (("--gid",), "sandbox.gid", "N", False, "group id inside (default 0)"),
-    (("--image",), "sandbox.image", "NAME", False, "image to run on (default: host)"),
+    (("--image",), "sandbox.image", "NAME", False, "image to run on (default: host, the host's /usr)"),
+    (("--root",), "run.image_root", "DIR", False, "image store (default: $SBX_ROOT, else $XDG_DATA_HOME/sbx)"),
     (("--disk",), "sandbox.disk", "SIZE", False, "size of the writable layer (default 256M)"),
     (("-t", "--tty"), "run.tty", None, False, "keep the caller's terminal (no new session)"),
     (("--pass-fd",), "run.pass_fds", "N", True, "keep file descriptor N open for the command"),
@@ -60,8 +67,8 @@ RUN_OPTIONS: tuple[Option, ...] = (
     (("--stdin",), "io.stdin", "FILE", False, "read stdin from FILE"),
     (("--stdout",), "io.stdout", "FILE", False, "write stdout to FILE"),
     (("--stderr",), "io.stderr", "FILE", False, "write stderr to FILE"),
-    (("--result",), "io.result", "FILE", False, "write the verdict and figures as JSON"),
-    (("--meta",), "io.meta", "FILE", False, "write isolate-style key:value figures"),
+    (("--result",), "io.result", "FILE", False, "write the verdict and figures as JSON (- for stdout)"),
+    (("--meta",), "io.meta", "FILE", False, "write isolate-style key:value figures (- for stdout)"),
 )
 
 USAGE = """usage: sbx [--version] [--help] COMMAND ...
@@ -71,6 +78,7 @@ Run untrusted code in a rootless sandbox under hard limits.
 commands:
   run [OPTIONS] [--] COMMAND [ARG...]   run COMMAND in a fresh sandbox
   profile list|show NAME|check FILE     inspect profiles
+  image import|ls|inspect|rm|tag|prune  the local image store (sbx image --help)
   doctor                                what this host allows, with fixes
 
 'sbx run --help' lists the run options.
@@ -188,6 +196,8 @@ def flag_settings(raw: Mapping[str, object], cwd: str, environ: Mapping[str, str
                     env.append(pair)
         elif key == "run.pass_fds":
             settings[key] = tuple(_pass_fd(v) for v in value)  # type: ignore[attr-defined]
+        elif isinstance(value, list):
+            settings[key] = tuple(value)
         elif isinstance(value, bool):
             settings[key] = value
         else:
@@ -250,7 +260,11 @@ def _write_reports(spec: Spec, result: Result) -> None:
     for path, text in ((spec.result, result.to_json), (spec.meta, result.to_meta)):
         if path is None:
             continue
+        if path == "-":
+            sys.stdout.write(text())
+            continue
         try:
+            # Never through a link: a sandbox with a rw bind could have planted one where we write.
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
             with os.fdopen(fd, "w") as f:
                 f.write(text())
@@ -278,6 +292,10 @@ def main(argv: list[str] | None = None) -> int:
             from . import profile_cmd
 
             return profile_cmd.main(rest)
+        if command == "image":
+            from .image import cli as image_cli
+
+            return image_cli.main(rest)
         raise UsageError(f"unknown command {command!r} (see 'sbx --help')")
     except HelpRequested as shown:
         sys.stdout.write(str(shown))

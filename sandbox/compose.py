@@ -129,7 +129,7 @@ def _workdir(settings: Mapping[str, object], mounts: tuple[Mount, ...], cwd: str
         rel = os.path.relpath(cwd, mount.source)
         if rel == "." or not rel.startswith(".."):
             return os.path.normpath(os.path.join(mount.target, rel))
-    return "/"
+    return str(settings.get("run.image_workdir", "/"))
 
 
 def _id(settings: Mapping[str, object], key: str) -> int:
@@ -140,7 +140,7 @@ def _id(settings: Mapping[str, object], key: str) -> int:
 
 
 def build(settings: Mapping[str, object], argv: list[str], cwd: str, environ: Mapping[str, str]) -> Spec:
-    if not argv:
+    if not argv and str(settings.get("sandbox.image", "host")) == "host":
         raise UsageError("no command given (usage: sbx run [OPTIONS] -- COMMAND [ARG...])")
     if any("\0" in arg for arg in argv):
         raise UsageError("the command's arguments cannot contain NUL bytes")
@@ -148,13 +148,24 @@ def build(settings: Mapping[str, object], argv: list[str], cwd: str, environ: Ma
     if network == "nat":
         network = "pasta"
     if network not in NETWORK_MODES:
-        raise UsageError(f"network mode {network!r} is not supported (choose one of: {', '.join(NETWORK_MODES)})")
+        raise UsageError(f"network mode {network!r} is not supported (choose one of: {', '.join(NETWORK_MODES)}, nat)")
+    net_fields = _network(network, settings)
     image = str(settings.get("sandbox.image", "host"))
-    if image != "host":
-        raise UsageError(f"image {image!r} not found (only the built-in 'host' image exists)")
     uid, gid = _id(settings, "sandbox.uid"), _id(settings, "sandbox.gid")
     tty = bool(settings.get("run.tty", False))
     env = {"PATH": DEFAULT_PATH, "HOME": "/root" if uid == 0 else "/home/sbx", "LANG": "C.UTF-8"}
+    image_fields: dict[str, object] = {}
+    if image != "host":
+        from .image import resolve
+
+        info = resolve(image, settings.get("run.image_root"))  # type: ignore[arg-type]
+        argv = list(info.command(argv))
+        if not argv:
+            raise UsageError(f"no command given, and image {image!r} has none (Entrypoint/Cmd)")
+        env.update(info.env)
+        image_fields = {"layers": info.layer_dirs, "image_lock": info.lock_fd}
+        if "sandbox.workdir" not in settings and info.workdir:
+            settings = {**settings, "run.image_workdir": info.workdir}
     if tty and "TERM" in environ:
         env["TERM"] = environ["TERM"]
     for name in _names(settings.get("sandbox.pass_env", ())):
@@ -179,9 +190,11 @@ def build(settings: Mapping[str, object], argv: list[str], cwd: str, environ: Ma
         workdir=_workdir(settings, mounts, cwd),
         mounts=mounts,
         network=network,
+        **net_fields,  # type: ignore[arg-type]
         tty=tty,
         limits=limits,
         seccomp=seccomp,
+        **image_fields,  # type: ignore[arg-type]
         **optional,  # type: ignore[arg-type]
     )
 
@@ -195,3 +208,33 @@ _OPTIONAL_FIELDS = (("sandbox.disk", "disk"), ("sandbox.tmp_size", "tmp_size"), 
 
 def _names(value: object) -> tuple[str, ...]:
     return value  # type: ignore[return-value]
+
+
+def _network(mode: str, settings: Mapping[str, object]) -> dict[str, object]:
+    """publish, egress rules and DNS: checked here, host names resolved only when the run starts."""
+    publish_texts = _names(settings.get("network.publish", ()))
+    allow, deny = _names(settings.get("network.allow", ())), _names(settings.get("network.deny", ()))
+    dns = _names(settings.get("network.dns", ()))
+    host_loopback = bool(settings.get("network.host_loopback", False))
+    if mode != "pasta":
+        if publish_texts:
+            raise UsageError("-p/--publish needs --network pasta")
+        if host_loopback:
+            raise UsageError("--host-loopback needs --network pasta")
+        if mode == "host" and (allow or deny):
+            raise UsageError("egress rules (network.allow/deny) need --network pasta: sbx cannot filter the "
+                             "host's own network namespace")
+        return {}
+    from . import net
+
+    try:
+        publish = tuple(net.parse_publish(text) for text in publish_texts)
+        net.check_publish(publish)
+        for text in (*allow, *deny):
+            net.parse_rule(text)
+        for server in dns:
+            net.parse_rule(server)
+    except net.NetError as exc:
+        raise UsageError(str(exc)) from None
+    return {"publish": publish, "egress_allow": allow, "egress_deny": deny, "dns": net.sandbox_dns(dns),
+            "host_loopback": host_loopback}

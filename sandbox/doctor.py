@@ -7,7 +7,6 @@ is what `sbx run` will really meet, not a guess from sysctls alone.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 
 from .frozen import dataclass
@@ -80,7 +79,7 @@ def _probe(out: list[str]) -> None:
     for name in ("u", "w", "m"):
         os.mkdir(f"{base}/{name}")
     try:
-        fd = rootfs.overlay("/usr", f"{base}/u", f"{base}/w", 0)
+        fd = rootfs.overlay(["/usr"], f"{base}/u", f"{base}/w", 0)
         rootfs.attach(fd, os.open(f"{base}/m", os.O_PATH | os.O_CLOEXEC))
         out.append("overlay=yes")
     except OSError as exc:
@@ -118,28 +117,41 @@ def findings() -> list[Finding]:
                               "read-only binds instead of copy-on-write overlays, and -v SRC:DST:overlay is "
                               "refused; /, /tmp, /etc, new paths and rw binds stay writable and size-limited",
                               "Linux >= 6.6 gives tmpfs user xattrs"))
-    result.append(_cgroup())
-    return result + _helpers()
+    return result + _cgroup() + _helpers()
 
 
-def _cgroup() -> Finding:
-    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
-        return Finding("cgroup v2", "warn", "unified hierarchy present; delegation is not used by sbx yet, "
-                       "so memory/pids/cpu limits fall back to rlimits")
-    return Finding("cgroup v2", "warn", "no unified cgroup v2 hierarchy with controllers (cgroup v1 or hybrid): "
-                   "limits fall back to per-process rlimits and a wall timer",
-                   "boot with systemd.unified_cgroup_hierarchy=1 and delegate controllers to your user "
-                   "(Delegate= in user@.service)")
+def _cgroup() -> list[Finding]:
+    """Which delegation applies and which controllers are usable (cgroup.diagnose), then the verdict."""
+    from .cgroup import CgroupError, diagnose, discover
+
+    found = [Finding(f"cgroup: {what}", "ok" if ok else "warn", detail) for what, ok, detail in diagnose(os.environ)]
+    try:
+        delegation = discover(None, os.environ)
+    except CgroupError as exc:
+        delegation = None
+        found.append(Finding("cgroup limits", "fail", str(exc), "fix SBX_CGROUP or unset it"))
+        return found
+    if delegation is None:
+        found.append(Finding("cgroup limits", "warn", "no delegated cgroup v2 subtree: --memory and --time hold per "
+                             "process only (rlimits); --pids-limit, --cpus, --cpuset, io limits are not enforced",
+                             "see README.md, 'cgroup v2 delegation'"))
+    else:
+        found.append(Finding("cgroup limits", "ok", f"{delegation.path} ({delegation.how}): "
+                             f"{' '.join(delegation.controllers)}"))
+    return found
 
 
 def _helpers() -> list[Finding]:
     found = []
-    for tool, purpose in (("pasta", "user-mode networking (--network pasta)"),
-                          ("slirp4netns", "user-mode networking fallback"),
-                          ("newuidmap", "id ranges for images with many owners")):
-        path = shutil.which(tool)
+    from .net import NFT_PATHS, which
+
+    for tool, package, purpose in (("pasta", "passt", "user-mode networking (--network pasta)"),
+                                   ("slirp4netns", "slirp4netns", "user-mode networking when pasta is missing"),
+                                   ("nft", "nftables", "egress rules (network.allow/deny)"),
+                                   ("newuidmap", "uidmap", "id ranges for images with many owners")):
+        path = which(tool) or next((p for p in NFT_PATHS if tool == "nft" and os.access(p, os.X_OK)), None)
         found.append(Finding(tool, "ok" if path else "warn", path or f"not installed: needed for {purpose}",
-                             "" if path else f"apt-get install {'passt' if tool == 'pasta' else 'uidmap' if tool == 'newuidmap' else tool}"))
+                             "" if path else f"apt-get install {package}"))
     import ctypes.util
 
     lib = ctypes.util.find_library("seccomp")

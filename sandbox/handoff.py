@@ -18,6 +18,7 @@ class Handoff:
     channel_w: a unix datagram socket to the supervisor: the payload's first message tells
         its pid (by SCM_CREDENTIALS), a later one carries its seccomp listener fd.
     seccomp: the BPF program to load last before execve (None: no filter).
+    nft: egress rules for the sandbox's network namespace, host names already resolved.
     """
 
     report_w: int
@@ -26,6 +27,7 @@ class Handoff:
     stdio: tuple[int, int, int]
     channel_w: int
     seccomp: bytes | None = None
+    nft: str | None = None
 
     def payload_only(self) -> tuple[int, ...]:
         """Fds that init must close once the payload has its copies."""

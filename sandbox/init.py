@@ -131,6 +131,10 @@ def init(spec: Spec, handoff: Handoff) -> None:
         linux.sethostname(spec.hostname)
         if spec.network != "host":
             _loopback_up()
+        if handoff.nft is not None:
+            from . import net
+
+            net.apply_rules(handoff.nft)
         with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
             last_cap = int(f.read())
         root = rootfs.Root(spec)

@@ -92,14 +92,11 @@ def _send(sock_fd: int, data: bytes, fd: int = -1) -> None:
 
 
 def main(spec: Spec, handoff: Handoff, last_cap: int) -> None:
+    """Everything but execve happens before the release, so the run's figures hold none of it."""
     code = EXIT_SBX
     exec_w = handoff.exec_w
     try:
         _reset_signals()
-        _send(handoff.channel_w, b"P")  # our pid, so the supervisor can put us in the run cgroup
-        if os.read(handoff.release_r, 1) != RELEASE:
-            os._exit(EXIT_SBX)  # the supervisor is gone: never run unsupervised
-        os.close(handoff.release_r)
         for target, fd in enumerate(handoff.stdio):
             if fd != target:
                 os.dup2(fd, target)
@@ -113,14 +110,19 @@ def main(spec: Spec, handoff: Handoff, last_cap: int) -> None:
             _enter_nested_userns(spec.uid, spec.gid)
         os.chdir(spec.workdir)
         _drop_privileges(last_cap)
-        _close_fds([exec_w, handoff.channel_w, *spec.pass_fds])
+        _close_fds([exec_w, handoff.release_r, handoff.channel_w, *spec.pass_fds])
         for fd in spec.pass_fds:
             os.set_inheritable(fd, True)
+        listener = -1
         if handoff.seccomp is not None:
-            # Last, so the filter need not allow anything sbx itself does.
+            # Last, so the filter need not allow anything sbx itself does (read, sendmsg and
+            # execve are all that follow).
             listener = seccomp.load(handoff.seccomp, listener=spec.seccomp.action == "kill")
-            if listener >= 0:
-                _send(handoff.channel_w, b"L", listener)  # ours closes on exec
+        # Our pid (the kernel adds our credentials), so the supervisor can put us in the run
+        # cgroup, and the seccomp listener, whose copy here closes on exec.
+        _send(handoff.channel_w, b"P", listener)
+        if os.read(handoff.release_r, 1) != RELEASE:
+            os._exit(EXIT_SBX)  # the supervisor is gone: never run unsupervised
         code = EXIT_NOTFOUND
         os.execvpe(spec.argv[0], list(spec.argv), dict(spec.env))
     except OSError as exc:

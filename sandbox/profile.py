@@ -57,13 +57,6 @@ DEFAULT = Profile(
     settings=(
         ("sandbox.image", "host"),
         ("sandbox.hostname", "sbx"),
-        (
-            "sandbox.env",
-            (
-                ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
-                ("LANG", "C.UTF-8"),
-            ),
-        ),
         ("sandbox.disk", 256 << 20),
         ("sandbox.tmp_size", 64 << 20),
         ("network.mode", "none"),

@@ -245,18 +245,25 @@ def _is_ip(text: str) -> bool:
 
 
 def _is_publish(text: str) -> bool:
-    """[IP:][HOST_PORT:]PORT[/tcp|/udp], IPv6 in brackets, as podman's -p."""
-    rest, _, proto = text.partition("/")
-    if proto not in ("", "tcp", "udp"):
+    """[HOST_IP:]HOST_PORT:PORT[/tcp|udp], IPv6 in brackets: what -p takes."""
+    from .net import NetError, parse_publish
+
+    try:
+        parse_publish(text)
+    except NetError:
         return False
-    if rest.startswith("["):
-        ip, bracket, ports = rest[1:].partition("]:")
-        host, colon, port = ports.partition(":")
-        return bool(bracket and colon) and _is_ip(ip) and _is_port(host) and _is_port(port)
-    parts = rest.split(":")
-    if len(parts) == 3 and not _is_ip(parts[0]):
+    return True
+
+
+def _is_rule(text: str) -> bool:
+    """ADDRESS[/PREFIX], HOST, HOST:PORT or [IPv6]:PORT."""
+    from .net import NetError, parse_rule
+
+    try:
+        parse_rule(text)
+    except NetError:
         return False
-    return 1 <= len(parts) <= 3 and all(_is_port(p) for p in parts[-2:])
+    return True
 
 
 def _is_image(name: str) -> bool:
@@ -359,6 +366,10 @@ _SCHEMA: dict[str, dict[str, tuple[_Convert, str]]] = {
     "network": {
         "mode": (_choice(NETWORK_MODES), ""),
         "publish": (_list('an array such as ["8080:80", "127.0.0.1:5353:53/udp"]', _is_publish), ""),
+        "allow": (_list('an array such as ["10.0.0.0/8", "pypi.org:443"]', _is_rule), ""),
+        "deny": (_list('an array such as ["169.254.169.254", "10.0.0.0/8"]', _is_rule), ""),
+        "dns": (_list('an array of IP addresses such as ["192.0.2.53"]', _is_ip), ""),
+        "host_loopback": (_bool, ""),
     },
     "seccomp": {
         "policy": (_choice(SECCOMP_POLICIES), ""),
@@ -1003,6 +1014,10 @@ def _defaults() -> dict[str, object]:
         "sandbox.tmp_size": spec.tmp_size,
         "network.mode": spec.network,
         "network.publish": (),
+        "network.allow": (),
+        "network.deny": (),
+        "network.dns": (),
+        "network.host_loopback": spec.host_loopback,
     }
     for key in _SCHEMA["limits"]:
         values["limits." + key] = getattr(limits, key)

@@ -89,7 +89,13 @@ def verdict_for(spec: Spec, exit_code: int | None, signal: int, cause: str, fail
     if oom:
         return "MLE"
     time_limit = spec.limits.time
-    if signal in (24, 9) and time_limit is not None and cpu_time >= time_limit:  # SIGXCPU, or its hard kill
+    # RLIMIT_CPU's SIGXCPU (the kernel counts exact runtime; rusage may show a tick less),
+    # or its hard SIGKILL a second later.
+    if time_limit is not None and (signal == 24 or (signal == 9 and cpu_time >= time_limit)):
+        return "TLE"
+    # More CPU time than allowed, though nothing had to be killed: the run ended between two
+    # checks, or (without a cgroup) a child the supervisor could not watch used it.
+    if time_limit is not None and cpu_time > time_limit:
         return "TLE"
     if signal == 25 and spec.limits.file_size is not None:  # SIGXFSZ
         return "OLE"

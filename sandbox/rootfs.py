@@ -61,12 +61,19 @@ def tmpfs(size: int, mode: str, attrs: int, nr_inodes: int | None = None) -> int
         os.close(fd)
 
 
-def overlay(lower: str, upper: str, work: str, attrs: int) -> int:
-    if "," in lower or "," in upper:
-        raise SetupError(f"cannot use {lower!r} as an overlay layer: the path contains a comma")
+def overlay(lowers: list[str], upper: str, work: str, attrs: int) -> int:
+    """A detached overlay mount; `lowers` top first."""
+    for path in (*lowers, upper):
+        if "," in path:
+            raise SetupError(f"cannot use {path!r} as an overlay layer: the path contains a comma")
+    escaped = [path.replace("\\", "\\\\").replace(":", "\\:") for path in lowers]
     fd = linux.fsopen("overlay")
     try:
-        linux.fsconfig(fd, "lowerdir", lower.replace("\\", "\\\\").replace(":", "\\:"))
+        if len(":".join(escaped)) < 256:
+            linux.fsconfig(fd, "lowerdir", ":".join(escaped))
+        else:  # fsconfig takes at most 256 bytes a value: one layer at a time (Linux >= 6.8)
+            for path in escaped:
+                linux.fsconfig(fd, "lowerdir+", path)
         linux.fsconfig(fd, "upperdir", upper)
         linux.fsconfig(fd, "workdir", work)
         linux.fsconfig(fd, "userxattr")
@@ -115,44 +122,68 @@ class Root:
         self.spec = spec
         self.base = staging_dir()
         self.root = self.base + "/root"
+        self.rootfd = -1
         self.layers = 0
         self.cow = False
 
-    # -- fixed layout: paths we create ourselves in a fresh tmpfs -----------------
+    # -- paths inside the new root, resolved there: an image's symlinks cannot lead out --------
 
     def path(self, inside: str) -> str:
         return self.root + inside
 
-    def target(self, inside: str) -> int:
-        return os.open(self.path(inside), PATH_FLAGS)
+    def target(self, inside: str, is_dir: bool = True) -> int:
+        return resolve(self.rootfd, inside, is_dir)
 
     def mkdir(self, inside: str, mode: int = 0o755) -> None:
-        os.mkdir(self.path(inside), mode)
-        os.chmod(self.path(inside), mode)  # umask may have narrowed it
+        """Create a directory unless the image has one; leave an existing one as it is."""
+        how = linux.RESOLVE_IN_ROOT | linux.RESOLVE_NO_MAGICLINKS
+        try:
+            os.close(linux.openat2(self.rootfd, inside.lstrip("/"), os.O_PATH, how))
+            return
+        except FileNotFoundError:
+            pass
+        fd = resolve(self.rootfd, inside, is_dir=True)
+        try:
+            os.chmod(f"/proc/self/fd/{fd}", mode)  # umask narrowed it
+        finally:
+            os.close(fd)
 
     def write(self, inside: str, text: str) -> None:
-        fd = os.open(self.path(inside), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        """Write a new file in place of whatever the image has there (a symlink included)."""
+        head, _, name = inside.rpartition("/")
+        parent = resolve(self.rootfd, head or "/", is_dir=True)
+        try:
+            try:
+                os.unlink(name, dir_fd=parent)
+            except FileNotFoundError:
+                pass
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                         dir_fd=parent)
+        finally:
+            os.close(parent)
         try:
             os.write(fd, text.encode())
         finally:
             os.close(fd)
 
     def touch(self, inside: str) -> None:
-        os.close(os.open(self.path(inside), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+        os.close(resolve(self.rootfd, inside, is_dir=False))
 
     def build(self) -> None:
         spec = self.spec
         linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
         # Grab the bind sources first: the staging tmpfs may cover them (a source under /tmp).
         sources = [self.open_source(mount) for mount in spec.mounts]
+        layers = [os.open(path, PATH_FLAGS | os.O_DIRECTORY) for path in spec.layers]
         try:
-            self.build_tree(sources)
+            self.build_tree(sources, layers)
         finally:
-            for source in sources:
-                if source is not None:
-                    os.close(source[0])
+            for fd in (*(source[0] for source in sources if source is not None), *layers):
+                os.close(fd)
+            if self.rootfd >= 0:
+                os.close(self.rootfd)
 
-    def build_tree(self, sources: list[tuple[int, bool] | None]) -> None:
+    def build_tree(self, sources: list[tuple[int, bool] | None], layers: list[int]) -> None:
         spec = self.spec
         base_fd = os.open(self.base, PATH_FLAGS | os.O_DIRECTORY)
         attach(tmpfs(spec.disk, "0755", linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV), base_fd)
@@ -160,11 +191,18 @@ class Root:
         os.mkdir(self.root, 0o755)
         os.chmod(self.root, 0o755)
         os.mkdir(self.base + "/layers", 0o700)
-        attach(clone_tree(self.root, 0, recursive=False), os.open(self.root, PATH_FLAGS))
-
-        for name in HOST_DIRS:
-            self.host_dir(name)
-        self.etc()
+        if layers:
+            # An imported image: its layers (top first) under the disposable upper, as /.
+            lowers = [f"/proc/self/fd/{fd}" for fd in layers]
+            attach(self.overlay_of(lowers, linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV),
+                   os.open(self.root, PATH_FLAGS))
+        else:
+            attach(clone_tree(self.root, 0, recursive=False), os.open(self.root, PATH_FLAGS))
+        self.rootfd = os.open(self.root, PATH_FLAGS | os.O_DIRECTORY)
+        if not layers:
+            for name in HOST_DIRS:
+                self.host_dir(name)
+        self.etc(image=bool(layers))
         for name in ("root", "home", "run", "var", "var/tmp", "tmp", "proc", "dev"):
             self.mkdir("/" + name, 0o700 if name == "root" else 0o755)
         if spec.uid != 0:
@@ -172,18 +210,14 @@ class Root:
         attach(tmpfs(spec.tmp_size, "1777", linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV), self.target("/tmp"))
         self.proc()
         self.dev()
-        rootfd = os.open(self.root, PATH_FLAGS | os.O_DIRECTORY)
+        for index in sorted(range(len(spec.mounts)), key=lambda i: spec.mounts[i].target.count("/")):
+            self.user_mount(self.rootfd, spec.mounts[index], sources[index])
+        workdir = resolve(self.rootfd, spec.workdir, is_dir=True)
         try:
-            for index in sorted(range(len(spec.mounts)), key=lambda i: spec.mounts[i].target.count("/")):
-                self.user_mount(rootfd, spec.mounts[index], sources[index])
-            workdir = resolve(rootfd, spec.workdir, is_dir=True)
-            try:
-                if not stat.S_ISDIR(os.fstat(workdir).st_mode):
-                    raise SetupError(f"workdir {spec.workdir}: not a directory")
-            finally:
-                os.close(workdir)
+            if not stat.S_ISDIR(os.fstat(workdir).st_mode):
+                raise SetupError(f"workdir {spec.workdir}: not a directory")
         finally:
-            os.close(rootfd)
+            os.close(workdir)
 
     def pivot(self) -> None:
         os.chdir(self.root)
@@ -205,12 +239,12 @@ class Root:
             return
         self.mkdir(host)
         if self.cow:
-            mount_fd = self.overlay_of(host, linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV)
+            mount_fd = self.overlay_of([host], linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV)
         else:
             mount_fd = clone_tree(host, RO)
         attach(mount_fd, self.target(host))
 
-    def overlay_of(self, lower: str, attrs: int) -> int:
+    def overlay_of(self, lower: list[str], attrs: int) -> int:
         self.layers += 1
         layer = f"{self.base}/layers/{self.layers}"
         os.mkdir(layer, 0o700)
@@ -218,24 +252,34 @@ class Root:
         os.mkdir(layer + "/work", 0o700)
         return overlay(lower, layer + "/upper", layer + "/work", attrs)
 
-    def etc(self) -> None:
+    def etc(self, image: bool) -> None:
+        """A synthetic /etc on the host image; on an imported image, its own with our hosts and resolv.conf."""
         spec = self.spec
         self.mkdir("/etc")
-        users = "root:x:0:0:root:/root:/bin/sh\n"
-        groups = "root:x:0:\n"
-        if spec.uid != 0:
-            users += f"sbx:x:{spec.uid}:{spec.gid}:sbx:/home/sbx:/bin/sh\n"
-        if spec.gid != 0:
-            groups += f"sbx:x:{spec.gid}:\n"
-        self.write("/etc/passwd", users + "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")
-        self.write("/etc/group", groups + "nogroup:x:65534:\n")
-        self.write("/etc/nsswitch.conf", "passwd: files\ngroup: files\nhosts: files dns\n")
+        if not image:
+            users = "root:x:0:0:root:/root:/bin/sh\n"
+            groups = "root:x:0:\n"
+            if spec.uid != 0:
+                users += f"sbx:x:{spec.uid}:{spec.gid}:sbx:/home/sbx:/bin/sh\n"
+            if spec.gid != 0:
+                groups += f"sbx:x:{spec.gid}:\n"
+            self.write("/etc/passwd", users + "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")
+            self.write("/etc/group", groups + "nogroup:x:65534:\n")
+            self.write("/etc/nsswitch.conf", "passwd: files\ngroup: files\nhosts: files dns\n")
         if spec.network == "host":
-            for name in ("hosts", "resolv.conf"):
-                self.share_etc(name)
+            for name in ("hosts", "resolv.conf"):  # their contents: resolv.conf is often a link into /run
+                try:
+                    with open("/etc/" + name) as f:
+                        self.write("/etc/" + name, f.read())
+                except OSError:
+                    pass
         else:
+            if spec.network == "pasta" and spec.dns:
+                self.write("/etc/resolv.conf", "".join(f"nameserver {server}\n" for server in spec.dns))
             self.write("/etc/hosts", f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
                                      f"127.0.1.1\t{spec.hostname}\n")
+        if image:
+            return
         try:
             names = os.listdir("/etc")
         except OSError:
@@ -343,7 +387,7 @@ class Root:
             if not self.cow:
                 raise SetupError(f"{mount.source}:{mount.target}:overlay: this kernel's tmpfs has no user "
                                  "xattrs (Linux < 6.6), so overlays cannot be stacked on it; use :ro or :rw")
-            mount_fd = self.overlay_of(f"/proc/self/fd/{fd}", attrs)
+            mount_fd = self.overlay_of([f"/proc/self/fd/{fd}"], attrs)
         else:
             mount_fd = os.dup(fd)
         try:

@@ -438,7 +438,7 @@ def _parse_cond(part: str, where: str, deny: bool) -> Cond:
         mask = _value(mask_text, where)
         if op_text != "==":
             raise PolicyError(f"{where}: a masked condition must use == ({p!r})")
-    if not (left.startswith("arg") and left[3:].isdigit() and int(left[3:]) < 6):
+    if not (left.startswith("arg") and left[3:].isascii() and left[3:].isdigit() and int(left[3:]) < 6):
         raise PolicyError(f"{where}: bad condition {p!r}: the left side must be arg0..arg5")
     arg = int(left[3:])
     value = _value(right, where)

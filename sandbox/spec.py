@@ -14,7 +14,7 @@ MiB = 1024 * 1024
 # Mount modes: bind modes for -v, plus "tmpfs" for --tmpfs and [[mount]] tmpfs.
 BIND_MODES = ("ro", "rw", "overlay")
 MOUNT_MODES = BIND_MODES + ("tmpfs",)
-NETWORK_MODES = ("none", "host")
+NETWORK_MODES = ("none", "host", "pasta")
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,20 @@ class Mount:
     source: str | None = None
     size: int | None = None
     optional: bool = False
+
+
+@dataclass(frozen=True)
+class Publish:
+    """-p [[HOST_IP:]HOST_PORT:]SANDBOX_PORT[/tcp|udp]; a lone port is the same port on both sides."""
+
+    host_port: int
+    sandbox_port: int
+    proto: str = "tcp"
+    host_ip: str | None = None
+
+    def __str__(self) -> str:
+        ip = "" if self.host_ip is None else (f"[{self.host_ip}]:" if ":" in self.host_ip else f"{self.host_ip}:")
+        return f"{ip}{self.host_port}:{self.sandbox_port}/{self.proto}"
 
 
 @dataclass(frozen=True)
@@ -58,12 +72,19 @@ class Spec:
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()
     image: str = "host"
+    layers: tuple[str, ...] = ()  # an imported image's layer dirs, top first; () for the host image
+    image_lock: int = -1  # fd holding the image store's use lock for as long as this process lives
     hostname: str = "sbx"
     uid: int = 0
     gid: int = 0
     workdir: str = "/"
     mounts: tuple[Mount, ...] = ()
     network: str = "none"
+    publish: tuple[Publish, ...] = ()
+    egress_allow: tuple[str, ...] = ()  # "10.0.0.0/8", "example.org:443": everything else is rejected
+    egress_deny: tuple[str, ...] = ()
+    dns: tuple[str, ...] = ()  # name servers for resolv.conf in pasta mode
+    host_loopback: bool = False  # pasta: the gateway address reaches the host's loopback
     disk: int = 256 * MiB
     tmp_size: int = 64 * MiB
     shm_size: int = 64 * MiB

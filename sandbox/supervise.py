@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .cgroup import CgroupStats, Delegation, RunCgroup
+    from .net import UserNet
 else:
     import _signal  # `signal` itself imports enum: ~4 ms at start-up
 
@@ -129,7 +130,11 @@ def _warn(line: str) -> None:
 
 
 def run(spec: Spec, warn: Callable[[str], None] = _warn) -> Result:
-    """Run one sandbox to completion.  Raises SbxError when it cannot be set up.
+    """Run one sandbox to completion.
+
+    Raises SbxError for bad input and for a run cgroup that cannot be made; a
+    sandbox that cannot be built (or whose init dies) is an XX result instead,
+    so --result and --meta still say what happened.
 
     `warn` gets each protection or limit that is weaker than asked (an error
     instead under --strict), before anything runs.
@@ -138,20 +143,59 @@ def run(spec: Spec, warn: Callable[[str], None] = _warn) -> Result:
     delegation = _delegation(spec)
     cgroup = None
     if delegation is not None:
-        from .cgroup import CgroupError, RunCgroup
+        from .cgroup import CgroupError, RunCgroup, devices_behind, remove_stale, run_name
 
+        remove_stale(delegation)  # of supervisors that were SIGKILLed
+        devices: tuple[str, ...] = ()
+        if spec.limits.io_read_bps is not None or spec.limits.io_write_bps is not None:
+            devices = devices_behind(m.source for m in spec.mounts if m.source is not None)
         try:
-            cgroup = RunCgroup.create(delegation, spec.limits, f"sbx-{os.getpid()}-{time.monotonic_ns()}")
+            cgroup = RunCgroup.create(delegation, spec.limits, run_name(os.getpid(), time.monotonic_ns()), devices)
         except CgroupError as exc:
             raise SetupError(str(exc)) from None
     try:
         enforced, warnings = limits_mod.plan(spec, delegation, () if cgroup is None else cgroup.unenforced)
         for line in warnings:
             warn(line)
-        return _run(spec, program, cgroup, enforced)
+        try:
+            return _run(spec, _sandbox_spec(spec, enforced), program, cgroup, enforced)
+        except SetupError as exc:
+            # The sandbox could not be built or died: a result all the same (XX), so a
+            # judge reading --result/--meta sees a sandbox failure, not a missing file.
+            return Result(verdict="XX", status=EXIT_SBX, message=str(exc), limits_enforced=tuple(enforced.items()))
     finally:
         if cgroup is not None:
-            cgroup.remove()
+            from .cgroup import CgroupError
+
+            try:
+                cgroup.remove()
+            except CgroupError as exc:
+                warn(f"run cgroup left behind: {exc}")
+
+
+def _sandbox_spec(spec: Spec, enforced: dict[str, bool]) -> Spec:
+    """The spec init and the payload get: their rlimits, where the run cgroup does better.
+
+    No RLIMIT_AS where memory.max holds the whole tree: RLIMIT_AS counts
+    address space, not memory, so a run that maps more than it touches (Go,
+    Java, ASan, a big malloc arena) would fail with ENOMEM, and an over-limit
+    allocation would be an RE instead of the cgroup's MLE.
+
+    RLIMIT_CPU only as a backstop a second past the limit where the supervisor
+    watches the cgroup's CPU time: the payload's own clock also counts its set-up
+    before release, which the run's figure leaves out, so at the limit itself
+    the rlimit would fire first and turn a precise TLE into an early SIGXCPU.
+    """
+    changes: dict[str, object] = {}
+    if spec.limits.memory is not None and enforced.get("memory"):
+        changes["memory"] = None
+    if spec.limits.time is not None and enforced.get("time"):
+        changes["time"] = spec.limits.time + 1.0
+    if not changes:
+        return spec
+    from .frozen import replace
+
+    return replace(spec, limits=replace(spec.limits, **changes))  # type: ignore[arg-type]
 
 
 def _delegation(spec: Spec) -> Delegation | None:
@@ -163,7 +207,9 @@ def _delegation(spec: Spec) -> Delegation | None:
         raise SetupError(str(exc)) from None
 
 
-def _run(spec: Spec, program: bytes | None, cgroup: RunCgroup | None, enforced: dict[str, bool]) -> Result:
+def _run(spec: Spec, sandbox_spec: Spec, program: bytes | None, cgroup: RunCgroup | None,
+         enforced: dict[str, bool]) -> Result:
+    """One run; `sandbox_spec` is what init and the payload get (see _sandbox_spec)."""
     import _socket
 
     stdio = _open_stdio(spec)
@@ -178,7 +224,7 @@ def _run(spec: Spec, program: bytes | None, cgroup: RunCgroup | None, enforced: 
     ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_DGRAM)
     ours.setsockopt(_socket.SOL_SOCKET, _socket.SO_PASSCRED, 1)
     channel_w = theirs.detach()
-    handoff = Handoff(report_w, release_r, exec_w, stdio, channel_w, program)
+    handoff = Handoff(report_w, release_r, exec_w, stdio, channel_w, program, _egress_rules(spec))
     supervisor = os.getpid()
     init_pid = 0
     pending: list[int] = []
@@ -199,39 +245,61 @@ def _run(spec: Spec, program: bytes | None, cgroup: RunCgroup | None, enforced: 
         ours.close()
         for fd in (report_r, release_w, exec_r, *output.pipes):
             os.close(fd)
-        init_mod.enter(spec, handoff, supervisor)
+        init_mod.enter(sandbox_spec, handoff, supervisor)
     for fd in (report_w, *set(handoff.payload_only())):
         os.close(fd)
     reports = _Reports(report_r)
     listener = -1
+    usernet = None
     try:
         init_pid = _await_ready(reports)
-        payload = _await_payload_pid(ours, reports)
+        if spec.network == "pasta":
+            usernet = _start_usernet(spec, child)
+        ready = _await_payload(ours, reports)
+        payload = None if ready is None else ready[0]
+        if ready is not None and ready[1] >= 0:
+            listener = ready[1]
         baseline = None
-        if cgroup is not None:
-            cgroup.add(payload)
-            baseline = cgroup.stats()
-        for signum in pending:
-            forward(signum, None)
-        start = time.monotonic()
-        os.write(release_w, RELEASE)
-        os.close(release_w)
-        release_w = -1
-        exec_error = _await_exec(exec_r)
-        if exec_error is None and program is not None and spec.seccomp.action == "kill":
-            listener = _receive_listener(ours)
-        watch = _Watch(spec, cgroup, baseline, start, listener, output)
-        report, cause = watch.wait(reports)
-        if cause:
-            _kill_payload(cgroup, payload)
-            report = reports.next()
-        wall = time.monotonic() - start
-        output.drain()
-        stats = None if cgroup is None or baseline is None else cgroup.stats().since(baseline)
+        if payload is not None and cgroup is not None:
+            from .cgroup import CgroupError
+
+            try:
+                cgroup.add(payload)
+                baseline = cgroup.stats()
+            except CgroupError as exc:
+                if _alive(payload):
+                    raise SetupError(str(exc)) from None
+                payload = None  # a forwarded signal ended it first
+        if payload is None:
+            # The payload died before its release (a forwarded SIGTERM, say): no figures, but
+            # the run ends as the payload did (init reports how), not as a failure of sbx.
+            report, cause, stats, wall = reports.next(), "", None, 0.0
+            exec_error = _await_exec(exec_r)  # why it died, when it could tell
+        else:
+            for signum in pending:
+                forward(signum, None)
+            start = time.monotonic()
+            try:
+                os.write(release_w, RELEASE)
+            except BrokenPipeError:
+                pass  # a forwarded signal ended the payload first; init reports how it died
+            os.close(release_w)
+            release_w = -1
+            exec_error = _await_exec(exec_r)
+            watch = _Watch(spec, cgroup, baseline, start, listener, output, payload)
+            report, cause = watch.wait(reports)
+            if cause:
+                _kill_payload(cgroup, payload)
+                report = reports.next()
+            wall = time.monotonic() - start
+            output.drain()
+            stats = None if cgroup is None or baseline is None else cgroup.stats().since(baseline)
     except BaseException:
         os.kill(child, _signal.SIGKILL)
         raise
     finally:
+        if usernet is not None:
+            usernet.stop()
         ours.close()
         output.close()
         for fd in (release_w, report_r, exec_r, listener):
@@ -243,15 +311,47 @@ def _run(spec: Spec, program: bytes | None, cgroup: RunCgroup | None, enforced: 
     return _result(spec, report, wall, cause, exec_error, stats, output.total, enforced)
 
 
+def _egress_rules(spec: Spec) -> str | None:
+    if spec.network != "pasta" or not (spec.egress_allow or spec.egress_deny):
+        return None
+    from . import net
+
+    try:
+        return net.nft_script(net.resolve_rules(spec.egress_allow), net.resolve_rules(spec.egress_deny), spec.dns)
+    except net.NetError as exc:
+        raise SbxError(str(exc)) from None
+
+
+def _start_usernet(spec: Spec, target: int) -> UserNet:
+    """pasta (or slirp4netns) on the entry process's namespaces, up before the payload is released."""
+    from . import net
+
+    try:
+        usernet = net.UserNet.start(target, spec.publish, spec.dns, spec.host_loopback)
+        try:
+            usernet.wait_ready()
+        except BaseException:
+            usernet.stop()
+            raise
+    except net.NetError as exc:
+        raise SetupError(str(exc)) from None
+    return usernet
+
+
 def _kill_payload(cgroup: RunCgroup | None, payload: int) -> None:
     """End the payload's whole tree; init then kills the rest and reports."""
     if cgroup is not None:
-        cgroup.kill()
-    else:
+        from .cgroup import CgroupError
+
         try:
-            os.kill(payload, _signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            cgroup.kill()
+            return
+        except CgroupError:
+            pass  # remove() tries again; meanwhile end the payload itself
+    try:
+        os.kill(payload, _signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _seccomp_program(spec: Spec) -> bytes | None:
@@ -278,8 +378,22 @@ def _await_ready(reports: _Reports) -> int:
             return init_pid
 
 
-def _await_payload_pid(sock: object, reports: _Reports) -> int:
-    """The payload's pid as we see it, from the credentials on its first message."""
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _await_payload(sock: object, reports: _Reports) -> tuple[int, int] | None:
+    """The payload's pid as we see it (its message's credentials) and its seccomp listener fd (or -1).
+
+    The payload sends them once it is ready to exec.  None when init reported the payload's end
+    instead: it died first (a forwarded signal, or a failure it wrote to the exec pipe).
+    """
     import _socket
     import select
 
@@ -290,14 +404,25 @@ def _await_payload_pid(sock: object, reports: _Reports) -> int:
     while True:
         for fd, _event in poller.poll():
             if fd == reports.fd:
-                if not reports.fill() or reports.buffer:
+                if not reports.fill():
+                    raise SetupError("the payload died before it could be released")
+                if reports.buffer.startswith(b"X "):
+                    return None
+                if reports.buffer:
                     raise SetupError("the payload died before it could be released")
                 continue
-            _, ancillary, _, _ = sock.recvmsg(1, _socket.CMSG_SPACE(12))
+            _, ancillary, _, _ = sock.recvmsg(1, _socket.CMSG_SPACE(12) + _socket.CMSG_SPACE(4))
+            pid = listener = -1
             for level, kind, data in ancillary:
                 if level == _socket.SOL_SOCKET and kind == _socket.SCM_CREDENTIALS and len(data) >= 12:
-                    return int.from_bytes(data[:4], "little")
-            raise SetupError("the payload's first message carried no credentials")
+                    pid = int.from_bytes(data[:4], "little")
+                elif level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS and len(data) >= 4:
+                    listener = int.from_bytes(data[:4], "little")
+            if pid <= 0:
+                if listener >= 0:
+                    os.close(listener)
+                raise SetupError("the payload's message carried no credentials")
+            return pid, listener
 
 
 def _await_exec(exec_r: int) -> str | None:
@@ -306,54 +431,53 @@ def _await_exec(exec_r: int) -> str | None:
     return data.decode(errors="replace") if data else None
 
 
-def _receive_listener(sock: object) -> int:
-    """The payload's seccomp listener fd, sent before its exec (-1 when the kernel gave none)."""
-    import _socket
-
-    assert isinstance(sock, _socket.socket)
-    sock.setblocking(False)
-    try:
-        _, ancillary, _, _ = sock.recvmsg(1, _socket.CMSG_SPACE(4))
-    except BlockingIOError:
-        return -1
-    finally:
-        sock.setblocking(True)
-    for level, kind, data in ancillary:
-        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS and len(data) >= 4:
-            return int.from_bytes(data[:4], "little")
-    return -1
-
-
 class _Watch:
     """Waits for init's final report while enforcing the limits only the supervisor can.
 
-    Causes: "wall", "time" (CPU time, from the run cgroup), "output", or a
-    seccomp message; "" when init reported on its own.
+    Causes: "wall", "time" (CPU time), "output", or a seccomp message; ""
+    when init reported on its own.  CPU time is the run cgroup's; without
+    one, the payload process's own and that of the children it has reaped
+    (/proc/PID/stat, in clock ticks): RLIMIT_CPU alone would only stop it at
+    the next whole second.
     """
 
     def __init__(self, spec: Spec, cgroup: RunCgroup | None, baseline: CgroupStats | None, start: float,
-                 listener: int, output: _Output) -> None:
+                 listener: int, output: _Output, payload: int) -> None:
         self.spec = spec
         self.cgroup = cgroup
         self.baseline_usec = 0 if baseline is None else baseline.cpu_usec
         self.deadline = None if spec.limits.wall_time is None else start + spec.limits.wall_time
         self.listener = listener
         self.output = output
-        self.cpu_limit = spec.limits.time if cgroup is not None else None
+        self.cpu_limit = spec.limits.time
+        self.stat_path = f"/proc/{payload}/stat"
         self.ncpus = 1.0
+        self.tick = 0.01
         if self.cpu_limit is not None:
             from .cgroup import usable_cpus
 
             self.ncpus = usable_cpus(spec.limits)
+            if cgroup is None:
+                self.tick = 1.0 / os.sysconf("SC_CLK_TCK")
 
     def cpu_used(self) -> float:
-        assert self.cgroup is not None
+        if self.cgroup is None:
+            return self._process_cpu()
         try:
             with open(self.cgroup.path + "/cpu.stat", "rb") as f:
                 first = f.readline()  # "usage_usec N"
         except OSError:
             return 0.0
         return (int(first.split()[1]) - self.baseline_usec) / 1e6
+
+    def _process_cpu(self) -> float:
+        try:
+            with open(self.stat_path, "rb") as f:
+                fields = f.read().rpartition(b")")[2].split()
+        except OSError:
+            return 0.0  # gone: init reports it
+        # utime stime cutime cstime
+        return sum(int(x) for x in fields[11:15]) * self.tick
 
     def next_timeout(self) -> float | None:
         """Milliseconds until something must be checked, None for never."""

@@ -15,7 +15,7 @@ DURATION_HELP = "a duration such as 2, 2s, 500ms or 1.5m"
 
 def _number(text: str) -> float:
     # float() accepts "nan", "inf", "1e3" and "_" separators: allow digits and one dot only.
-    if not text or text.count(".") > 1 or not text.replace(".", "").isdigit():
+    if not text or text.count(".") > 1 or not (text.isascii() and text.replace(".", "").isdigit()):
         raise ValueError(text)
     return float(text)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 
-from conftest import sbx, sh
+from conftest import REPO, sbx, sh
 
 
 def lines(text: str) -> list[str]:
@@ -213,3 +214,27 @@ def test_writes_in_root_and_tmp_are_discarded() -> None:
     sh("echo 1 > /marker; echo 1 > /tmp/marker; echo 1 > /etc/marker", check=True)
     out = sh("ls /marker /tmp/marker /etc/marker 2>&1 | grep -c 'No such file'", check=True)
     assert out.stdout.strip() == "3"
+
+
+def test_tty_keeps_the_terminal() -> None:
+    """--tty: no new session, the terminal stays the payload's, TERM passes in."""
+    import pty
+
+    script = "import os; print('isatty', os.isatty(0), os.environ.get('TERM'))"
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.environ["TERM"] = "xterm-test"
+        os.environ["PYTHONPATH"] = str(REPO)
+        os.execv(sys.executable, [sys.executable, "-m", "sandbox", "run", "-t", "--", "python3", "-c", script])
+    output = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, output
+    assert b"isatty True xterm-test" in output, output

@@ -1,0 +1,103 @@
+"""Fuzz image inputs: layer tar extraction (through decompression) and image references.
+
+The first byte picks the target; the rest is the input.  A layer must
+extract or fail with a one-line ImageError, and whatever it extracted must
+stay inside its directory: no device other than a 0/0 whiteout, no
+setuid/setgid bit, nothing written next to it.  A reference must parse to a
+normalized form that parses to itself, or fail with a one-line ImageError.
+
+    python fuzz/fuzz_image.py -max_total_time=20 /tmp/image-corpus fuzz/corpus/image
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import tempfile
+
+import atheris
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+with atheris.instrument_imports():
+    from sandbox.image import blob, extract, ref, tar
+    from sandbox.image.errors import ImageError
+
+# libFuzzer ends the process without atexit handlers: point TMPDIR somewhere disposable (the test does).
+ROOT = tempfile.mkdtemp(prefix="sbx-fuzz-image-")
+SENTINEL = os.path.join(ROOT, "sentinel")
+os.mkdir(SENTINEL)
+LIMITS = extract.Limits(max_bytes=4 << 20, max_entries=2000)
+
+
+def one_line(error: ImageError) -> None:
+    message = str(error)
+    assert message and "\n" not in message, repr(message)
+
+
+def check_tree(dest: str) -> None:
+    for top, dirs, files in os.walk(dest):
+        for name in dirs + files:
+            try:
+                st = os.lstat(os.path.join(top, name))
+            except PermissionError:
+                continue  # below a directory the layer made unsearchable (mode 0): rootless cannot look
+            assert not st.st_mode & (stat.S_ISUID | stat.S_ISGID), (top, name, oct(st.st_mode))
+            if stat.S_ISCHR(st.st_mode):
+                assert st.st_rdev == 0, (top, name)
+            assert not stat.S_ISBLK(st.st_mode), (top, name)
+
+
+def fuzz_layer(data: bytes) -> None:
+    dest = os.path.join(ROOT, "layer")
+    os.mkdir(dest)
+    try:
+        chunks = iter([data])
+        pending = [b""]
+
+        def read(n: int) -> bytes:
+            if not pending[0]:
+                pending[0] = next(chunks, b"")
+            chunk, pending[0] = pending[0][:n], pending[0][n:]
+            return chunk
+
+        plain, close = blob.decompressor(read)
+        try:
+            counted = blob.Hashing(plain, 8 << 20, "layer")
+            extract.extract(tar.TarReader(counted.read), dest, LIMITS)
+            counted.drain()
+        finally:
+            close()
+        check_tree(dest)
+    except ImageError as error:
+        one_line(error)
+    finally:
+        extract.remove_tree(dest)
+    assert os.listdir(ROOT) == ["sentinel"] and os.listdir(SENTINEL) == [], os.listdir(ROOT)
+
+
+def fuzz_ref(data: bytes) -> None:
+    text = data.decode("utf-8", "replace")
+    try:
+        parsed = ref.parse(text)
+    except ImageError as error:
+        one_line(error)
+        return
+    again = ref.parse(str(parsed))
+    assert again == parsed, (text, parsed, again)
+    assert ref.parse(parsed.familiar) == parsed, (text, parsed)
+
+
+def test_one_input(data: bytes) -> None:
+    if not data:
+        return
+    if data[0] & 1:
+        fuzz_ref(data[1:])
+    else:
+        fuzz_layer(data[1:])
+
+
+if __name__ == "__main__":
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()

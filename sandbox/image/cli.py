@@ -1,0 +1,231 @@
+"""`sbx image COMMAND`: import, ls, inspect, rm, tag, prune.
+
+Every command takes `--root DIR` (default $SBX_ROOT, else $XDG_DATA_HOME/sbx),
+before or after the command name.  Errors: one `sbx: error: ...` line, exit 125.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ..errors import EXIT_SBX, SbxError, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .store import Store
+
+USAGE = """usage: sbx image [--root DIR] COMMAND ...
+
+Manage the local image store (default $XDG_DATA_HOME/sbx, or $SBX_ROOT).
+
+commands:
+  import [--name NAME] [--platform OS/ARCH[/VARIANT]] [-q] FILE|DIR|-
+                         import a docker archive (docker save) or an OCI layout
+                         (directory or tar; plain, gzip or zstd; '-' for stdin)
+  ls [-q]                list images (-q: names only)
+  inspect NAME...        the stored records, as JSON
+  rm NAME...             forget images (their layers go at the next prune)
+  tag SOURCE TARGET      give an image another name
+  prune                  remove layers no image uses, and failed imports' leftovers
+"""
+
+# command -> (options taking a value, switches)
+COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "import": (("--name", "--platform"), ("-q", "--quiet")),
+    "ls": ((), ("-q", "--quiet")),
+    "list": ((), ("-q", "--quiet")),
+    "inspect": ((), ()),
+    "rm": ((), ()),
+    "tag": ((), ()),
+    "prune": ((), ()),
+}
+
+
+def parse(args: list[str]) -> tuple[str, dict[str, str | bool], list[str], str | None]:
+    """(command, options, positional arguments, --root)."""
+    root: str | None = None
+    command: str | None = None
+    options: dict[str, str | bool] = {}
+    positional: list[str] = []
+    i = 0
+    only_positional = False
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if only_positional or (not arg.startswith("-") or arg == "-"):
+            if command is None:
+                command = arg
+                if command not in COMMANDS:
+                    raise UsageError(f"unknown image command {command!r} (see 'sbx image --help')")
+            else:
+                positional.append(arg)
+            continue
+        if arg == "--":
+            only_positional = True
+            continue
+        if arg in ("-h", "--help"):
+            raise _Help()
+        name, eq, value = arg.partition("=")
+        valued, switches = COMMANDS.get(command or "", ((), ()))
+        if name == "--root" or name in valued:
+            if not eq:
+                if i >= len(args):
+                    raise UsageError(f"{name} needs a value")
+                value = args[i]
+                i += 1
+            if name == "--root":
+                root = value
+            else:
+                options[name] = value
+        elif name in switches and not eq:
+            options[name] = True
+        else:
+            raise UsageError(f"unknown option {name!r}" + (f" for 'sbx image {command}'" if command else ""))
+    if command is None:
+        raise _Help()
+    return command, options, positional, root
+
+
+class _Help(Exception):
+    pass
+
+
+def main(args: list[str]) -> int:
+    try:
+        return run(args)
+    except _Help:
+        sys.stdout.write(USAGE)
+        return 0
+    except SbxError as exc:
+        sys.stderr.write(f"sbx: error: {exc}\n")
+        return EXIT_SBX
+    except OSError as exc:
+        sys.stderr.write(f"sbx: error: {exc.filename + ': ' if exc.filename else ''}{exc.strerror}\n")
+        return EXIT_SBX
+    except KeyboardInterrupt:
+        return 130
+
+
+def run(args: list[str]) -> int:
+    command, options, positional, root = parse(args)
+    from .store import Store
+
+    store = Store(root)
+    quiet = bool(options.get("-q") or options.get("--quiet"))
+    if command == "import":
+        return cmd_import(store, options, positional, quiet)
+    if command in ("ls", "list"):
+        _arity(command, positional, 0, 0)
+        return cmd_ls(store, quiet)
+    if command == "inspect":
+        _arity(command, positional, 1, None)
+        return cmd_inspect(store, positional)
+    if command == "rm":
+        _arity(command, positional, 1, None)
+        return cmd_rm(store, positional)
+    if command == "tag":
+        _arity(command, positional, 2, 2)
+        return cmd_tag(store, positional[0], positional[1])
+    _arity(command, positional, 0, 0)
+    return cmd_prune(store)
+
+
+def _arity(command: str, positional: list[str], low: int, high: int | None) -> None:
+    if len(positional) < low or (high is not None and len(positional) > high):
+        raise UsageError(f"'sbx image {command}': wrong number of arguments (see 'sbx image --help')")
+
+
+def cmd_import(store: Store, options: dict[str, str | bool], positional: list[str], quiet: bool) -> int:
+    from . import oci
+    _arity("import", positional, 1, 1)
+    name = options.get("--name")
+    platform = options.get("--platform")
+
+    def log(text: str) -> None:
+        if not quiet:
+            sys.stderr.write(f"sbx: {text}\n")
+
+    records = oci.import_images(store, positional[0], name=name if isinstance(name, str) else None,
+                                platform=oci.parse_platform(platform) if isinstance(platform, str) else None,
+                                log=log)
+    for record in records:
+        sys.stdout.write(f"{short_name(str(record['name']))} {str(record['id'])[7:19]}\n")
+    return 0
+
+
+def short_name(name: str) -> str:
+    for prefix in ("docker.io/library/", "docker.io/"):
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
+def human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{size}B"
+
+
+def cmd_ls(store: Store, quiet: bool) -> int:
+    with store.lock(False):
+        records = list(store.all_images())
+    if quiet:
+        sys.stdout.write("".join(f"{short_name(str(r['name']))}\n" for r in records))
+        return 0
+    rows = [("NAME", "ID", "LAYERS", "SIZE", "PLATFORM")]
+    for r in records:
+        layers = r.get("layers")
+        size = r.get("size")
+        platform = f"{r.get('os') or '?'}/{r.get('architecture') or '?'}" + (f"/{r['variant']}" if r.get("variant")
+                                                                              else "")
+        rows.append((short_name(str(r["name"])), str(r.get("id", ""))[7:19],
+                     str(len(layers) if isinstance(layers, list) else "?"),
+                     human(size) if isinstance(size, int) else "?", platform))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        sys.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() + "\n")
+    return 0
+
+
+def cmd_inspect(store: Store, names: list[str]) -> int:
+    import json
+
+    from . import find
+    with store.lock(False):
+        records = [find(store, name) for name in names]
+    sys.stdout.write(json.dumps(records, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+def cmd_rm(store: Store, names: list[str]) -> int:
+    from . import find
+    with store.lock(True):
+        records = [find(store, name) for name in names]  # all or nothing
+        for record in records:
+            store.remove_image(str(record["name"]))
+            sys.stdout.write(f"removed {short_name(str(record['name']))}\n")
+    return 0
+
+
+def cmd_tag(store: Store, source: str, target: str) -> int:
+    from . import find, ref
+    new_name = str(ref.parse(target))
+    with store.lock(True):
+        record = dict(find(store, source))
+        record["name"] = new_name
+        store.write_image(record)
+    return 0
+
+
+def cmd_prune(store: Store) -> int:
+    removed, freed = store.prune()
+    sys.stdout.write(f"removed {len(removed)} layer{'s' if len(removed) != 1 else ''}, freed {human(freed)}\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m sandbox.image.cli ...` until sbx wires it
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,9 @@
+"""The image store's one error type: a one-line message, exit 125 in the CLI."""
+
+from __future__ import annotations
+
+from ..errors import SbxError
+
+
+class ImageError(SbxError):
+    """Bad image reference, bad archive, missing image, store failure."""

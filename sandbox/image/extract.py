@@ -1,0 +1,383 @@
+"""One layer tar -> one directory an overlay can use as a lower layer.
+
+Hostile input is the normal case.  Every path is split and checked (no
+absolute paths, no '..', no NUL, bounded length), and every file system call
+is relative to a directory fd opened with openat2(RESOLVE_BENEATH |
+RESOLVE_NO_SYMLINKS), so nothing is ever written through a symlink or outside
+the destination.  Regular files are created with O_EXCL|O_NOFOLLOW after
+unlinking what was there (never written through an earlier hard link); hard
+links must name a file already extracted from this layer; device nodes are
+skipped; setuid/setgid bits are dropped; ownership is not applied (the caller
+owns everything, which maps to root inside the sandbox); xattrs in the
+archive are ignored (so an archive cannot plant `user.overlay.*` ones); total
+size and entry counts are bounded.
+
+OCI whiteouts become overlay whiteouts that work rootless: `.wh.NAME` is a
+0/0 character device NAME (unprivileged mknod of a whiteout is allowed since
+Linux 5.8), `.wh..wh..opq` sets `user.overlay.opaque=y` on its directory (read
+by overlays mounted with `userxattr`; needs user xattrs on the store's file
+system).  A whiteout and a real entry of the same name in one layer: the real
+entry wins and, if it is a directory, becomes opaque (the whiteout still hides
+the lower layers' content, as the OCI spec requires).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from .. import linux
+from ..frozen import dataclass
+from .errors import ImageError
+from .tar import BLOCKDEV, CHAR, DIR, FIFO, FILE, HARDLINK, SYMLINK, Member, TarReader
+
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+OPAQUE_XATTR = "user.overlay.opaque"
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV
+MAX_COMPONENT = 255
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int = 64 << 30  # data bytes in one layer
+    max_entries: int = 1 << 20
+
+
+@dataclass(frozen=True)
+class Stats:
+    entries: int
+    bytes: int
+    skipped: int  # device nodes
+    whiteouts: int
+    opaque: int
+
+
+def split(name: str) -> tuple[str, ...]:
+    """Checked components of an archive path; () for the root itself."""
+    if name.startswith("/"):
+        raise ImageError(f"layer entry {name!r}: absolute path")
+    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    if ".." in parts:
+        raise ImageError(f"layer entry {name!r}: '..' in path")
+    if any(len(os.fsencode(p)) > MAX_COMPONENT for p in parts):
+        raise ImageError(f"layer entry {name[:80]!r}...: a name longer than {MAX_COMPONENT} bytes")
+    return parts
+
+
+class Extractor:
+    def __init__(self, dest: str, limits: Limits) -> None:
+        self.root = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self.limits = limits
+        self.dirs: dict[tuple[str, ...], tuple[int, int]] = {}  # path -> (mode, mtime), applied at the end
+        self.whiteouts: set[tuple[str, ...]] = set()
+        self.opaque: set[tuple[str, ...]] = set()
+        self.entries = self.bytes = self.skipped = 0
+
+    def close(self) -> None:
+        os.close(self.root)
+
+    # -- directories ------------------------------------------------------------
+
+    def open_dir(self, parts: tuple[str, ...], what: str, write: bool = False) -> int:
+        """An fd of directory `parts`, creating missing ones (mode fixed later); never follows a symlink."""
+        flags = os.O_RDONLY | os.O_DIRECTORY
+        try:
+            return linux.openat2(self.root, "/".join(parts) or ".", flags, RESOLVE)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
+                raise
+            # A whiteout of this layer in the way is replaced by a directory; anything else is refused.
+            for i in range(1, len(parts) + 1):
+                if parts[:i] in self.whiteouts:
+                    return self.open_dir_slow(parts, what)
+            raise ImageError(f"layer entry {what!r}: a parent is a symlink or not a directory") from None
+        return self.open_dir_slow(parts, what)
+
+    def open_dir_slow(self, parts: tuple[str, ...], what: str) -> int:
+        fd = os.dup(self.root)
+        try:
+            for i, part in enumerate(parts):
+                path = parts[: i + 1]
+                if path in self.whiteouts:
+                    os.unlink(part, dir_fd=fd)
+                    self.whiteouts.discard(path)
+                    self.mkdir(fd, part, path)
+                    self.set_opaque(fd, part, path)
+                try:
+                    child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                except FileNotFoundError:
+                    self.mkdir(fd, part, path)
+                    child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise ImageError(f"layer entry {what!r}: a parent is a symlink or not a directory") from None
+                    raise
+                os.close(fd)
+                fd = child
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def mkdir(self, parent: int, name: str, path: tuple[str, ...]) -> None:
+        self.count(0)
+        os.mkdir(name, 0o700, dir_fd=parent)
+        self.dirs.setdefault(path, (0o755, -1))
+
+    def set_opaque(self, parent: int, name: str, path: tuple[str, ...]) -> None:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            os.setxattr(fd, OPAQUE_XATTR, b"y")
+        except OSError as exc:
+            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+                raise ImageError("the image store's file system has no user xattrs, which opaque directories "
+                                 "need (tmpfs before Linux 6.6?): use --root on a disk-backed directory") from None
+            raise
+        finally:
+            os.close(fd)
+        self.opaque.add(path)
+
+    # -- entries ----------------------------------------------------------------
+
+    def count(self, size: int) -> None:
+        self.entries += 1
+        self.bytes += size
+        if self.entries > self.limits.max_entries:
+            raise ImageError(f"layer has more than {self.limits.max_entries} entries")
+        if self.bytes > self.limits.max_bytes:
+            raise ImageError(f"layer is larger than the limit of {self.limits.max_bytes} bytes")
+
+    def member(self, member: Member, tar: TarReader) -> None:
+        parts = split(member.name)
+        self.count(member.size)
+        if not parts:
+            return  # the layer's root: its mode is the overlay's business, not the archive's
+        base = parts[-1]
+        if base.startswith(WHITEOUT):
+            self.whiteout(parts)
+            return
+        if member.kind in (CHAR, BLOCKDEV):
+            self.skipped += 1
+            return
+        parent = self.open_dir(parts[:-1], member.name)
+        try:
+            replaced_whiteout = self.clear(parent, base, parts, member.kind == DIR)
+            if member.kind == DIR:
+                if not self.exists(parent, base):
+                    self.mkdir(parent, base, parts)
+                if replaced_whiteout:
+                    self.set_opaque(parent, base, parts)
+                self.dirs[parts] = (member.mode & 0o1777, member.mtime)
+            elif member.kind == FILE:
+                self.regular(parent, base, member, tar)
+            elif member.kind == SYMLINK:
+                os.symlink(member.linkname, base, dir_fd=parent)
+                self.utime(parent, base, member.mtime)
+            elif member.kind == HARDLINK:
+                self.hardlink(parent, base, member)
+            elif member.kind == FIFO:
+                os.mkfifo(base, member.mode & 0o777, dir_fd=parent)
+                self.utime(parent, base, member.mtime)
+        finally:
+            os.close(parent)
+
+    @staticmethod
+    def exists(parent: int, name: str) -> bool:
+        try:
+            os.lstat(name, dir_fd=parent)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def clear(self, parent: int, name: str, parts: tuple[str, ...], keep_dir: bool) -> bool:
+        """Make room for a new entry; True if a whiteout of this layer was there."""
+        try:
+            st = os.lstat(name, dir_fd=parent)
+        except FileNotFoundError:
+            return False
+        if parts in self.whiteouts:
+            os.unlink(name, dir_fd=parent)
+            self.whiteouts.discard(parts)
+            return True
+        if stat.S_ISDIR(st.st_mode):
+            if keep_dir:
+                return False
+            remove_tree_at(parent, name)
+            for path in [p for p in self.dirs if p[: len(parts)] == parts]:
+                del self.dirs[path]
+            return False
+        os.unlink(name, dir_fd=parent)
+        return False
+
+    def regular(self, parent: int, name: str, member: Member, tar: TarReader) -> None:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
+        try:
+            while chunk := tar.read():
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+            os.fchmod(fd, member.mode & 0o1777)
+            self.utime(fd, None, member.mtime)
+        finally:
+            os.close(fd)
+
+    def hardlink(self, parent: int, name: str, member: Member) -> None:
+        target = split(member.linkname)
+        if not target:
+            raise ImageError(f"layer entry {member.name!r}: hard link to the root")
+        if target in self.whiteouts:
+            raise ImageError(f"layer entry {member.name!r}: hard link to a whiteout")
+        try:
+            source = linux.openat2(self.root, "/".join(target[:-1]) or ".", os.O_PATH | os.O_DIRECTORY, RESOLVE)
+        except OSError:
+            raise ImageError(f"layer entry {member.name!r}: hard link to {member.linkname!r}, "
+                             "which is not in this layer") from None
+        try:
+            try:
+                st = os.lstat(target[-1], dir_fd=source)
+            except FileNotFoundError:
+                raise ImageError(f"layer entry {member.name!r}: hard link to {member.linkname!r}, "
+                                 "which is not in this layer") from None
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+                raise ImageError(f"layer entry {member.name!r}: hard link to a directory or device")
+            os.link(target[-1], name, src_dir_fd=source, dst_dir_fd=parent, follow_symlinks=False)
+        finally:
+            os.close(source)
+
+    def whiteout(self, parts: tuple[str, ...]) -> None:
+        base = parts[-1]
+        parent = self.open_dir(parts[:-1], "/".join(parts))
+        try:
+            if base == OPAQUE:
+                if parts[:-1]:
+                    grand = self.open_dir(parts[:-2], "/".join(parts))
+                    try:
+                        self.set_opaque(grand, parts[-2], parts[:-1])
+                    finally:
+                        os.close(grand)
+                # else: an opaque root hides nothing the layers below could add back; ignore
+                return
+            if base.startswith(WHITEOUT + WHITEOUT):
+                return  # other aufs metadata (.wh..wh.plnk, ...): not content
+            name = base[len(WHITEOUT):]
+            if name in ("", ".", ".."):
+                raise ImageError(f"layer entry {'/'.join(parts)!r}: bad whiteout")
+            path = parts[:-1] + (name,)
+            try:
+                st = os.lstat(name, dir_fd=parent)
+            except FileNotFoundError:
+                os.mknod(name, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=parent)
+                self.whiteouts.add(path)
+                return
+            if stat.S_ISDIR(st.st_mode) and path not in self.opaque:
+                self.set_opaque(parent, name, path)  # same-layer dir: keep it, hide what is below
+        finally:
+            os.close(parent)
+
+    @staticmethod
+    def utime(where: int, name: str | None, mtime: int) -> None:
+        try:
+            if name is None:
+                os.utime(where, (mtime, mtime))
+            else:
+                os.utime(name, (mtime, mtime), dir_fd=where, follow_symlinks=False)
+        except (OSError, OverflowError, ValueError):
+            pass  # out-of-range times: keep the extraction time
+
+    def finish(self) -> None:
+        """Directory modes and times, deepest first (so parents stay writable until then)."""
+        for path in sorted(self.dirs, key=len, reverse=True):
+            mode, mtime = self.dirs[path]
+            fd = linux.openat2(self.root, "/".join(path), os.O_RDONLY | os.O_DIRECTORY, RESOLVE)
+            try:
+                os.fchmod(fd, mode)
+                if mtime >= 0:
+                    self.utime(fd, None, mtime)
+            finally:
+                os.close(fd)
+
+
+def extract(tar: TarReader, dest: str, limits: Limits = Limits()) -> Stats:
+    """Extract every member of `tar` into the empty directory `dest`."""
+    ex = Extractor(dest, limits)
+    try:
+        while (member := tar.next()) is not None:
+            try:
+                ex.member(member, tar)
+            except OSError as exc:
+                raise ImageError(f"layer entry {member.name[:200]!r}: {exc.strerror}") from None
+        ex.finish()
+        return Stats(ex.entries, ex.bytes, ex.skipped, len(ex.whiteouts), len(ex.opaque))
+    finally:
+        ex.close()
+
+
+def remove_tree_at(parent: int, name: str) -> None:
+    """rm -rf parent/name: never follows a symlink, makes read-only directories writable first.
+
+    Iterative (a layer may nest thousands of directories deep), one open fd at a time.
+    """
+    try:
+        st = os.lstat(name, dir_fd=parent)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=parent)
+        return
+    top = _open_writable(parent, name)
+    try:
+        stack: list[tuple[str, ...]] = [()]
+        while stack:
+            rel = stack[-1]
+            fd = linux.openat2(top, "/".join(rel) or ".", os.O_RDONLY | os.O_DIRECTORY, RESOLVE)
+            try:
+                subdirs = []
+                for entry in os.listdir(fd):
+                    if stat.S_ISDIR(os.lstat(entry, dir_fd=fd).st_mode):
+                        os.close(_open_writable(fd, entry))
+                        subdirs.append(entry)
+                    else:
+                        os.unlink(entry, dir_fd=fd)
+                if subdirs:
+                    stack.extend(rel + (entry,) for entry in subdirs)
+                    continue
+            finally:
+                os.close(fd)
+            stack.pop()
+            if rel:
+                up = linux.openat2(top, "/".join(rel[:-1]) or ".", os.O_PATH | os.O_DIRECTORY, RESOLVE)
+                try:
+                    os.rmdir(rel[-1], dir_fd=up)
+                finally:
+                    os.close(up)
+    finally:
+        os.close(top)
+    os.rmdir(name, dir_fd=parent)
+
+
+def _open_writable(parent: int, name: str) -> int:
+    """An fd of directory parent/name after giving its owner rwx on it."""
+    fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o700 != 0o700:
+            os.chmod(f"/proc/self/fd/{fd}", 0o700)
+        return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def remove_tree(path: str) -> None:
+    head, tail = os.path.split(path.rstrip("/"))
+    fd = os.open(head or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        remove_tree_at(fd, tail)
+    finally:
+        os.close(fd)

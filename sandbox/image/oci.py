@@ -1,0 +1,564 @@
+"""`sbx image import`: docker-archive (`docker save`) and OCI image layouts.
+
+A source is a directory, a tar file (plain, gzip or zstd) or `-` (stdin,
+spooled into the store's tmp/ first, since the manifest may come last).  The
+outer archive is only indexed, never extracted: blobs are read in place.
+
+Everything is verified: config and manifest digests, layer blob digests and
+sizes where the format records them, and always each layer's diff_id (the
+digest of the uncompressed tar) from the config.  Layers are extracted into
+one temporary directory of the import and moved into the store together, with
+the image records, under the store's lock; any failure removes that
+directory, so a bad archive leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+from .. import linux
+from ..frozen import dataclass
+from . import blob, extract, ref
+from .errors import ImageError
+from .store import Record, Store, check_digest, tree_size
+from .tar import DIR, FILE, HARDLINK, SYMLINK, TarReader
+
+MAX_JSON = 16 << 20
+MAX_BLOB = 1 << 40
+MAX_INDEX_DEPTH = 4
+RESOLVE = extract.RESOLVE_BENEATH | extract.RESOLVE_NO_MAGICLINKS
+
+INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
+               "application/vnd.docker.distribution.manifest.list.v2+json")
+MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
+                  "application/vnd.docker.distribution.manifest.v2+json")
+LAYER_PREFIXES = ("application/vnd.oci.image.layer.", "application/vnd.docker.image.rootfs.")
+REF_NAME = "org.opencontainers.image.ref.name"
+CONTAINERD_NAME = "io.containerd.image.name"
+CONFIG_KEYS = ("Env", "Cmd", "Entrypoint", "WorkingDir", "User", "Labels", "ExposedPorts", "StopSignal")
+ARCHES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "armv6l": "arm", "i686": "386",
+          "i386": "386", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
+
+
+# -- platforms -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Platform:
+    os: str
+    architecture: str
+    variant: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.os}/{self.architecture}" + (f"/{self.variant}" if self.variant else "")
+
+
+def host_platform() -> Platform:
+    machine = os.uname().machine
+    variant = {"armv7l": "v7", "armv6l": "v6"}.get(machine)
+    return Platform("linux", ARCHES.get(machine, machine), variant)
+
+
+def parse_platform(text: str) -> Platform:
+    parts = text.split("/")
+    if not 2 <= len(parts) <= 3 or not all(p and p.isascii() and p.replace("_", "").isalnum() for p in parts):
+        raise ImageError(f"--platform {text!r}: expected OS/ARCH[/VARIANT], e.g. linux/arm64")
+    return Platform(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+
+
+def matches(wanted: Platform, found: object) -> bool:
+    if not isinstance(found, dict):
+        return False
+    if found.get("os") != wanted.os or found.get("architecture") != wanted.architecture:
+        return False
+    return wanted.variant is None or found.get("variant") in (wanted.variant, None)
+
+
+# -- JSON helpers -------------------------------------------------------------------
+
+def load_json(data: bytes, what: str) -> dict[str, object]:
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        raise ImageError(f"{what} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise ImageError(f"{what} is not a JSON object")
+    return value
+
+
+def str_list(value: object, what: str) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ImageError(f"{what} must be a list of strings")
+    return list(value)
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+    annotations: tuple[tuple[str, str], ...] = ()
+    platform: tuple[tuple[str, str], ...] | None = None
+
+    def annotation(self, key: str) -> str | None:
+        return dict(self.annotations).get(key)
+
+
+def descriptor(value: object, what: str) -> Descriptor:
+    if not isinstance(value, dict):
+        raise ImageError(f"{what}: a descriptor must be a JSON object")
+    media, digest, size = value.get("mediaType", ""), value.get("digest"), value.get("size")
+    if not isinstance(media, str) or not isinstance(digest, str) or not isinstance(size, int) or size < 0:
+        raise ImageError(f"{what}: a descriptor needs mediaType, digest and size")
+    check_digest(digest)
+    annotations = value.get("annotations") or {}
+    platform = value.get("platform")
+    if not isinstance(annotations, dict) or (platform is not None and not isinstance(platform, dict)):
+        raise ImageError(f"{what}: bad annotations or platform")
+    return Descriptor(media, digest, size,
+                      tuple((str(k), str(v)) for k, v in annotations.items()),
+                      None if platform is None else tuple((str(k), str(v)) for k, v in platform.items()))
+
+
+# -- sources: a directory or an indexed tar -----------------------------------------------
+
+Opened = tuple[Callable[[int], bytes], int, Callable[[], None]]
+
+
+class Source:
+    def open(self, name: str) -> Opened:
+        """(read, size, close) of a file in the layout."""
+        raise NotImplementedError
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.open(name)[2]()
+        except ImageError:
+            return False
+        return True
+
+    def read_all(self, name: str, limit: int = MAX_JSON) -> bytes:
+        read, size, close = self.open(name)
+        try:
+            if size > limit:
+                raise ImageError(f"{name} is larger than {limit} bytes")
+            data = b""
+            while len(data) < size:
+                chunk = read(size - len(data))
+                if not chunk:
+                    raise ImageError(f"{name}: truncated")
+                data += chunk
+            return data
+        finally:
+            close()
+
+    def blob(self, digest: str, limit: int = MAX_JSON, size: int | None = None) -> bytes:
+        data = self.read_all("blobs/sha256/" + check_digest(digest), limit)
+        if size is not None and len(data) != size:
+            raise ImageError(f"blob {digest}: {len(data)} bytes, expected {size}")
+        verify(data, digest, f"blob {digest}")
+        return data
+
+
+def verify(data: bytes, digest: str, what: str) -> None:
+    import hashlib
+
+    if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+        raise ImageError(f"{what}: digest mismatch (corrupt or tampered)")
+
+
+def file_reader(fd: int, start: int, size: int) -> Callable[[int], bytes]:
+    position = [start, start + size]
+
+    def read(n: int) -> bytes:
+        n = min(n, position[1] - position[0])
+        if n <= 0:
+            return b""
+        chunk = os.pread(fd, n, position[0])
+        position[0] += len(chunk)
+        return chunk
+
+    return read
+
+
+class DirSource(Source):
+    def __init__(self, path: str) -> None:
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise ImageError(f"cannot open {path}: {exc.strerror}") from None
+
+    def open(self, name: str) -> Opened:
+        parts = extract.split(name)
+        try:
+            fd = linux.openat2(self.fd, "/".join(parts), os.O_RDONLY, RESOLVE)
+        except OSError:
+            raise ImageError(f"{name}: missing from the image layout") from None
+        st = os.fstat(fd)
+        if not (st.st_mode & 0o170000 == 0o100000):
+            os.close(fd)
+            raise ImageError(f"{name}: not a regular file")
+        return file_reader(fd, 0, st.st_size), st.st_size, lambda: os.close(fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class TarSource(Source):
+    """A plain tar file, indexed once: name -> (offset, size), links resolved inside the archive."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.entries: dict[tuple[str, ...], tuple[str, int, int, str]] = {}
+        tar = TarReader(lambda n: os.read(fd, n), lambda n: None if os.lseek(fd, n, os.SEEK_CUR) else None)
+        count = 0
+        while (member := tar.next()) is not None:
+            count += 1
+            if count > 1 << 20:
+                raise ImageError("archive has too many entries")
+            try:
+                parts = extract.split(member.name)
+            except ImageError:
+                continue  # never looked up by such a name
+            if member.kind in (FILE, SYMLINK, HARDLINK, DIR):
+                self.entries[parts] = (member.kind, tar.offset, member.size, member.linkname)
+
+    def lookup(self, parts: tuple[str, ...], depth: int = 0) -> tuple[int, int]:
+        entry = self.entries.get(parts)
+        if entry is None or depth > 16:
+            raise ImageError(f"{'/'.join(parts)}: missing from the archive")
+        kind, offset, size, link = entry
+        if kind == FILE:
+            return offset, size
+        if kind == HARDLINK:
+            return self.lookup(extract.split(link), depth + 1)
+        if kind == SYMLINK and not link.startswith("/"):
+            target = posixpath.normpath(posixpath.join(posixpath.dirname("/".join(parts)), link))
+            if not target.startswith("../") and target != "..":
+                return self.lookup(extract.split(target), depth + 1)
+        raise ImageError(f"{'/'.join(parts)}: not a regular file in the archive")
+
+    def open(self, name: str) -> Opened:
+        offset, size = self.lookup(extract.split(name))
+        return file_reader(self.fd, offset, size), size, lambda: None
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def open_source(path: str, work: str) -> DirSource | TarSource:
+    """A directory, a tar file (plain or compressed) or '-' for stdin; compressed/stdin is spooled to `work`."""
+    if path != "-" and os.path.isdir(path):
+        return DirSource(path)
+    try:
+        fd = sys.stdin.buffer.fileno() if path == "-" else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ImageError(f"cannot open {path}: {exc.strerror}") from None
+    head = os.pread(fd, 4, 0) if path != "-" else b""
+    if path != "-" and not head.startswith((blob.GZIP_MAGIC, blob.ZSTD_MAGIC)):
+        return TarSource(fd)
+    read, close = blob.decompressor(lambda n: os.read(fd, n))
+    spool = os.path.join(work, "archive.tar")
+    out = os.open(spool, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        counted = blob.Hashing(read, MAX_BLOB, "the archive")
+        while chunk := counted.read(1 << 20):
+            os.write(out, chunk)
+    except BaseException:
+        os.close(out)
+        raise
+    finally:
+        close()
+        if path != "-":
+            os.close(fd)
+    os.lseek(out, 0, os.SEEK_SET)
+    return TarSource(out)
+
+
+# -- images in a source ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Layer:
+    path: str  # in the source
+    digest: str | None  # of the blob as stored (compressed), when the format records it
+    size: int | None
+    diff_id: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    names: tuple[str, ...]
+    config_digest: str
+    config: bytes
+    layers: tuple[Layer, ...]
+    manifest_digest: str | None = None
+    tag_only: str | None = None  # an OCI ref.name that is a bare tag
+
+
+def diff_ids(config: dict[str, object], count: int) -> list[str]:
+    rootfs = config.get("rootfs")
+    ids = str_list(rootfs.get("diff_ids") if isinstance(rootfs, dict) else None, "config rootfs.diff_ids")
+    if ids is None or len(ids) != count:
+        raise ImageError(f"image config lists {0 if ids is None else len(ids)} layer diff_ids for {count} layers")
+    for digest in ids:
+        check_digest(digest)
+    return ids
+
+
+def docker_candidates(source: Source) -> list[Candidate]:
+    try:
+        manifest = json.loads(source.read_all("manifest.json"))
+    except ValueError:
+        raise ImageError("manifest.json is not valid JSON") from None
+    if not isinstance(manifest, list):
+        raise ImageError("manifest.json: expected a list")
+    found = []
+    for i, item in enumerate(manifest):
+        if not isinstance(item, dict) or not isinstance(item.get("Config"), str):
+            raise ImageError(f"manifest.json entry {i}: no Config")
+        config_path = str(item["Config"])
+        config = source.read_all(config_path)
+        stem = posixpath.basename(config_path).removesuffix(".json")
+        config_digest = "sha256:" + stem
+        try:
+            check_digest(config_digest)
+        except ImageError:
+            import hashlib
+
+            config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+        verify(config, config_digest, f"config {config_path}")
+        paths = str_list(item.get("Layers"), f"manifest.json entry {i} Layers") or []
+        ids = diff_ids(load_json(config, "image config"), len(paths))
+        layers = []
+        for path, diff_id in zip(paths, ids):
+            digest = None
+            if path.startswith("blobs/sha256/"):
+                digest = "sha256:" + posixpath.basename(path)
+            layers.append(Layer(path, digest, None, diff_id))
+        names = tuple(str_list(item.get("RepoTags"), "RepoTags") or ())
+        found.append(Candidate(names, config_digest, config, tuple(layers)))
+    return found
+
+
+def oci_candidates(source: Source, platform: Platform | None) -> list[Candidate]:
+    layout = load_json(source.read_all("oci-layout"), "oci-layout")
+    if not isinstance(layout.get("imageLayoutVersion"), str):
+        raise ImageError("oci-layout: no imageLayoutVersion")
+    index = load_json(source.read_all("index.json"), "index.json")
+    manifests = index.get("manifests")
+    if not isinstance(manifests, list):
+        raise ImageError("index.json: no manifests")
+    found = []
+    for i, value in enumerate(manifests):
+        top = descriptor(value, f"index.json manifest {i}")
+        for desc in expand(source, top, platform, 0):
+            found.append(oci_candidate(source, desc, top))
+    return found
+
+
+def expand(source: Source, desc: Descriptor, platform: Platform | None, depth: int) -> Iterator[Descriptor]:
+    """Image manifests under a descriptor: indexes are followed, for the wanted platform."""
+    if desc.media_type in INDEX_TYPES:
+        if depth >= MAX_INDEX_DEPTH:
+            raise ImageError("image indexes nested too deep")
+        index = load_json(source.blob(desc.digest, size=desc.size), f"index {desc.digest}")
+        manifests = index.get("manifests")
+        if not isinstance(manifests, list):
+            raise ImageError(f"index {desc.digest}: no manifests")
+        wanted = platform or host_platform()
+        children = [descriptor(m, f"index {desc.digest}") for m in manifests]
+        chosen = [c for c in children if c.media_type in INDEX_TYPES
+                  or (c.platform is not None and matches(wanted, dict(c.platform)))]
+        if not chosen:
+            available = sorted({str(Platform(dict(c.platform).get("os", "?"), dict(c.platform).get("architecture", "?"),
+                                             dict(c.platform).get("variant")))
+                                for c in children if c.platform is not None})
+            raise ImageError(f"no image for {wanted} in the index (available: {', '.join(available) or 'none'}); "
+                             "see --platform")
+        for child in chosen[:1] if all(c.media_type not in INDEX_TYPES for c in chosen) else chosen:
+            yield from expand(source, child, platform, depth + 1)
+    elif desc.media_type in MANIFEST_TYPES or not desc.media_type:
+        if platform is not None and desc.platform is not None and not matches(platform, dict(desc.platform)):
+            return
+        yield desc
+    else:
+        raise ImageError(f"unsupported manifest media type {desc.media_type!r}")
+
+
+def oci_candidate(source: Source, desc: Descriptor, top: Descriptor) -> Candidate:
+    manifest = load_json(source.blob(desc.digest, size=desc.size), f"manifest {desc.digest}")
+    config_desc = descriptor(manifest.get("config"), f"manifest {desc.digest} config")
+    config = source.blob(config_desc.digest, size=config_desc.size)
+    layer_values = manifest.get("layers")
+    if not isinstance(layer_values, list):
+        raise ImageError(f"manifest {desc.digest}: no layers")
+    descs = [descriptor(v, f"manifest {desc.digest} layer") for v in layer_values]
+    for layer in descs:
+        if not layer.media_type.startswith(LAYER_PREFIXES):
+            raise ImageError(f"unsupported layer media type {layer.media_type!r}")
+    ids = diff_ids(load_json(config, "image config"), len(descs))
+    layers = tuple(Layer("blobs/sha256/" + check_digest(d.digest), d.digest, d.size, i) for d, i in zip(descs, ids))
+    names: tuple[str, ...] = ()
+    tag_only = None
+    full = top.annotation(CONTAINERD_NAME)
+    short = top.annotation(REF_NAME)
+    if full:
+        names = (full,)
+    elif short:
+        if "/" in short or ":" in short:
+            names = (short,)
+        else:
+            tag_only = short
+    return Candidate(names, config_desc.digest, config, layers, desc.digest, tag_only)
+
+
+# -- the import --------------------------------------------------------------------
+
+def extract_layer(read: Callable[[int], bytes], dest: str, layer: Layer, limits: extract.Limits) -> int:
+    """Extract one layer blob into `dest`, checking its digests; returns the data bytes."""
+    raw = blob.Hashing(read, layer.size if layer.size is not None else MAX_BLOB, f"layer {layer.diff_id}")
+    plain_read, close = blob.decompressor(raw.read)
+    try:
+        plain = blob.Hashing(plain_read, limits.max_bytes + (64 << 20), f"layer {layer.diff_id}")
+        stats = extract.extract(TarReader(plain.read), dest, limits)
+        plain.drain()
+        raw.drain()
+    finally:
+        close()
+    if layer.size is not None and raw.count != layer.size:
+        raise ImageError(f"layer {layer.digest}: {raw.count} bytes, expected {layer.size}")
+    if layer.digest is not None and raw.digest != layer.digest:
+        raise ImageError(f"layer {layer.digest}: digest mismatch (corrupt or tampered)")
+    if plain.digest != layer.diff_id:
+        raise ImageError(f"layer {layer.diff_id}: content digest mismatch (corrupt or tampered)")
+    return stats.bytes
+
+
+def check_blob(source: Source, layer: Layer) -> None:
+    read, size, close = source.open(layer.path)
+    try:
+        hashing = blob.Hashing(read, MAX_BLOB, f"layer {layer.digest}")
+        hashing.drain()
+    finally:
+        close()
+    if layer.size is not None and hashing.count != layer.size:
+        raise ImageError(f"layer {layer.digest}: {hashing.count} bytes, expected {layer.size}")
+    if hashing.digest != layer.digest:
+        raise ImageError(f"layer {layer.digest}: digest mismatch (corrupt or tampered)")
+
+
+def image_config(config: bytes) -> dict[str, object]:
+    data = load_json(config, "image config")
+    inner = data.get("config") or {}
+    if not isinstance(inner, dict):
+        raise ImageError("image config: 'config' is not an object")
+    kept: dict[str, object] = {}
+    for key in CONFIG_KEYS:
+        if inner.get(key) is not None:
+            kept[key] = inner[key]
+    for key in ("Env", "Cmd", "Entrypoint"):
+        str_list(kept.get(key), f"image config {key}")
+    for key in ("WorkingDir", "User"):
+        if not isinstance(kept.get(key, ""), str):
+            raise ImageError(f"image config {key} must be a string")
+    return kept
+
+
+def record_for(name: str, candidate: Candidate, sizes: dict[str, int]) -> Record:
+    data = load_json(candidate.config, "image config")
+    return {
+        "schema": 1,
+        "name": name,
+        "id": candidate.config_digest,
+        "digest": candidate.manifest_digest,
+        "layers": [layer.diff_id for layer in candidate.layers],
+        "config": image_config(candidate.config),
+        "os": str(data.get("os", "")),
+        "architecture": str(data.get("architecture", "")),
+        "variant": str(data.get("variant", "")) or None,
+        "created": str(data.get("created", "")) or None,
+        "size": sum(sizes.get(layer.diff_id, 0) for layer in candidate.layers),
+        "imported": int(time.time()),
+    }
+
+
+def normalize(name: str) -> str:
+    return str(ref.parse(name))
+
+
+def import_images(store: Store, path: str, name: str | None = None, platform: Platform | None = None,
+                  limits: extract.Limits = extract.Limits(), log: Callable[[str], None] | None = None) -> list[Record]:
+    """Import every image of the archive at `path` (or stdin for '-'); returns the new records."""
+    hold = store.hold()
+    work = store.new_temp("import-")
+    try:
+        return _import(store, path, work, name, platform, limits, log or (lambda _text: None))
+    finally:
+        extract.remove_tree(work)
+        os.close(hold)
+
+
+def _import(store: Store, path: str, work: str, name: str | None, platform: Platform | None,
+            limits: extract.Limits, log: Callable[[str], None]) -> list[Record]:
+    source = open_source(path, work)
+    try:
+        if source.exists("manifest.json"):
+            candidates = docker_candidates(source)
+        elif source.exists("index.json"):
+            candidates = oci_candidates(source, platform)
+        else:
+            raise ImageError(f"{path}: neither a docker archive (manifest.json) nor an OCI layout (index.json)")
+        if not candidates:
+            raise ImageError(f"{path}: no image in the archive")
+        named: list[tuple[tuple[str, ...], Candidate]] = []
+        if name is not None:
+            if len(candidates) > 1:
+                raise ImageError(f"{path} holds {len(candidates)} images: import it without --name")
+            named.append(((normalize(name),), candidates[0]))
+        else:
+            for candidate in candidates:
+                if not candidate.names:
+                    hint = f" (its tag is {candidate.tag_only!r})" if candidate.tag_only else ""
+                    raise ImageError(f"{path}: an image has no name{hint}: give one with --name NAME")
+                named.append((tuple(normalize(n) for n in candidate.names), candidate))
+        sizes: dict[str, int] = {}
+        extracted: dict[str, str] = {}
+        for _names, candidate in named:
+            for layer in candidate.layers:
+                if layer.diff_id in sizes or store.has_layer(layer.diff_id):
+                    continue
+                dest = os.path.join(work, check_digest(layer.diff_id))
+                os.mkdir(dest, 0o700)
+                log(f"extracting {layer.diff_id[:19]}")
+                if layer.digest is not None:  # a tampered blob is refused before anything is extracted
+                    check_blob(source, layer)
+                read, _size, close = source.open(layer.path)
+                try:
+                    extract_layer(read, dest, layer, limits)
+                finally:
+                    close()
+                sizes[layer.diff_id] = tree_size(dest)  # measured as for layers already in the store
+                extracted[layer.diff_id] = dest
+        records = []
+        with store.lock(True):
+            for diff_id, dest in extracted.items():
+                store.commit_layer(dest, diff_id)
+            for names, candidate in named:
+                for layer in candidate.layers:
+                    if layer.diff_id not in sizes:
+                        sizes[layer.diff_id] = tree_size(store.layer_path(layer.diff_id))
+                for full in names:
+                    record = record_for(full, candidate, sizes)
+                    if not all(store.has_layer(layer.diff_id) for layer in candidate.layers):
+                        raise ImageError("a layer vanished from the store during the import")
+                    store.write_image(record)
+                    records.append(record)
+        return records
+    finally:
+        source.close()

@@ -1,0 +1,377 @@
+"""User-mode networking for the sandbox: pasta (slirp4netns as the fallback),
+published ports, and egress rules.
+
+`--network none` needs nothing here: init brings loopback up.  In `pasta`
+mode the supervisor starts the helper against the namespace entry process,
+which sits in the sandbox's user and network namespaces and stays dumpable
+(init does not), once those exist; the helper creates and configures a tap
+interface there (address, default route) while init builds the root, and the
+payload is released only when the route is in place.  The helper runs outside
+the sandbox's pid namespace, so the payload cannot see or signal it, and dies
+with the supervisor (PR_SET_PDEATHSIG, and slirp4netns' exit fd).
+
+Egress rules are nftables rules in the sandbox's own network namespace,
+installed by init (which holds CAP_NET_ADMIN there; the payload holds none)
+before the payload starts.  Host names in rules are resolved when the run
+starts.  This module imports nothing heavy: it is on the start-up path of
+the modes that use it only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .frozen import dataclass
+from .spec import Publish
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ipaddress
+
+READY_TIMEOUT = 10.0
+IFNAME = "tap0"
+
+
+class NetError(Exception):
+    """A bad network setting, or a helper that cannot start; one line."""
+
+
+def _port(text: str, what: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
+        raise NetError(f"{what}: {text!r} is not a port from 1 to 65535")
+    return int(text)
+
+
+def _ip(text: str, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise NetError(f"{what}: {text!r} is not an IP address") from None
+
+
+def parse_publish(text: str) -> Publish:
+    what = f"-p {text}"
+    spec, slash, proto = text.partition("/")
+    if slash and proto not in ("tcp", "udp"):
+        raise NetError(f"{what}: protocol must be tcp or udp")
+    host_ip = None
+    if spec.startswith("["):  # [::1]:8080:80
+        close = spec.find("]")
+        if close < 0 or spec[close + 1: close + 2] != ":":
+            raise NetError(f"{what}: expected [HOST_IP]:HOST_PORT:SANDBOX_PORT")
+        host_ip, spec = spec[1:close], spec[close + 2:]
+    parts = spec.split(":")
+    if host_ip is None and len(parts) == 3:
+        host_ip = parts.pop(0)
+    if len(parts) == 1 and host_ip is None:
+        parts = parts * 2
+    if len(parts) != 2:
+        raise NetError(f"{what}: expected [[HOST_IP:]HOST_PORT:]SANDBOX_PORT[/tcp|udp]")
+    if host_ip is not None:
+        host_ip = str(_ip(host_ip, what))
+    return Publish(_port(parts[0], what), _port(parts[1], what), proto or "tcp", host_ip)
+
+
+def check_publish(publish: tuple[Publish, ...]) -> None:
+    """Two publications may not claim the same host address and port."""
+    seen: dict[tuple[str, int], Publish] = {}
+    for item in publish:
+        for ip in ("0.0.0.0", "::") if item.host_ip is None else (item.host_ip,):
+            key = (f"{ip}/{item.proto}", item.host_port)
+            wild = (f"{'0.0.0.0' if ':' not in ip else '::'}/{item.proto}", item.host_port)
+            other = seen.get(key) or (seen.get(wild) if item.host_ip is not None else None)
+            if other is not None and other != item:
+                raise NetError(f"-p {item} conflicts with -p {other}: the same host port")
+            seen[key] = item
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One egress rule: an address or network, and optionally a port."""
+
+    network: str  # "10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"
+    port: int | None = None
+
+
+def parse_rule(text: str) -> tuple[str, int | None]:
+    """"10.0.0.0/8", "192.0.2.7", "example.org:443", "[2001:db8::1]:53" -> (host or network, port)."""
+    what = f"network rule {text!r}"
+    host, port = text, None
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise NetError(f"{what}: unclosed '['")
+        host, rest = text[1:close], text[close + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise NetError(f"{what}: expected [ADDRESS]:PORT")
+            port = _port(rest[1:], what)
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        port = _port(port_text, what)
+    if not host or any(c.isspace() for c in host) or host.startswith("-"):
+        raise NetError(f"{what}: expected ADDRESS[/PREFIX], HOST or HOST:PORT")
+    return host, port
+
+
+def resolve_rules(texts: tuple[str, ...]) -> tuple[Rule, ...]:
+    """Rules with host names resolved now (they are not followed later)."""
+    import ipaddress
+
+    rules = []
+    for text in texts:
+        host, port = parse_rule(text)
+        try:
+            networks = [str(ipaddress.ip_network(host, strict=False))]
+        except ValueError:
+            networks = [f"{ip}/{32 if ':' not in ip else 128}" for ip in _lookup(host, text)]
+        rules += [Rule(network, port) for network in networks]
+    return tuple(rules)
+
+
+def _lookup(host: str, text: str) -> list[str]:
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError as exc:
+        raise NetError(f"network rule {text!r}: cannot resolve {host}: {exc.strerror or exc}") from None
+    return sorted({str(info[4][0]) for info in infos})
+
+
+def nft_script(allow: tuple[Rule, ...], deny: tuple[Rule, ...], dns: tuple[str, ...]) -> str | None:
+    """The sandbox's egress rules as an nft script; None when there are none.
+
+    With an allow list, everything else is rejected (DNS to the sandbox's
+    resolvers stays open, or names could not be looked up at all).  Deny rules
+    come first.  Loopback and replies to accepted traffic always pass.
+    """
+    if not allow and not deny:
+        return None
+    lines = ["table inet sbx {", "  chain output {", "    type filter hook output priority 0; policy accept;",
+             '    oifname "lo" accept', "    ct state established,related accept"]
+
+    def match(rule: Rule) -> list[str]:
+        family = "ip6" if ":" in rule.network else "ip"
+        base = f"{family} daddr {rule.network}"
+        if rule.port is None:
+            return [base]
+        return [f"{base} tcp dport {rule.port}", f"{base} udp dport {rule.port}"]
+
+    for rule in deny:
+        lines += [f"    {m} counter reject" for m in match(rule)]
+    if allow:
+        for server in dns:
+            for m in match(Rule(f"{server}/{128 if ':' in server else 32}", 53)):
+                lines.append(f"    {m} accept")
+        for rule in allow:
+            lines += [f"    {m} accept" for m in match(rule)]
+        lines += ["    meta l4proto tcp counter reject with tcp reset", "    counter reject with icmpx type admin-prohibited"]
+    lines += ["  }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+NFT_PATHS = ("/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft")
+
+
+def apply_rules(script: str) -> None:
+    """Load an nft script into the current network namespace (init does, before the payload exists)."""
+    nft = next((p for p in NFT_PATHS if os.access(p, os.X_OK)), None)
+    if nft is None:
+        raise NetError("egress rules need nft (Debian package 'nftables')")
+    rules = os.memfd_create("sbx-egress", 0)
+    os.write(rules, script.encode())
+    errors_r, errors_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.dup2(errors_w, 2)
+            os.dup2(errors_w, 1)
+            os.set_inheritable(rules, True)
+            os.execv(nft, [nft, "-f", f"/proc/self/fd/{rules}"])
+        finally:
+            os._exit(127)
+    os.close(errors_w)
+    os.close(rules)
+    output = b""
+    while chunk := os.read(errors_r, 4096):
+        output += chunk
+    os.close(errors_r)
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        detail = output.decode(errors="replace").strip().splitlines()
+        raise NetError(f"cannot install the egress rules: {detail[0] if detail else f'nft exited {status}'}")
+
+
+def host_gateway() -> str | None:
+    """The host's IPv4 default gateway, from /proc/net/route."""
+    try:
+        with open("/proc/net/route") as f:
+            rows = f.read().splitlines()[1:]
+    except OSError:
+        return None
+    for row in rows:
+        fields = row.split()
+        if len(fields) > 2 and fields[1] == "00000000":
+            raw = int(fields[2], 16)
+            return ".".join(str((raw >> shift) & 0xFF) for shift in (0, 8, 16, 24))
+    return None
+
+
+def host_nameservers() -> list[str]:
+    try:
+        with open("/etc/resolv.conf") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    return [line.split()[1] for line in lines if line.startswith("nameserver") and len(line.split()) > 1]
+
+
+def tool() -> str | None:
+    """The user-mode networking helper to use: $SBX_USERNET if set, else pasta, else slirp4netns."""
+    wanted = os.environ.get("SBX_USERNET")
+    for name in (wanted,) if wanted in ("pasta", "slirp4netns") else ("pasta", "slirp4netns"):
+        if which(name):
+            return name
+    return None
+
+
+def which(name: str) -> str | None:
+    """shutil.which without shutil (which imports fnmatch and re: ~10 ms)."""
+    for directory in os.environ.get("PATH", "/usr/bin:/bin").split(":") + ["/usr/sbin", "/usr/bin"]:
+        path = os.path.join(directory or ".", name)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return None
+
+
+def sandbox_dns(explicit: tuple[str, ...]) -> tuple[str, ...]:
+    """Name servers for the sandbox's resolv.conf in pasta mode.
+
+    The host's own servers where they are reachable from the sandbox (not on
+    its loopback); else pasta forwards DNS sent to the gateway address to them.
+    """
+    if explicit:
+        return explicit
+    if tool() == "slirp4netns":
+        return ("10.0.2.3",)
+    servers = [s for s in host_nameservers() if not s.startswith("127.") and s != "::1"]
+    if servers:
+        return tuple(servers[:3])
+    gateway = host_gateway()
+    return (gateway,) if gateway else ()
+
+
+class UserNet:
+    """A running pasta or slirp4netns attached to the sandbox's network namespace."""
+
+    def __init__(self, name: str, pid: int, target: int, ready_r: int = -1, exit_w: int = -1) -> None:
+        self.name = name
+        self.pid = pid
+        self.target = target
+        self.ready_r = ready_r
+        self.exit_w = exit_w
+
+    @classmethod
+    def start(cls, target: int, publish: tuple[Publish, ...], dns: tuple[str, ...], host_loopback: bool) -> UserNet:
+        """Start the helper for the network namespace of process `target` (ours, dumpable)."""
+        name = tool()
+        if name is None:
+            raise NetError("--network pasta needs pasta (Debian package 'passt') or slirp4netns; neither is "
+                           "installed")
+        if name == "pasta":
+            argv = ["pasta", "--config-net", "--foreground", "--quiet", "--ns-ifname", IFNAME, "--ipv4-only"]
+            if os.getuid() == 0:
+                argv += ["--runas", "0"]  # as root pasta would switch to nobody, who cannot join our namespaces
+            if not host_loopback:
+                argv.append("--no-map-gw")  # else the gateway address is the host's 127.0.0.1
+            if dns and dns[0] == host_gateway():
+                argv += ["--dns-forward", dns[0]]  # the host's resolver is on its loopback: relay to it
+            tcp = [p for p in publish if p.proto == "tcp"]
+            udp = [p for p in publish if p.proto == "udp"]
+            for flag, items in (("-t", tcp), ("-u", udp)):
+                for p in items:
+                    argv += [flag, f"{p.host_ip + '/' if p.host_ip else ''}{p.host_port}:{p.sandbox_port}"]
+                if not items:
+                    argv += [flag, "none"]
+            argv += ["-T", "none", "-U", "none", str(target)]
+            return cls(name, _spawn(argv, ()), target)
+        if publish:
+            raise NetError("-p needs pasta (Debian package 'passt'); only slirp4netns is installed")
+        ready_r, ready_w = os.pipe()
+        exit_r, exit_w = os.pipe()
+        argv = ["slirp4netns", "--configure", "--mtu=65520", f"--ready-fd={ready_w}", f"--exit-fd={exit_r}",
+                *(() if host_loopback else ("--disable-host-loopback",)), str(target), IFNAME]
+        pid = _spawn(argv, (ready_w, exit_r))
+        os.close(ready_w)
+        os.close(exit_r)
+        return cls(name, pid, target, ready_r, exit_w)
+
+    def wait_ready(self) -> None:
+        """Until the sandbox has its default route (the helper configured the tap)."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if _has_default_route(self.target):
+                return
+            waited, _status = os.waitpid(self.pid, os.WNOHANG)
+            if waited:
+                self.pid = 0
+                raise NetError(f"{self.name} exited before the network was up (run it by hand to see why)")
+            time.sleep(0.001)
+        raise NetError(f"{self.name} did not bring the network up within {READY_TIMEOUT:g} s")
+
+    def stop(self) -> None:
+        if self.exit_w >= 0:
+            os.close(self.exit_w)
+            self.exit_w = -1
+        if self.ready_r >= 0:
+            os.close(self.ready_r)
+            self.ready_r = -1
+        if self.pid:
+            try:
+                os.kill(self.pid, 9)
+            except ProcessLookupError:
+                pass
+            os.waitpid(self.pid, 0)
+            self.pid = 0
+
+
+def _has_default_route(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/net/route") as f:
+            return any(row.split()[1:2] == ["00000000"] for row in f.read().splitlines()[1:])
+    except OSError:
+        return False
+
+
+def _spawn(argv: list[str], keep: tuple[int, ...]) -> int:
+    """Fork and exec a helper that dies with us, its output to /dev/null."""
+    path = which(argv[0])
+    assert path is not None
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            from . import linux
+
+            linux.prctl(linux.PR_SET_PDEATHSIG, 9)
+            if os.getppid() != parent:
+                os._exit(1)
+            if TYPE_CHECKING:
+                import signal as _signal
+            else:
+                import _signal
+            for signum in (_signal.SIGPIPE, _signal.SIGXFSZ):  # Python ignores them; exec would keep that
+                _signal.signal(signum, _signal.SIG_DFL)
+            null = os.open("/dev/null", os.O_RDWR)
+            for fd in (0, 1) if os.environ.get("SBX_DEBUG") else (0, 1, 2):
+                os.dup2(null, fd)
+            for fd in keep:
+                os.set_inheritable(fd, True)
+            os.execv(path, argv)  # our other fds are close-on-exec
+        finally:
+            os._exit(127)
+    return pid
