@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 repo=$PWD
 test_user=${SBX_TEST_USER:-sbxtest}
-packages=(python3 python3-venv python3-dev gcc g++ libc6-dev libseccomp2 bubblewrap passt slirp4netns nftables uidmap golang-go openjdk-17-jdk-headless busybox-static zstd)
+packages=(python3 python3-venv python3-dev gcc g++ libc6-dev libseccomp2 bubblewrap passt slirp4netns nftables uidmap golang-go openjdk-17-jdk-headless busybox-static zstd docker-registry skopeo openssl)
 
 if [ "$(id -u)" = 0 ]; then
   venv=${SBX_VENV:-/opt/sbx-test-venv}

@@ -78,7 +78,7 @@ Run untrusted code in a rootless sandbox under hard limits.
 commands:
   run [OPTIONS] [--] COMMAND [ARG...]   run COMMAND in a fresh sandbox
   profile list|show NAME|check FILE     inspect profiles
-  image import|ls|inspect|rm|tag|prune  the local image store (sbx image --help)
+  image pull|import|ls|inspect|rm|tag|prune   images (sbx image --help)
   doctor                                what this host allows, with fixes
 
 'sbx run --help' lists the run options.

@@ -1,4 +1,4 @@
-"""`sbx image COMMAND`: import, ls, inspect, rm, tag, prune.
+"""`sbx image COMMAND`: pull, import, ls, inspect, rm, tag, prune.
 
 Every command takes `--root DIR` (default $SBX_ROOT, else $XDG_DATA_HOME/sbx),
 before or after the command name.  Errors: one `sbx: error: ...` line, exit 125.
@@ -20,6 +20,10 @@ USAGE = """usage: sbx image [--root DIR] COMMAND ...
 Manage the local image store (default $XDG_DATA_HOME/sbx, or $SBX_ROOT).
 
 commands:
+  pull [--platform OS/ARCH[/VARIANT]] [--insecure] [--username USER --password-stdin] [-q] REF
+                         pull from a registry (Docker Hub for short names; HTTP
+                         for localhost/127.0.0.1 and --insecure, else HTTPS;
+                         credentials also from $SBX_REGISTRY_AUTH=user:pass)
   import [--name NAME] [--platform OS/ARCH[/VARIANT]] [-q] FILE|DIR|-
                          import a docker archive (docker save) or an OCI layout
                          (directory or tar; plain, gzip or zstd; '-' for stdin)
@@ -32,6 +36,7 @@ commands:
 
 # command -> (options taking a value, switches)
 COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "pull": (("--platform", "--username"), ("-q", "--quiet", "--insecure", "--password-stdin")),
     "import": (("--name", "--platform"), ("-q", "--quiet")),
     "ls": ((), ("-q", "--quiet")),
     "list": ((), ("-q", "--quiet")),
@@ -113,6 +118,8 @@ def run(args: list[str]) -> int:
 
     store = Store(root)
     quiet = bool(options.get("-q") or options.get("--quiet"))
+    if command == "pull":
+        return cmd_pull(store, options, positional, quiet)
     if command == "import":
         return cmd_import(store, options, positional, quiet)
     if command in ("ls", "list"):
@@ -151,6 +158,33 @@ def cmd_import(store: Store, options: dict[str, str | bool], positional: list[st
                                 log=log)
     for record in records:
         sys.stdout.write(f"{short_name(str(record['name']))} {str(record['id'])[7:19]}\n")
+    return 0
+
+
+def cmd_pull(store: Store, options: dict[str, str | bool], positional: list[str], quiet: bool) -> int:
+    from . import oci, pull
+    _arity("pull", positional, 1, 1)
+    platform = options.get("--platform")
+    username = options.get("--username")
+    credentials = pull.credentials_from_env()
+    if options.get("--password-stdin"):
+        if not isinstance(username, str) or not username:
+            raise UsageError("--password-stdin needs --username")
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise UsageError("--password-stdin: no password on stdin")
+        credentials = (username, password)
+    elif isinstance(username, str):
+        raise UsageError("--username needs --password-stdin (or use $SBX_REGISTRY_AUTH=user:pass)")
+
+    def log(text: str) -> None:
+        sys.stderr.write(f"sbx: {text}\n")
+
+    record = pull.pull(store, positional[0],
+                       platform=oci.parse_platform(platform) if isinstance(platform, str) else None,
+                       insecure=bool(options.get("--insecure")), credentials=credentials,
+                       progress="quiet" if quiet else "tty" if sys.stderr.isatty() else "lines", log=log)
+    sys.stdout.write(f"{short_name(str(record['name']))} {str(record['id'])[7:19]}\n")
     return 0
 
 
