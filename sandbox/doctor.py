@@ -59,10 +59,7 @@ def _probe(out: list[str]) -> None:
     uid, gid = os.getuid(), os.getgid()
     try:
         linux.unshare(linux.CLONE_NEWUSER | linux.CLONE_NEWNS)
-        for path, text in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", f"0 {uid} 1"),
-                           ("/proc/self/gid_map", f"0 {gid} 1")):
-            with open(path, "w") as f:
-                f.write(text)
+        linux.map_ids(0, uid, 0, gid)
     except OSError as exc:
         out.append(f"userns=no: {exc.strerror}")
         return

@@ -40,14 +40,6 @@ def _say(fd: int, line: str) -> None:
     os.write(fd, (line.replace("\n", " ") + "\n").encode(errors="replace"))
 
 
-def _write(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-
 def _fail(report_w: int, exc: BaseException) -> None:
     if isinstance(exc, SbxError):
         message = str(exc)
@@ -88,9 +80,7 @@ def enter(spec: Spec, handoff: Handoff, supervisor: int) -> None:
         except OSError as exc:
             raise SbxError(f"cannot create user namespace: {exc.strerror} (run 'sbx doctor' for the host's "
                            "user-namespace settings)") from None
-        _write("/proc/self/setgroups", "deny")
-        _write("/proc/self/uid_map", f"0 {uid} 1\n")
-        _write("/proc/self/gid_map", f"0 {gid} 1\n")
+        linux.map_ids(0, uid, 0, gid)
         pid = os.fork()
         if pid == 0:
             init(spec, handoff)

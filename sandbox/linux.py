@@ -96,6 +96,23 @@ def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
 
 
+def write_file(path: str, text: str) -> None:
+    """One write(2), as /proc and cgroup interface files expect."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def map_ids(inside_uid: int, outside_uid: int, inside_gid: int, outside_gid: int) -> None:
+    """Map one id each in the user namespace just unshared: the only map an unprivileged process may write
+    for itself, and only with setgroups denied first."""
+    write_file("/proc/self/setgroups", "deny")
+    write_file("/proc/self/uid_map", f"{inside_uid} {outside_uid} 1\n")
+    write_file("/proc/self/gid_map", f"{inside_gid} {outside_gid} 1\n")
+
+
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     _check(
         _libc.mount(

@@ -33,20 +33,10 @@ def _reset_signals() -> None:
     _signal.pthread_sigmask(_signal.SIG_SETMASK, set())
 
 
-def _write(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-
 def _enter_nested_userns(uid: int, gid: int) -> None:
     """Run as uid/gid inside: a child user namespace mapping them to our root, as bwrap does."""
     linux.unshare(linux.CLONE_NEWUSER)
-    _write("/proc/self/setgroups", "deny")
-    _write("/proc/self/uid_map", f"{uid} 0 1\n")
-    _write("/proc/self/gid_map", f"{gid} 0 1\n")
+    linux.map_ids(uid, 0, gid, 0)
 
 
 def _drop_privileges(last_cap: int) -> None:
