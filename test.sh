@@ -57,7 +57,8 @@ if [ "$(id -u)" = 0 ]; then
   # real unified hierarchy, a cgroup delegated to the test user as systemd does.
   echo "== cgroup v2 tests in a VM, as $test_user with a delegated cgroup"
   log=$copy/vm-stage.log
-  (cd "$copy" && "$py" tests/vm/run_stage.py --user "$test_user" -- "$py" -m pytest -q -p no:cacheprovider tests/cgroup) \
+  # SBX_VM_USER_MANAGER=1: a systemd --user manager too, for tests/cgroup/test_scope.py.
+  (cd "$copy" && SBX_VM_USER_MANAGER=1 "$py" tests/vm/run_stage.py --user "$test_user" -- "$py" -m pytest -q -p no:cacheprovider tests/cgroup) \
     2>&1 | tee "$log" || true
   if ! grep -q '^VM-STAGE: ran, exit 0' "$log"; then
     echo "== the VM stage did not run, or failed: $(grep '^VM-STAGE:' "$log" || echo 'no VM-STAGE line')"

@@ -11,7 +11,12 @@ Where a delegation comes from, in order:
 2. own: the cgroup we are in, when we may create children and move processes
    there (what `systemd-run --user --scope -p Delegate=yes` gives, or a
    cgroup an administrator chowned to us as systemd does);
-3. (later) a transient systemd user scope;
+3. a transient systemd user scope: when neither applies and a systemd user
+   manager is reachable, `sbx run` re-executes itself under
+   `systemd-run --user --scope -p Delegate=yes` (`scope_command()`), with
+   `$SBX_SCOPE` naming the unit, and the re-executed sbx uses that scope as
+   its own cgroup (2.), even without the `user.delegate` mark systemd < 253
+   does not set; `SBX_NO_SCOPE=1` turns this off;
 4. none: the caller falls back to rlimits and says so.
 
 The kernel's "no internal processes" rule: a cgroup that has processes cannot
@@ -19,13 +24,14 @@ enable controllers for its children (EBUSY).  So before enabling controllers
 every process already in the delegated cgroup is moved into a leaf child,
 `sbx-leaf`; a later sbx that finds itself in `<D>/sbx-leaf` uses `<D>`.
 
-Only `os`, `errno` and `time` at module level: this is on the start-up path.
+Only `os`, `errno`, `stat` and `time` at module level: this is on the start-up path.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
 import time
 
 from .frozen import dataclass
@@ -245,15 +251,19 @@ def _controllers(path: str, name: str = "cgroup.controllers") -> tuple[str, ...]
     return tuple((_read_or(os.path.join(path, name), "") or "").split())
 
 
-def _systemd_unit_not_delegated(path: str) -> bool:
+def _systemd_unit_not_delegated(path: str, environ: Mapping[str, str] | None = None) -> bool:
     """True for a systemd unit cgroup that says it is not delegated.
 
     Under user@UID.service every cgroup belongs to the user, delegated or not;
     systemd (>= 253) marks delegated ones with a `user.delegate` xattr (and
-    `trusted.delegate`).  A unit without either mark is systemd's to manage.
+    `trusted.delegate`).  A unit without either mark is systemd's to manage,
+    except the scope named by `$SBX_SCOPE`: the one `scope_command()` asked
+    for with Delegate=yes (systemd 252 marks nothing).
     """
     name = os.path.basename(path.rstrip("/"))
     if not name.endswith((".scope", ".service", ".slice")):
+        return False
+    if environ is not None and name.endswith(".scope") and name == environ.get("SBX_SCOPE"):
         return False
     for attr in ("user.delegate", "trusted.delegate"):
         try:
@@ -363,22 +373,112 @@ def discover(explicit: str | None, environ: Mapping[str, str]) -> Delegation | N
     own = own_cgroup_dir()
     if own is None:
         return None
-    # Already set up by an earlier sbx: we sit in <D>/sbx-leaf.
-    if os.path.basename(own) == LEAF:
-        parent = os.path.dirname(own)
-        if _writable(parent) and all(c in _controllers(parent, "cgroup.subtree_control") for c in ESSENTIAL):
-            return prepare(parent, "own")
-    if _is_root(own) or not _writable(own) or _systemd_unit_not_delegated(own):
-        return None  # never herd the whole system into a leaf
-    if not all(c in _controllers(own) for c in ESSENTIAL):
+    target = _usable_own(own, environ)
+    if target is None:
         return None
+    how = "systemd-scope" if os.path.basename(target) == environ.get("SBX_SCOPE") else "own"
+    if target != own:
+        return prepare(target, how)  # already set up by an earlier sbx: we sit in <D>/sbx-leaf
     try:
-        d = prepare(own, "own")
+        d = prepare(own, how)
     except CgroupError:
         return None
     if not all(c in d.controllers for c in ESSENTIAL):
         return None
     return d
+
+
+def _usable_own(own: str, environ: Mapping[str, str]) -> str | None:
+    """The cgroup discover() would prepare when we are in `own`, or None.  Reads only.
+
+    `own` itself, or `<D>` when we sit in `<D>/sbx-leaf` of a cgroup an
+    earlier sbx prepared.
+    """
+    if os.path.basename(own) == LEAF:
+        parent = os.path.dirname(own)
+        if _writable(parent) and all(c in _controllers(parent, "cgroup.subtree_control") for c in ESSENTIAL):
+            return parent
+    if _is_root(own) or not _writable(own) or _systemd_unit_not_delegated(own, environ):
+        return None  # never herd the whole system into a leaf
+    if not all(c in _controllers(own) for c in ESSENTIAL):
+        return None
+    return own
+
+
+def _no_scope(environ: Mapping[str, str]) -> bool:
+    return environ.get("SBX_NO_SCOPE", "") not in ("", "0")
+
+
+def user_manager_socket(environ: Mapping[str, str]) -> str | None:
+    """The systemd user manager's private socket when one answers there, else None.
+
+    `$XDG_RUNTIME_DIR/systemd/private` (else `/run/user/UID/...`): a stat,
+    then a connect(2) to tell a live manager from a stale socket file.
+    systemd-run --user and systemctl --user talk to it, D-Bus or not.
+    """
+    runtime = environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
+    path = os.path.join(runtime, "systemd", "private")
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return None
+    except OSError:
+        return None
+    import _socket
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(1.0)
+        sock.connect(path)
+    except OSError:
+        return None
+    finally:
+        sock.close()
+    return path
+
+
+def _which(name: str, environ: Mapping[str, str]) -> str | None:
+    for d in (environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin").split(":"):
+        path = os.path.join(d or ".", name)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return None
+
+
+def _unified_offers_essentials() -> bool:
+    """Some cgroup2 mount offers memory and pids (not a hybrid layout where v1 holds them)."""
+    return any(all(c in _controllers(m) for c in ESSENTIAL) for m, _root in cgroup2_mounts())
+
+
+def scope_command(
+    argv: list[str], environ: Mapping[str, str], explicit: str | None = None
+) -> tuple[list[str], dict[str, str]] | None:
+    """The command line and environment to re-run `argv` in a transient systemd user scope, or None.
+
+    Only when no cgroup is given (`explicit`, `$SBX_CGROUP`), this is not
+    already the re-run (`$SBX_SCOPE`) nor turned off (`$SBX_NO_SCOPE`), a user
+    manager answers (`user_manager_socket`: a stat when there is none), our
+    own cgroup is not usable as it is, the unified hierarchy holds memory
+    and pids, and systemd-run is on $PATH.  systemd-run --scope moves itself
+    into the new scope and execs `argv` (same pid); `$SBX_SCOPE` names the
+    unit, so the re-run never loops and knows which cgroup it asked for.
+    """
+    if explicit or environ.get("SBX_CGROUP") or environ.get("SBX_SCOPE") or _no_scope(environ):
+        return None
+    if user_manager_socket(environ) is None:
+        return None
+    own = own_cgroup_dir()
+    if own is None or _usable_own(own, environ) is not None or not _unified_offers_essentials():
+        return None
+    systemd_run = _which("systemd-run", environ)
+    if systemd_run is None:
+        return None
+    unit = f"sbx-{os.getpid()}-{time.time_ns() % 10**9}.scope"
+    env = dict(environ)
+    env["SBX_SCOPE"] = unit
+    env.setdefault("XDG_RUNTIME_DIR", f"/run/user/{os.getuid()}")
+    cmd = [systemd_run, "--user", "--scope", "--quiet", "--collect", f"--unit={unit}", "-p", "Delegate=yes",
+           "--", *argv]
+    return cmd, env
 
 
 def diagnose(environ: Mapping[str, str]) -> list[tuple[str, bool, str]]:
@@ -418,13 +518,17 @@ def diagnose(environ: Mapping[str, str]) -> list[tuple[str, bool, str]]:
         target = os.path.dirname(own)
     if _is_root(target):
         checks.append(("own cgroup delegated", False, f"{target} is the root cgroup; set SBX_CGROUP to a child cgroup"))
+        if not explicit:
+            checks.append(_scope_check(environ))
     else:
-        writable = _writable(target) and not _systemd_unit_not_delegated(target)
+        writable = _writable(target) and not _systemd_unit_not_delegated(target, environ)
         checks.append((
             "own cgroup delegated",
             writable,
             target if writable else "run under `systemd-run --user --scope -p Delegate=yes sbx ...`, or set SBX_CGROUP to a cgroup delegated to you",
         ))
+        if not writable and not explicit:
+            checks.append(_scope_check(environ))
     offered = _controllers(target)
     for ctrl in WANTED:
         ok = ctrl in offered
@@ -440,6 +544,23 @@ def diagnose(environ: Mapping[str, str]) -> list[tuple[str, bool, str]]:
         # memory.peak only exists in non-root cgroups; look at ours.
         checks.append(("memory.peak (Linux >= 5.19)", os.path.exists(os.path.join(own, "memory.peak")), "else no peak memory figure"))
     return checks
+
+
+def _scope_check(environ: Mapping[str, str]) -> tuple[str, bool, str]:
+    """Whether `sbx run` will re-execute itself in a transient systemd user scope (scope_command)."""
+    what = "transient systemd user scope"
+    if environ.get("SBX_SCOPE"):
+        return (what, False, f"already re-run for {environ['SBX_SCOPE']}, which is not usable")
+    if _no_scope(environ):
+        return (what, False, "SBX_NO_SCOPE is set")
+    socket = user_manager_socket(environ)
+    if socket is None:
+        return (what, False, "no systemd user manager answers at $XDG_RUNTIME_DIR/systemd/private")
+    if scope_command(["sbx"], environ) is None:
+        return (what, False, f"a user manager answers at {socket}, but systemd-run is not on PATH or "
+                             "the unified hierarchy does not offer memory and pids")
+    return (what, True, f"sbx run re-executes itself under `systemd-run --user --scope -p Delegate=yes` "
+                        f"(user manager at {socket}); SBX_NO_SCOPE=1 turns this off")
 
 
 # --- per-run cgroups ---------------------------------------------------------

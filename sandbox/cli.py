@@ -249,6 +249,19 @@ def cmd_run(args: list[str]) -> int:
     from . import supervise
 
     spec = build_spec(args, os.getcwd(), os.environ)
+    # No usable cgroup but a systemd user manager: run again in a delegated scope of our own
+    # (only the command line this process was started with, never an in-process main()).
+    if "SBX_SCOPE" not in os.environ and sys.orig_argv[len(sys.orig_argv) - len(args) - 1:] == ["run", *args]:
+        from .cgroup import scope_command
+
+        scope = scope_command([sys.executable, *sys.orig_argv[1:]], os.environ, spec.cgroup)
+        if scope is not None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            try:
+                os.execvpe(scope[0][0], scope[0], scope[1])
+            except OSError:
+                pass  # no systemd-run after all: the degraded path, with its warning
     result = supervise.run(spec)
     _write_reports(spec, result)
     if result.message:

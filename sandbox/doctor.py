@@ -119,7 +119,7 @@ def findings() -> list[Finding]:
 
 def _cgroup() -> list[Finding]:
     """Which delegation applies and which controllers are usable (cgroup.diagnose), then the verdict."""
-    from .cgroup import CgroupError, diagnose, discover
+    from .cgroup import CgroupError, diagnose, discover, scope_command
 
     found = [Finding(f"cgroup: {what}", "ok" if ok else "warn", detail) for what, ok, detail in diagnose(os.environ)]
     try:
@@ -128,7 +128,10 @@ def _cgroup() -> list[Finding]:
         delegation = None
         found.append(Finding("cgroup limits", "fail", str(exc), "fix SBX_CGROUP or unset it"))
         return found
-    if delegation is None:
+    if delegation is None and scope_command(["sbx"], os.environ) is not None:
+        found.append(Finding("cgroup limits", "ok", "each `sbx run` re-executes itself in a transient systemd "
+                             "user scope with Delegate=yes (see 'transient systemd user scope' above)"))
+    elif delegation is None:
         found.append(Finding("cgroup limits", "warn", "no delegated cgroup v2 subtree: --memory and --time hold per "
                              "process only (rlimits); --pids-limit, --cpus, --cpuset, io limits are not enforced",
                              "see README.md, 'cgroup v2 delegation'"))

@@ -166,7 +166,9 @@ def test_wtle_sleep(work: Path) -> None:
     r = sbx(work, "--wall-time", "1", "--time", "5", "--", "sleep", "30")
     assert r["verdict"] == "WTLE" and r["signal"] == 9, r
     assert 1.0 <= r.num("wall_time") < 1.5, r
-    assert r.num("cpu_time") < 0.5, r  # sleep, plus the exec (slow under emulation)
+    # sleep itself burns nothing; its exec and dynamic loading cost up to ~0.6 s of emulated CPU on a
+    # loaded host.  Well under the 1 s of wall time: the figure is CPU time, not elapsed time.
+    assert r.num("cpu_time") < 0.9, r
     assert r.meta["status"] == "TO", r.meta
 
 
@@ -286,12 +288,16 @@ def test_explicit_cgroup_strict(work: Path, deleg: str) -> None:
 
 
 def test_systemd_style_scope_discovery(work: Path, deleg: str) -> None:
-    """sbx started in a *.scope cgroup: used only when systemd marked it delegated (user.delegate)."""
+    """sbx started in a *.scope cgroup: used only when systemd marked it delegated (user.delegate).
+
+    SBX_NO_SCOPE=1: with a user manager about (SBX_VM_USER_MANAGER=1) sbx would
+    otherwise re-run itself in a transient scope (test_scope.py).
+    """
     scope = os.path.join(deleg, "test-sbx.scope")
     os.mkdir(scope)
     enter = ("sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', scope)
     try:
-        r = sbx(work, "--memory", "64M", "--", "true", prefix=enter)
+        r = sbx(work, "--memory", "64M", "--", "true", prefix=enter, env=dict(os.environ, SBX_NO_SCOPE="1"))
         assert r["verdict"] == "OK" and r["limits_enforced"] == {"memory": False}, r
         assert "--memory is enforced per process only" in r.stderr, r
         os.setxattr(scope, "user.delegate", b"1")

@@ -12,6 +12,12 @@
 #    with user.* xattrs: tmpfs on 6.1 has none, and /tmp is an overlay);
 # 4. runs COMMAND as USER in the delegated cgroup and prints
 #    "VM-GUEST: exit N" with its exit status, which is also ours.
+#
+# With SBX_VM_USER_MANAGER=1 it also starts a `systemd --user` manager for USER
+# (tests/vm/user_manager.sh): the delegated cgroup then sits in
+# /sys/fs/cgroup/user.slice/user-UID.slice next to user@UID.service and a
+# non-delegated session-1.scope, and COMMAND gets XDG_RUNTIME_DIR and
+# SBX_VM_SESSION_CGROUP.  Without it nothing changes.
 set -u
 user=$1; shift
 [ "${1:-}" = "--" ] && shift
@@ -30,7 +36,16 @@ for c in $(cat "$cg/cgroup.controllers"); do
 done
 
 uid=$(id -u "$user") && gid=$(id -g "$user") || { say "no user $user"; echo "VM-GUEST: exit 125"; exit 125; }
-deleg="$cg/sbx-test.delegate"
+parent=$cg
+if [ "${SBX_VM_USER_MANAGER:-}" = 1 ]; then
+    parent=$cg/user.slice/user-$uid.slice
+fi
+deleg="$parent/sbx-test.delegate"
+if [ "$parent" != "$cg" ]; then
+    manager_env=$(sh "$(dirname "$0")/user_manager.sh" "$user" "$uid" "$gid" "$parent") \
+        || { say "cannot start systemd --user"; echo "VM-GUEST: exit 125"; exit 125; }
+    eval "$manager_env"
+fi
 mkdir -p "$deleg"
 chown "$uid:$gid" "$deleg" "$deleg/cgroup.procs" "$deleg/cgroup.subtree_control" "$deleg/cgroup.threads"
 say "delegated $deleg to $user: $(cat "$deleg/cgroup.controllers")"

@@ -18,7 +18,9 @@ LC_ALL, CI, TERM and every SBX_* variable, plus -e NAME=VALUE; SBX_VM=1 and
 SBX_VM_CGROUP (the delegated cgroup, also its own cgroup at start); a
 throw-away ext4 file system on /var/tmp (disk-backed scratch with user.*
 xattrs, which 6.1's tmpfs lacks; /tmp is an overlay and cannot hold an
-overlay's upper dir).  Writes outside the overlays fail (the repository is
+overlay's upper dir).  With SBX_VM_USER_MANAGER=1 (test.sh sets it) a
+`systemd --user` manager runs for the user too, and COMMAND also gets
+XDG_RUNTIME_DIR and SBX_VM_SESSION_CGROUP (tests/vm/user_manager.sh).  Writes outside the overlays fail (the repository is
 read-only there); everything written is gone after the run.
 
 Typical use (CI):
