@@ -26,6 +26,7 @@ compiled into the same directory).  Run as root and as an unprivileged user.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import gzip
@@ -785,11 +786,9 @@ def test_inherited_fds(env: Env, profile: str) -> None:
         os.close(w)
 
 
-@pytest.fixture
-def abstract_server() -> Iterator[str]:
-    name = "sbx-attack-" + secrets.token_hex(6)
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind("\0" + name)
+@contextlib.contextmanager
+def greeting_server(srv: socket.socket, greeting: bytes) -> Iterator[None]:
+    """Answer every connection to the listening `srv` with `greeting` until the block ends."""
     srv.listen(8)
     stop = threading.Event()
 
@@ -801,16 +800,25 @@ def abstract_server() -> Iterator[str]:
             except (TimeoutError, OSError):
                 continue
             with conn:
-                conn.sendall(b"hello from the host")
+                conn.sendall(greeting)
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     try:
-        yield name
+        yield
     finally:
         stop.set()
         t.join()
         srv.close()
+
+
+@pytest.fixture
+def abstract_server() -> Iterator[str]:
+    name = "sbx-attack-" + secrets.token_hex(6)
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind("\0" + name)
+    with greeting_server(srv, b"hello from the host"):
+        yield name
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -833,27 +841,8 @@ def loopback_server() -> Iterator[int]:
     """A TCP service on the host's 127.0.0.1 only."""
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    stop = threading.Event()
-
-    def serve() -> None:
-        srv.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except (TimeoutError, OSError):
-                continue
-            with conn:
-                conn.sendall(b"hello from the host's loopback")
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    try:
+    with greeting_server(srv, b"hello from the host's loopback"):
         yield srv.getsockname()[1]
-    finally:
-        stop.set()
-        t.join()
-        srv.close()
 
 
 @pytest.mark.parametrize("network", ["none", "pasta"])
