@@ -246,21 +246,24 @@ def _is_ip(text: str) -> bool:
 
 def _is_publish(text: str) -> bool:
     """[HOST_IP:]HOST_PORT:PORT[/tcp|udp], IPv6 in brackets: what -p takes."""
-    from .net import NetError, parse_publish
+    from .net import parse_publish
 
-    try:
-        parse_publish(text)
-    except NetError:
-        return False
-    return True
+    return _net_accepts(parse_publish, text)
 
 
 def _is_rule(text: str) -> bool:
     """ADDRESS[/PREFIX], HOST, HOST:PORT or [IPv6]:PORT."""
-    from .net import NetError, parse_rule
+    from .net import parse_rule
+
+    return _net_accepts(parse_rule, text)
+
+
+def _net_accepts(parse: Callable[[str], object], text: str) -> bool:
+    """The profile accepts exactly what the run path's own parser does."""
+    from .net import NetError
 
     try:
-        parse_rule(text)
+        parse(text)
     except NetError:
         return False
     return True
