@@ -7,7 +7,11 @@ payload makes counts against --disk):
     STAGING/layers/N/...   overlay upper and work dirs, unreachable after pivot
 
 Host directories of the `host` image are overlay lower layers (copy-on-write,
-discarded with the tmpfs).  Before Linux 6.6 tmpfs has no user.* xattrs, which
+discarded with the tmpfs).  With `spec.upper` (image builds, `sbx run
+--commit`) an imported image's upper and work dirs are that host directory's
+instead, so they outlive the run; sbx's own set-up (mount points, /etc/hosts)
+then goes into a throw-away layer of its own on the tmpfs, between the image
+and the kept upper, so the upper holds only what the payload changed.  Before Linux 6.6 tmpfs has no user.* xattrs, which
 an overlay in a user namespace needs for opaque directories and whiteouts; then
 they are read-only binds instead (correct, size-limited, but not writable).
 
@@ -175,15 +179,19 @@ class Root:
         # Grab the bind sources first: the staging tmpfs may cover them (a source under /tmp).
         sources = [self.open_source(mount) for mount in spec.mounts]
         layers = [os.open(path, PATH_FLAGS | os.O_DIRECTORY) for path in spec.layers]
+        if spec.upper is not None and not layers:
+            raise SetupError("a kept writable layer needs an imported image (the host image has no root layer)")
+        upper = -1 if spec.upper is None else os.open(spec.upper, PATH_FLAGS | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
-            self.build_tree(sources, layers)
+            self.build_tree(sources, layers, upper)
         finally:
-            for fd in (*(source[0] for source in sources if source is not None), *layers):
-                os.close(fd)
+            for fd in (*(source[0] for source in sources if source is not None), *layers, upper):
+                if fd >= 0:
+                    os.close(fd)
             if self.rootfd >= 0:
                 os.close(self.rootfd)
 
-    def build_tree(self, sources: list[tuple[int, bool] | None], layers: list[int]) -> None:
+    def build_tree(self, sources: list[tuple[int, bool] | None], layers: list[int], upper: int = -1) -> None:
         spec = self.spec
         base_fd = os.open(self.base, PATH_FLAGS | os.O_DIRECTORY)
         attach(tmpfs(spec.disk, "0755", linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV), base_fd)
@@ -194,19 +202,22 @@ class Root:
         if layers:
             # An imported image: its layers (top first) under the disposable upper, as /.
             lowers = [f"/proc/self/fd/{fd}" for fd in layers]
-            attach(self.overlay_of(lowers, linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV),
-                   os.open(self.root, PATH_FLAGS))
+            attrs = linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV
+            if upper >= 0:
+                lowers.insert(0, self.prepare(lowers, sources))
+                mount_fd = overlay(lowers, f"/proc/self/fd/{upper}/upper", f"/proc/self/fd/{upper}/work", attrs)
+            else:
+                mount_fd = self.overlay_of(lowers, attrs)
+            attach(mount_fd, os.open(self.root, PATH_FLAGS))
         else:
             attach(clone_tree(self.root, 0, recursive=False), os.open(self.root, PATH_FLAGS))
         self.rootfd = os.open(self.root, PATH_FLAGS | os.O_DIRECTORY)
         if not layers:
             for name in HOST_DIRS:
                 self.host_dir(name)
-        self.etc(image=bool(layers))
-        for name in ("root", "home", "run", "var", "var/tmp", "tmp", "proc", "dev"):
-            self.mkdir("/" + name, 0o700 if name == "root" else 0o755)
-        if spec.uid != 0:
-            self.mkdir("/home/sbx")
+        if upper < 0:  # else prepare() did this, below the kept upper
+            self.etc(image=bool(layers))
+        self.skeleton()
         attach(tmpfs(spec.tmp_size, "1777", linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV), self.target("/tmp"))
         self.proc()
         self.dev()
@@ -218,6 +229,39 @@ class Root:
                 raise SetupError(f"workdir {spec.workdir}: not a directory")
         finally:
             os.close(workdir)
+
+    def skeleton(self) -> None:
+        """The directories every sandbox has; an image's own are left as they are."""
+        for name in ("root", "home", "run", "var", "var/tmp", "tmp", "proc", "dev"):
+            self.mkdir("/" + name, 0o700 if name == "root" else 0o755)
+        if self.spec.uid != 0:
+            self.mkdir("/home/sbx")
+
+    def prepare(self, lowers: list[str], sources: list[tuple[int, bool] | None]) -> str:
+        """sbx's own writes on an image (/etc, mount points, workdir) into a layer of their own; its path.
+
+        Built on a temporary overlay at the root, unmounted again: the real root stacks the
+        result under the kept upper, where only the payload's changes then land.
+        """
+        spec = self.spec
+        attach(self.overlay_of(lowers, linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV),
+               os.open(self.root, PATH_FLAGS))
+        layer = f"{self.base}/layers/{self.layers}/upper"
+        self.rootfd = os.open(self.root, PATH_FLAGS | os.O_DIRECTORY)
+        try:
+            self.etc(image=True)
+            self.skeleton()
+            for inside in ("/tmp", "/proc", "/dev"):
+                os.close(self.target(inside))
+            for mount, source in zip(spec.mounts, sources):
+                if mount.mode == "tmpfs" or source is not None:
+                    os.close(resolve(self.rootfd, mount.target, is_dir=source is None or source[1]))
+            os.close(resolve(self.rootfd, spec.workdir, is_dir=True))
+        finally:
+            os.close(self.rootfd)
+            self.rootfd = -1
+        linux.umount2(self.root, linux.MNT_DETACH)
+        return layer
 
     def pivot(self) -> None:
         os.chdir(self.root)

@@ -73,6 +73,9 @@ class Spec:
     env: tuple[tuple[str, str], ...] = ()
     image: str = "host"
     layers: tuple[str, ...] = ()  # an imported image's layer dirs, top first; () for the host image
+    # A host directory holding upper/ and work/: the imported image's writable layer is kept
+    # there after the run (image builds, --commit) instead of vanishing with the --disk tmpfs.
+    upper: str | None = None
     image_lock: int = -1  # fd holding the image store's use lock for as long as this process lives
     hostname: str = "sbx"
     uid: int = 0

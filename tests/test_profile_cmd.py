@@ -39,7 +39,7 @@ def test_list_shows_name_source_description(cwd: Path, capsys: pytest.CaptureFix
     lines = out.splitlines()
     assert lines[0].split() == ["NAME", "SOURCE", "DESCRIPTION"]
     rows = {line.split()[0]: line.split(None, 2) for line in lines[1:] if line and not line.startswith("searched")}
-    assert set(rows) == {"ci", "default", "grader", "interactive"}
+    assert set(rows) == {"build", "ci", "default", "grader", "interactive"}
     assert rows["grader"][1] == str(SHIPPED / "grader.toml")
     assert rows["grader"][2].startswith("Online judge")
     assert lines[-1].startswith(f"searched, first match wins: {cwd}/.sbx/profiles, ")
@@ -76,7 +76,7 @@ def test_show_of_builtin_default(cwd: Path, capsys: pytest.CaptureFixture[str]) 
     assert tomllib.loads(out)["sandbox"]["image"] == "host"
 
 
-@pytest.mark.parametrize("name", ["default", "grader", "ci", "interactive"])
+@pytest.mark.parametrize("name", ["default", "grader", "ci", "interactive", "build"])
 def test_check_accepts_what_show_prints(cwd: Path, capsys: pytest.CaptureFixture[str], name: str) -> None:
     _, out, _ = run(capsys, "show", name)
     (cwd / "shown.toml").write_text(out)
@@ -87,7 +87,7 @@ def test_check_accepts_what_show_prints(cwd: Path, capsys: pytest.CaptureFixture
 def test_check_shipped_files(cwd: Path, capsys: pytest.CaptureFixture[str]) -> None:
     files = sorted(str(p) for p in SHIPPED.glob("*.toml"))
     status, out, _ = run(capsys, "check", *files)
-    assert status == 0 and out.count(": ok") == len(files) == 4
+    assert status == 0 and out.count(": ok") == len(files) == 5
 
 
 def test_check_reports_errors_and_exits_125(cwd: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -40,7 +40,7 @@ def sbx(tmp_path: Path, *args: str, stdin: str = "") -> subprocess.CompletedProc
 
 
 def test_shipped_profiles_are_the_expected_ones() -> None:
-    assert SHIPPED == ["ci", "default", "grader", "interactive"]
+    assert SHIPPED == ["build", "ci", "default", "grader", "interactive"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -1,4 +1,4 @@
-"""`sbx image COMMAND`: pull, import, ls, inspect, rm, tag, prune.
+"""`sbx image COMMAND`: pull, import, build, ls, inspect, rm, tag, prune.
 
 Every command takes `--root DIR` (default $SBX_ROOT, else $XDG_DATA_HOME/sbx),
 before or after the command name.  Errors: one `sbx: error: ...` line, exit 125.
@@ -27,6 +27,11 @@ commands:
   import [--name NAME] [--platform OS/ARCH[/VARIANT]] [-q] FILE|DIR|-
                          import a docker archive (docker save) or an OCI layout
                          (directory or tar; plain, gzip or zstd; '-' for stdin)
+  build -t NAME [-f FILE] [--build-arg NAME=VALUE]... [--no-cache] [--network none|pasta]
+        [--profile NAME] [--disk SIZE] [-q] [CONTEXT]
+                         build from a Containerfile (default CONTEXT/Containerfile,
+                         else Dockerfile; CONTEXT defaults to .); each RUN runs in a
+                         sandbox of the 'build' profile, without network by default
   ls [-q]                list images (-q: names only)
   inspect NAME...        the stored records, as JSON
   rm NAME...             forget images (their layers go at the next prune)
@@ -34,10 +39,14 @@ commands:
   prune                  remove layers no image uses, and failed imports' leftovers
 """
 
+REPEATABLE = ("--build-arg",)
+
 # command -> (options taking a value, switches)
 COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "pull": (("--platform", "--username"), ("-q", "--quiet", "--insecure", "--password-stdin")),
     "import": (("--name", "--platform"), ("-q", "--quiet")),
+    "build": (("-t", "--tag", "-f", "--file", "--build-arg", "--network", "--profile", "--disk"),
+              ("-q", "--quiet", "--no-cache")),
     "ls": ((), ("-q", "--quiet")),
     "list": ((), ("-q", "--quiet")),
     "inspect": ((), ()),
@@ -47,11 +56,14 @@ COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-def parse(args: list[str]) -> tuple[str, dict[str, str | bool], list[str], str | None]:
-    """(command, options, positional arguments, --root)."""
+Options = dict[str, "str | bool | list[str]"]
+
+
+def parse(args: list[str]) -> tuple[str, Options, list[str], str | None]:
+    """(command, options, positional arguments, --root); a REPEATABLE option's values are a list."""
     root: str | None = None
     command: str | None = None
-    options: dict[str, str | bool] = {}
+    options: Options = {}
     positional: list[str] = []
     i = 0
     only_positional = False
@@ -81,6 +93,10 @@ def parse(args: list[str]) -> tuple[str, dict[str, str | bool], list[str], str |
                 i += 1
             if name == "--root":
                 root = value
+            elif name in REPEATABLE:
+                values = options.setdefault(name, [])
+                assert isinstance(values, list)
+                values.append(value)
             else:
                 options[name] = value
         elif name in switches and not eq:
@@ -122,6 +138,8 @@ def run(args: list[str]) -> int:
         return cmd_pull(store, options, positional, quiet)
     if command == "import":
         return cmd_import(store, options, positional, quiet)
+    if command == "build":
+        return cmd_build(store, options, positional, quiet)
     if command in ("ls", "list"):
         _arity(command, positional, 0, 0)
         return cmd_ls(store, quiet)
@@ -143,7 +161,7 @@ def _arity(command: str, positional: list[str], low: int, high: int | None) -> N
         raise UsageError(f"'sbx image {command}': wrong number of arguments (see 'sbx image --help')")
 
 
-def cmd_import(store: Store, options: dict[str, str | bool], positional: list[str], quiet: bool) -> int:
+def cmd_import(store: Store, options: Options, positional: list[str], quiet: bool) -> int:
     from . import oci
     _arity("import", positional, 1, 1)
     name = options.get("--name")
@@ -161,7 +179,47 @@ def cmd_import(store: Store, options: dict[str, str | bool], positional: list[st
     return 0
 
 
-def cmd_pull(store: Store, options: dict[str, str | bool], positional: list[str], quiet: bool) -> int:
+def cmd_build(store: Store, options: Options, positional: list[str], quiet: bool) -> int:
+    from . import build
+    _arity("build", positional, 0, 1)
+
+    def value(*names: str) -> str | None:
+        for name in names:
+            found = options.get(name)
+            if isinstance(found, str):
+                return found
+        return None
+
+    tag = value("-t", "--tag")
+    if tag is None:
+        raise UsageError("'sbx image build' needs -t NAME")
+    context = positional[0] if positional else "."
+    file = value("-f", "--file") or build.default_file(context)
+    disk = value("--disk")
+    disk_bytes = None
+    if disk is not None:
+        from ..units import parse_size
+
+        try:
+            disk_bytes = parse_size(disk)
+        except ValueError as exc:
+            raise UsageError(f"--disk: {exc}") from None
+    build_args = options.get("--build-arg", [])
+    assert isinstance(build_args, list)
+
+    def log(text: str) -> None:
+        if not quiet or text.startswith("warning: "):
+            sys.stderr.write(f"sbx: {text}\n")
+
+    record = build.build(store, build.Options(
+        file=file, tag=tag, context=context, build_args=build.parse_build_args(build_args, os.environ),
+        no_cache=bool(options.get("--no-cache")), network=value("--network") or "none",
+        profile=value("--profile") or "build", disk=disk_bytes), log)
+    sys.stdout.write(f"{short_name(str(record['name']))} {str(record['id'])[7:19]}\n")
+    return 0
+
+
+def cmd_pull(store: Store, options: Options, positional: list[str], quiet: bool) -> int:
     from . import oci, pull
     _arity("pull", positional, 1, 1)
     platform = options.get("--platform")

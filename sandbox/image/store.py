@@ -9,7 +9,8 @@
       images/NAME.json         one image: ordered diff_ids (base first) and its config
       images/NAME.run          the same record in `marshal` form: `resolve()` reads it
                                on the run path without importing json (~8 ms)
-      tmp/                     imports in progress; prune empties it
+      tmp/                     imports, builds and commits in progress; prune empties it
+      cache/build/KEY          `sbx image build`'s cache: a step's key -> the layer it made
 
 NAME is the full reference (docker.io/library/busybox:latest) with '/'
 written as '%' (which no reference contains).  Locks are always taken in
@@ -101,6 +102,7 @@ class Store:
         self.layers = os.path.join(self.root, "layers", "sha256")
         self.images = os.path.join(self.root, "images")
         self.tmp = os.path.join(self.root, "tmp")
+        self.cache = os.path.join(self.root, "cache", "build")  # made by the first build
         if create:
             self.create()
 
@@ -250,7 +252,27 @@ class Store:
             for entry in os.listdir(self.images):
                 if entry.endswith(".tmp"):
                     os.unlink(os.path.join(self.images, entry))
+            self._prune_cache()
         return removed, freed
+
+    def _prune_cache(self) -> None:
+        """Forget build steps whose layer is gone (a step that made no layer stays)."""
+        import json
+
+        try:
+            entries = os.listdir(self.cache)
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            path = os.path.join(self.cache, entry)
+            try:
+                with open(path, "rb") as file:
+                    layer = json.loads(file.read(4096)).get("layer")
+                if layer is None or self.has_layer(str(layer)):
+                    continue
+            except (OSError, ValueError, AttributeError, ImageError):
+                pass
+            os.unlink(path)
 
 
 def tree_size(path: str) -> int:
