@@ -17,6 +17,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
+    from .box import Box
     from .result import Result
     from .spec import Spec
 
@@ -45,6 +46,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
     (("--image",), "sandbox.image", "NAME", False, "image to run on (default: host, the host's /usr)"),
     (("--root",), "run.image_root", "DIR", False, "image store (default: $SBX_ROOT, else $XDG_DATA_HOME/sbx)"),
     (("--disk",), "sandbox.disk", "SIZE", False, "size of the writable layer (default 256M)"),
+    (("--commit",), "run.commit", "NAME", False, "save the writable layer as image NAME when the run ends (needs --image)"),
     (("-t", "--tty"), "run.tty", None, False, "keep the caller's terminal (no new session)"),
     (("--pass-fd",), "run.pass_fds", "N", True, "keep file descriptor N open for the command"),
     (("--strict",), "limits.strict", None, False, "refuse to run when a protection or limit cannot be applied"),
@@ -69,6 +71,10 @@ RUN_OPTIONS: tuple[Option, ...] = (
     (("--stderr",), "io.stderr", "FILE", False, "write stderr to FILE"),
     (("--result",), "io.result", "FILE", False, "write the verdict and figures as JSON (- for stdout)"),
     (("--meta",), "io.meta", "FILE", False, "write isolate-style key:value figures (- for stdout)"),
+    (("--interactor",), "run.interactor", "CMD", False,
+     "run CMD (split like a shell) in a second sandbox, wired to COMMAND's stdin and stdout"),
+    (("--interactor-profile",), "run.interactor_profile", "NAME", False,
+     "the interactor's profile (default: the same profile and options as COMMAND)"),
 )
 
 USAGE = """usage: sbx [--version] [--help] COMMAND ...
@@ -79,6 +85,8 @@ commands:
   run [OPTIONS] [--] COMMAND [ARG...]   run COMMAND in a fresh sandbox
   profile list|show NAME|check FILE     inspect profiles
   image pull|import|ls|inspect|rm|tag|prune   images (sbx image --help)
+  box create|run|rm|ls                  persistent work directories (sbx box --help)
+  batch [-j N] [FILE|-]                 many runs from JSON Lines, results as JSON Lines
   doctor                                what this host allows, with fixes
 
 'sbx run --help' lists the run options.
@@ -146,7 +154,8 @@ class HelpRequested(Exception):
     """-h/--help among the run options; str() is the text to print."""
 
 
-def _convert(key: str, value: str, flag: str) -> object:
+def convert_value(key: str, value: str, flag: str) -> object:
+    """A flag's string value -> the setting's type (sizes, durations, numbers), or UsageError."""
     from .units import parse_duration, parse_size
 
     converters: dict[str, Callable[[str], object]] = {
@@ -201,7 +210,7 @@ def flag_settings(raw: Mapping[str, object], cwd: str, environ: Mapping[str, str
         elif isinstance(value, bool):
             settings[key] = value
         else:
-            settings[key] = _convert(key, str(value), flag_of[key])
+            settings[key] = convert_value(key, str(value), flag_of[key])
     if env:
         settings["sandbox.env"] = tuple(env)
     if mounts:
@@ -236,19 +245,32 @@ def profile_settings(name: str | None, cwd: str, environ: Mapping[str, str]) -> 
     return dict(resolved.settings)
 
 
-def build_spec(args: list[str], cwd: str, environ: Mapping[str, str]) -> Spec:
+def build_spec(args: list[str], cwd: str, environ: Mapping[str, str], box: Box | None = None,
+               box_mode: str = "rw") -> Spec:
+    """`box`: its work directory at /box, replacing any profile mount there, and the workdir
+    unless -w gives one."""
     from . import compose
 
     raw, argv = parse_run_args(args)
+    for key in ("run.interactor", "run.interactor_profile"):
+        if key in raw:
+            raise UsageError(f"--{key[4:].replace('_', '-')} is only for 'sbx run'")
     profile_name = raw.get("profile")
     base = profile_settings(profile_name if isinstance(profile_name, str) else None, cwd, environ)
-    return compose.build(compose.merge(base, flag_settings(raw, cwd, environ)), argv, cwd, environ)
+    settings = compose.merge(base, flag_settings(raw, cwd, environ))
+    if box is not None:
+        settings = box.settings(settings, box_mode, workdir="sandbox.workdir" in raw)
+    return compose.build(settings, argv, cwd, environ)
 
 
-def cmd_run(args: list[str]) -> int:
+def cmd_run(args: list[str], box: Box | None = None, box_mode: str = "rw") -> int:
     from . import supervise
 
-    spec = build_spec(args, os.getcwd(), os.environ)
+    if box is None and _interactive(args):
+        from .interact import cmd_interactive
+
+        return cmd_interactive(args)
+    spec = build_spec(args, os.getcwd(), os.environ, box, box_mode)
     # No usable cgroup but a systemd user manager: run again in a delegated scope of our own
     # (only the command line this process was started with, never an in-process main()).
     if "SBX_SCOPE" not in os.environ and sys.orig_argv[len(sys.orig_argv) - len(args) - 1:] == ["run", *args]:
@@ -262,15 +284,28 @@ def cmd_run(args: list[str]) -> int:
                 os.execvpe(scope[0][0], scope[0], scope[1])
             except OSError:
                 pass  # no systemd-run after all: the degraded path, with its warning
-    result = supervise.run(spec)
-    _write_reports(spec, result)
+    raw = parse_run_args(args)[0]
+    if isinstance(raw.get("run.commit"), str):  # keep the writable layer and save it as an image
+        from .image import commit
+
+        result = commit.run(spec, str(raw["run.commit"]), raw.get("run.image_root"), supervise.run)  # type: ignore[arg-type]
+    else:
+        result = supervise.run(spec)
+    write_reports(spec, result)
     if result.message:
         sys.stderr.write(f"sbx: {'error: ' if result.verdict == 'XX' else ''}{result.message}\n")
     return result.status
 
 
-def _write_reports(spec: Spec, result: Result) -> None:
-    for path, text in ((spec.result, result.to_json), (spec.meta, result.to_meta)):
+def _interactive(args: list[str]) -> bool:
+    if not any(arg.startswith("--interactor") for arg in args):
+        return False
+    return "run.interactor" in parse_run_args(args)[0]
+
+
+def write_reports(spec: Spec, result: Result, json_text: Callable[[], str] | None = None) -> None:
+    """--result and --meta; `json_text` replaces the result's own JSON."""
+    for path, text in ((spec.result, json_text or result.to_json), (spec.meta, result.to_meta)):
         if path is None:
             continue
         if path == "-":
@@ -309,6 +344,14 @@ def main(argv: list[str] | None = None) -> int:
             from .image import cli as image_cli
 
             return image_cli.main(rest)
+        if command == "box":
+            from .box_cmd import main as box_main
+
+            return box_main(rest)
+        if command == "batch":
+            from .batch import main as batch_main
+
+            return batch_main(rest)
         raise UsageError(f"unknown command {command!r} (see 'sbx --help')")
     except HelpRequested as shown:
         sys.stdout.write(str(shown))

@@ -15,7 +15,9 @@ from .spec import BIND_MODES, NETWORK_MODES, Limits, Mount, Spec
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
+
+    from .image import ImageInfo
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LIMIT_KEYS = ("memory", "cpus", "cpuset", "pids", "time", "wall_time", "output", "file_size", "open_files",
@@ -139,7 +141,9 @@ def _id(settings: Mapping[str, object], key: str) -> int:
     return value
 
 
-def build(settings: Mapping[str, object], argv: list[str], cwd: str, environ: Mapping[str, str]) -> Spec:
+def build(settings: Mapping[str, object], argv: list[str], cwd: str, environ: Mapping[str, str],
+          images: Callable[[str, str | None], ImageInfo] | None = None) -> Spec:
+    """The Spec; `images` resolves an image name (default: image.resolve, holding a new lock fd)."""
     if not argv and str(settings.get("sandbox.image", "host")) == "host":
         raise UsageError("no command given (usage: sbx run [OPTIONS] -- COMMAND [ARG...])")
     if any("\0" in arg for arg in argv):
@@ -156,9 +160,11 @@ def build(settings: Mapping[str, object], argv: list[str], cwd: str, environ: Ma
     env = {"PATH": DEFAULT_PATH, "HOME": "/root" if uid == 0 else "/home/sbx", "LANG": "C.UTF-8"}
     image_fields: dict[str, object] = {}
     if image != "host":
-        from .image import resolve
+        if images is None:
+            from .image import resolve
 
-        info = resolve(image, settings.get("run.image_root"))  # type: ignore[arg-type]
+            images = resolve
+        info = images(image, settings.get("run.image_root"))  # type: ignore[arg-type]
         argv = list(info.command(argv))
         if not argv:
             raise UsageError(f"no command given, and image {image!r} has none (Entrypoint/Cmd)")

@@ -66,6 +66,9 @@ def enter(spec: Spec, handoff: Handoff, supervisor: int) -> None:
         linux.prctl(linux.PR_SET_PDEATHSIG, _signal.SIGKILL)
         if os.getppid() != supervisor:
             os._exit(EXIT_SBX)
+        # Only this sandbox's own fds: in a supervisor running several sandboxes at once, a copy
+        # of another run's pipe held here would keep that run from ever seeing EOF.
+        payload_mod._close_fds(list(handoff.all()))
         for signum in FORWARDED:
             _signal.signal(signum, _signal.SIG_IGN)  # the supervisor forwards them to init
         if not spec.tty:

@@ -17,8 +17,10 @@ import resource
 from . import linux
 from . import seccomp
 from .errors import EXIT_NOEXEC, EXIT_NOTFOUND, EXIT_SBX
-from .handoff import RELEASE, Handoff
+from .handoff import RELEASE, Command, Handoff
 from .spec import Spec
+
+MAX_FDS = 3 + 64  # stdio and --pass-fd descriptors in one channel message
 
 
 def _reset_signals() -> None:
@@ -48,16 +50,10 @@ def _drop_privileges(last_cap: int) -> None:
     linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
 
 
-def _set_rlimits(spec: Spec) -> None:
-    limits = spec.limits
+def _set_rlimits(rlimits: tuple[tuple[int, int, int], ...]) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if limits.time is not None:
-        seconds = max(1, int(limits.time + 0.999))
-        resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
-    for which, value in ((resource.RLIMIT_FSIZE, limits.file_size), (resource.RLIMIT_NOFILE, limits.open_files),
-                         (resource.RLIMIT_STACK, limits.stack), (resource.RLIMIT_AS, limits.memory)):
-        if value is not None:
-            resource.setrlimit(which, (value, value))
+    for which, soft, hard in rlimits:
+        resource.setrlimit(which, (soft, hard))
 
 
 def _close_fds(keep: list[int]) -> None:
@@ -81,18 +77,80 @@ def _send(sock_fd: int, data: bytes, fd: int = -1) -> None:
         sock.detach()
 
 
+def _read_exact(fd: int, size: int) -> bytes | None:
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def _read_command(fd: int) -> Command | None:
+    """The run's command from the supervisor; None at EOF (a prepared sandbox discarded unused)."""
+    header = _read_exact(fd, 8)
+    body = None if header is None else _read_exact(fd, int.from_bytes(header, "little"))
+    return None if body is None else Command.decode(body)
+
+
+def _receive_fds(sock_fd: int) -> list[int]:
+    """stdin, stdout, stderr and the --pass-fd descriptors, sent by the supervisor."""
+    import _socket
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM, 0, sock_fd)
+    try:
+        _, ancillary, _, _ = sock.recvmsg(1, _socket.CMSG_SPACE(4 * MAX_FDS))
+    finally:
+        sock.detach()
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds += [int.from_bytes(data[i:i + 4], "little") for i in range(0, len(data) - len(data) % 4, 4)]
+    return fds
+
+
+def _place_fds(fds: list[int], pass_fds: tuple[int, ...], ours: list[int]) -> list[int]:
+    """fds[0:3] become 0-2, the rest their --pass-fd numbers; returns `ours` (the handoff's fds),
+    moved where a target needed their numbers."""
+    targets = [0, 1, 2, *pass_fds]
+    if len(fds) != len(targets):
+        raise OSError(0, "the supervisor sent the wrong number of descriptors")
+    # Lift every fd we hold above all targets first, so no dup2 overwrites one still needed.
+    floor = max(targets) + 1
+    lifted = []
+    for fd in fds:
+        lifted.append(_dup_above(fd, floor))
+        os.close(fd)
+    moved = []
+    for fd in ours:
+        if fd in targets:
+            moved.append(_dup_above(fd, floor))
+            os.close(fd)
+        else:
+            moved.append(fd)
+    for high, target in zip(lifted, targets):
+        os.dup2(high, target)  # clears close-on-exec on the target (SCM_RIGHTS gave none)
+        os.close(high)
+    return moved
+
+
+def _dup_above(fd: int, floor: int) -> int:
+    import fcntl
+
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
+
+
 def main(spec: Spec, handoff: Handoff, last_cap: int) -> None:
-    """Everything but execve happens before the release, so the run's figures hold none of it."""
+    """Set up all a run's shape decides, wait for its command, then the rest, all before the
+    release, so the run's figures hold none of it.  Only what the command decides (fds,
+    rlimits) and the seccomp filter (last) come after the wait."""
     code = EXIT_SBX
-    exec_w = handoff.exec_w
+    exec_w, release_r, channel_w = handoff.exec_w, handoff.release_r, handoff.channel_w
     try:
         _reset_signals()
-        for target, fd in enumerate(handoff.stdio):
-            if fd != target:
-                os.dup2(fd, target)
         if not spec.tty:
             os.setsid()  # no controlling terminal: no TIOCSTI into the caller's
-        _set_rlimits(spec)
         if spec.uid != 0 or spec.gid != 0:
             # init is not dumpable and we inherited that: our /proc files would belong to the
             # host's root, and the id maps could not be written.  exec resets it anyway.
@@ -100,9 +158,14 @@ def main(spec: Spec, handoff: Handoff, last_cap: int) -> None:
             _enter_nested_userns(spec.uid, spec.gid)
         os.chdir(spec.workdir)
         _drop_privileges(last_cap)
-        _close_fds([exec_w, handoff.release_r, handoff.channel_w, *spec.pass_fds])
-        for fd in spec.pass_fds:
-            os.set_inheritable(fd, True)
+        _close_fds([exec_w, release_r, channel_w, handoff.command_r])
+        command = _read_command(handoff.command_r)
+        if command is None:
+            os._exit(EXIT_SBX)  # discarded before use
+        os.close(handoff.command_r)
+        exec_w, release_r, channel_w = _place_fds(_receive_fds(channel_w), command.pass_fds,
+                                                  [exec_w, release_r, channel_w])
+        _set_rlimits(command.rlimits)
         listener = -1
         if handoff.seccomp is not None:
             # Last, so the filter need not allow anything sbx itself does (read, sendmsg and
@@ -110,11 +173,11 @@ def main(spec: Spec, handoff: Handoff, last_cap: int) -> None:
             listener = seccomp.load(handoff.seccomp, listener=spec.seccomp.action == "kill")
         # Our pid (the kernel adds our credentials), so the supervisor can put us in the run
         # cgroup, and the seccomp listener, whose copy here closes on exec.
-        _send(handoff.channel_w, b"P", listener)
-        if os.read(handoff.release_r, 1) != RELEASE:
+        _send(channel_w, b"P", listener)
+        if os.read(release_r, 1) != RELEASE:
             os._exit(EXIT_SBX)  # the supervisor is gone: never run unsupervised
         code = EXIT_NOTFOUND
-        os.execvpe(spec.argv[0], list(spec.argv), dict(spec.env))
+        os.execvpe(command.argv[0], list(command.argv), dict(command.env))
     except OSError as exc:
         if code != EXIT_NOTFOUND:
             message = f"E {exc}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
+from .errors import UsageError
 from .frozen import dataclass
 
 TYPE_CHECKING = False
@@ -22,7 +23,7 @@ SYSTEM_DIR = "/etc/sbx/profiles"
 BUILTIN = "<built-in>"
 
 
-class ProfileError(Exception):
+class ProfileError(UsageError):
     """A profile that cannot be used; str() is one line without "sbx: error: "."""
 
 

@@ -12,6 +12,9 @@ _META_STATUS = {"RE": "RE", "SG": "SG", "TLE": "TO", "WTLE": "TO", "MLE": "SG", 
 
 @dataclass(frozen=True)
 class Result:
+    """What a run did.  `stdout`/`stderr` hold the captured bytes (up to the capture cap)
+    when the run was asked to capture them, else None; they are not part of to_dict()."""
+
     verdict: str
     status: int                 # what sbx exits with: the payload's code, 128+signal, or 125
     exit_code: int | None = None
@@ -26,6 +29,12 @@ class Result:
     output_bytes: int = 0
     limits_enforced: tuple[tuple[str, bool], ...] = ()
     message: str = ""
+    stdout: bytes | None = None
+    stderr: bytes | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict == "OK"
 
     def to_dict(self) -> dict[str, object]:
         return {

@@ -25,7 +25,7 @@ import time
 from . import init as init_mod
 from . import limits as limits_mod
 from .errors import EXIT_SBX, SbxError, SetupError
-from .handoff import RELEASE, Handoff
+from .handoff import RELEASE, Command, Handoff
 from .result import Result
 from .spec import Spec
 
@@ -60,18 +60,28 @@ class _Reports:
 
 
 class _Output:
-    """Copies the payload's stdout and stderr to their destinations, counting bytes against a limit."""
+    """Copies the payload's stdout and stderr to their destinations, counting bytes against a limit.
 
-    def __init__(self, limit: int | None) -> None:
+    A destination of None captures instead: the bytes are kept (up to `capture_limit`
+    each) for the Result.
+    """
+
+    def __init__(self, limit: int | None, capture_limit: int) -> None:
         self.limit = limit
+        self.capture_limit = capture_limit
         self.total = 0
         self.exceeded = False
-        self.pipes: dict[int, int] = {}  # read end -> destination
+        self.pipes: dict[int, int | None] = {}  # read end -> destination (None: capture)
+        self.captured: dict[int, bytearray] = {}  # 1, 2 -> bytes
+        self.stream: dict[int, int] = {}  # read end -> 1 or 2
 
-    def pipe(self, destination: int) -> int:
+    def pipe(self, destination: int | None, stream: int) -> int:
         """A pipe whose read end we drain into `destination`; returns the payload's write end."""
         read_end, write_end = os.pipe()
         self.pipes[read_end] = destination
+        self.stream[read_end] = stream
+        if destination is None:
+            self.captured[stream] = bytearray()
         return write_end
 
     def pump(self, fd: int) -> bool:
@@ -86,10 +96,15 @@ class _Output:
             if len(data) > room:
                 data, self.exceeded = data[: max(room, 0)], True
         self.total += len(data)
+        destination = self.pipes[fd]
+        if destination is None:
+            kept = self.captured[self.stream[fd]]
+            kept += data[: max(self.capture_limit - len(kept), 0)]
+            return True
         view = memoryview(data)
         while view:
             try:
-                view = view[os.write(self.pipes[fd], view):]
+                view = view[os.write(destination, view):]
             except BrokenPipeError:
                 break  # our reader went away; keep counting, stop copying
         return True
@@ -104,9 +119,37 @@ class _Output:
             os.close(fd)
         self.pipes.clear()
 
+    def bytes_of(self, stream: int) -> bytes | None:
+        kept = self.captured.get(stream)
+        return None if kept is None else bytes(kept)
 
-def _open_stdio(spec: Spec) -> tuple[int, int, int]:
-    """The payload's fds 0-2; files are opened here, outside, never following a final symlink."""
+
+class Streams:
+    """A run's stdin, stdout and stderr as fds sbx owns; None for stdout/stderr means capture.
+
+    The fds are closed with close(); fds 0-2 of sbx itself are never closed.
+    """
+
+    def __init__(self, stdin: int = 0, stdout: int | None = 1, stderr: int | None = 2,
+                 capture_limit: int = 16 << 20) -> None:
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        self.capture_limit = capture_limit
+
+    def close(self, keep: list[int] | tuple[int, ...] = ()) -> None:
+        """Close our fds but those in `keep` (still to be written to); close() again for them."""
+        if self.stdin > 2 and self.stdin not in keep:
+            os.close(self.stdin)
+            self.stdin = 0
+        if self.stdout is not None and self.stdout > 2 and self.stdout not in keep:
+            os.close(self.stdout)
+            self.stdout = 1
+        if self.stderr is not None and self.stderr > 2 and self.stderr not in keep:
+            os.close(self.stderr)
+            self.stderr = 2
+
+
+def open_streams(spec: Spec) -> Streams:
+    """The spec's --stdin/--stdout/--stderr files, opened here, outside, never following a final symlink."""
     fds = [0, 1, 2]
     for index, path, flags in ((0, spec.stdin, os.O_RDONLY),
                                (1, spec.stdout, os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
@@ -120,7 +163,7 @@ def _open_stdio(spec: Spec) -> tuple[int, int, int]:
                 if fd > 2:
                     os.close(fd)
             raise SbxError(f"cannot open {path}: {exc.strerror}") from None
-    return fds[0], fds[1], fds[2]
+    return Streams(fds[0], fds[1], fds[2])
 
 
 def _warn(line: str) -> None:
@@ -130,7 +173,7 @@ def _warn(line: str) -> None:
 
 
 def run(spec: Spec, warn: Callable[[str], None] = _warn) -> Result:
-    """Run one sandbox to completion.
+    """Run one sandbox to completion, from the command line (signals forwarded to it).
 
     Raises SbxError for bad input and for a run cgroup that cannot be made; a
     sandbox that cannot be built (or whose init dies) is an XX result instead,
@@ -139,31 +182,58 @@ def run(spec: Spec, warn: Callable[[str], None] = _warn) -> Result:
     `warn` gets each protection or limit that is weaker than asked (an error
     instead under --strict), before anything runs.
     """
-    program = _seccomp_program(spec)
-    delegation = _delegation(spec)
-    cgroup = None
+    program = seccomp_program(spec)
+    delegation = delegation_for(spec.cgroup)
     if delegation is not None:
-        from .cgroup import CgroupError, RunCgroup, devices_behind, remove_stale, run_name
+        from .cgroup import remove_stale
 
         remove_stale(delegation)  # of supervisors that were SIGKILLed
+    streams = open_streams(spec)
+    try:
+        return execute(spec, streams, program, delegation, warn, forward_signals=True)
+    finally:
+        streams.close()
+
+
+def execute(spec: Spec, streams: Streams, program: bytes | None, delegation: Delegation | None,
+            warn: Callable[[str], None], prepared: Prepared | None = None, forward_signals: bool = False,
+            cpu: int | None = None, wait: bool = True) -> Result:
+    """One run: its cgroup, its limits plan, and a sandbox (`prepared` in advance, or started now).
+
+    `prepared` must have been started with shape_of(spec); it is used up either way.  `cpu`:
+    pin the payload to this CPU.  wait=False: the sandbox's entry process may be left for
+    prepared.reap() (the kernel tears the namespaces down as it exits).
+    """
+    cgroup = None
+    if delegation is not None:
+        from .cgroup import CgroupError, RunCgroup, devices_behind, run_name
+
         devices: tuple[str, ...] = ()
         if spec.limits.io_read_bps is not None or spec.limits.io_write_bps is not None:
             devices = devices_behind(m.source for m in spec.mounts if m.source is not None)
         try:
             cgroup = RunCgroup.create(delegation, spec.limits, run_name(os.getpid(), time.monotonic_ns()), devices)
         except CgroupError as exc:
+            if prepared is not None:
+                prepared.discard()
             raise SetupError(str(exc)) from None
     try:
         enforced, warnings = limits_mod.plan(spec, delegation, () if cgroup is None else cgroup.unenforced)
         for line in warnings:
             warn(line)
+        inner = sandbox_spec(spec, enforced)
         try:
-            return _run(spec, _sandbox_spec(spec, enforced), program, cgroup, enforced)
+            if prepared is None:
+                prepared = Prepared.start(shape_of(inner), program, egress_rules(spec),
+                                          forward_signals=forward_signals)
+            return prepared.run(spec, inner, streams, cgroup, enforced, cpu)
         except SetupError as exc:
             # The sandbox could not be built or died: a result all the same (XX), so a
             # judge reading --result/--meta sees a sandbox failure, not a missing file.
             return Result(verdict="XX", status=EXIT_SBX, message=str(exc), limits_enforced=tuple(enforced.items()))
     finally:
+        if prepared is not None:
+            prepared.discard(wait)
         if cgroup is not None:
             from .cgroup import CgroupError
 
@@ -173,7 +243,7 @@ def run(spec: Spec, warn: Callable[[str], None] = _warn) -> Result:
                 warn(f"run cgroup left behind: {exc}")
 
 
-def _sandbox_spec(spec: Spec, enforced: dict[str, bool]) -> Spec:
+def sandbox_spec(spec: Spec, enforced: dict[str, bool]) -> Spec:
     """The spec init and the payload get: their rlimits, where the run cgroup does better.
 
     No RLIMIT_AS where memory.max holds the whole tree: RLIMIT_AS counts
@@ -198,120 +268,332 @@ def _sandbox_spec(spec: Spec, enforced: dict[str, bool]) -> Spec:
     return replace(spec, limits=replace(spec.limits, **changes))  # type: ignore[arg-type]
 
 
-def _delegation(spec: Spec) -> Delegation | None:
+def shape_of(spec: Spec) -> Spec:
+    """What a sandbox is built from, without the per-run parts (command, limits, files to write).
+
+    Two runs with equal shapes can use sandboxes prepared the same way.
+    """
+    from .frozen import replace
+    from .spec import Limits
+
+    return replace(spec, argv=(), env=(), limits=Limits(), image_lock=-1, pass_fds=(),
+                   stdin=None, stdout=None, stderr=None, result=None, meta=None)
+
+
+def rlimits_of(spec: Spec) -> tuple[tuple[int, int, int], ...]:
+    """The payload's rlimits (after sandbox_spec), as (resource, soft, hard)."""
+    import resource
+
+    limits = spec.limits
+    out = []
+    if limits.time is not None:
+        seconds = max(1, int(limits.time + 0.999))
+        out.append((resource.RLIMIT_CPU, seconds, seconds + 1))
+    for which, value in ((resource.RLIMIT_FSIZE, limits.file_size), (resource.RLIMIT_NOFILE, limits.open_files),
+                         (resource.RLIMIT_STACK, limits.stack), (resource.RLIMIT_AS, limits.memory)):
+        if value is not None:
+            out.append((which, value, value))
+    return tuple(out)
+
+
+def delegation_for(explicit: str | None) -> Delegation | None:
+    """The delegated cgroup runs go under (an explicit path, else discovered), or None."""
     from .cgroup import CgroupError, discover
 
     try:
-        return discover(spec.cgroup, os.environ)
+        return discover(explicit, os.environ)
     except CgroupError as exc:
         raise SetupError(str(exc)) from None
 
 
-def _run(spec: Spec, sandbox_spec: Spec, program: bytes | None, cgroup: RunCgroup | None,
-         enforced: dict[str, bool]) -> Result:
-    """One run; `sandbox_spec` is what init and the payload get (see _sandbox_spec)."""
-    import _socket
+class _Forwarder:
+    """Forwards the supervisor's signals to init (held until init's pid is known)."""
 
-    stdio = _open_stdio(spec)
-    output = _Output(spec.limits.output)
-    if spec.limits.output is not None:
-        stdio = (stdio[0], output.pipe(stdio[1]), output.pipe(stdio[2]))
-    report_r, report_w = os.pipe()
-    release_r, release_w = os.pipe()
-    exec_r, exec_w = os.pipe()
-    # The payload tells us its pid here (the kernel translates SCM_CREDENTIALS into our
-    # pid namespace) and sends its seccomp listener fd.
-    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_DGRAM)
-    ours.setsockopt(_socket.SOL_SOCKET, _socket.SO_PASSCRED, 1)
-    channel_w = theirs.detach()
-    handoff = Handoff(report_w, release_r, exec_w, stdio, channel_w, program, _egress_rules(spec))
-    supervisor = os.getpid()
-    init_pid = 0
-    pending: list[int] = []
+    def __init__(self, tty: bool) -> None:
+        self.target = 0
+        self.pending: list[int] = []
+        self.previous = {s: _signal.signal(s, self.forward) for s in init_mod.FORWARDED
+                         if not (tty and s in (_signal.SIGINT, _signal.SIGQUIT))}
 
-    def forward(signum: int, _frame: object) -> None:
-        if init_pid:
+    def forward(self, signum: int, _frame: object) -> None:
+        if self.target:
             try:
-                os.kill(init_pid, signum)
+                os.kill(self.target, signum)
             except OSError:
                 pass
         else:
-            pending.append(signum)
+            self.pending.append(signum)
 
-    previous = {s: _signal.signal(s, forward) for s in init_mod.FORWARDED
-                if not (spec.tty and s in (_signal.SIGINT, _signal.SIGQUIT))}
-    child = os.fork()
-    if child == 0:
-        ours.close()
-        for fd in (report_r, release_w, exec_r, *output.pipes):
-            os.close(fd)
-        init_mod.enter(sandbox_spec, handoff, supervisor)
-    for fd in (report_w, *set(handoff.payload_only())):
-        os.close(fd)
-    reports = _Reports(report_r)
-    listener = -1
-    usernet = None
-    try:
-        init_pid = _await_ready(reports)
-        if spec.network == "pasta":
-            usernet = _start_usernet(spec, child)
-        ready = _await_payload(ours, reports)
-        payload = None if ready is None else ready[0]
-        if ready is not None and ready[1] >= 0:
-            listener = ready[1]
-        baseline = None
-        if payload is not None and cgroup is not None:
-            from .cgroup import CgroupError
+    def start(self, target: int) -> None:
+        self.target = target
 
-            try:
-                cgroup.add(payload)
-                baseline = cgroup.stats()
-            except CgroupError as exc:
-                if _alive(payload):
-                    raise SetupError(str(exc)) from None
-                payload = None  # a forwarded signal ended it first
-        if payload is None:
-            # The payload died before its release (a forwarded SIGTERM, say): no figures, but
-            # the run ends as the payload did (init reports how), not as a failure of sbx.
-            report, cause, stats, wall = reports.next(), "", None, 0.0
-            exec_error = _await_exec(exec_r)  # why it died, when it could tell
-        else:
-            for signum in pending:
-                forward(signum, None)
-            start = time.monotonic()
-            try:
-                os.write(release_w, RELEASE)
-            except BrokenPipeError:
-                pass  # a forwarded signal ended the payload first; init reports how it died
-            os.close(release_w)
-            release_w = -1
-            exec_error = _await_exec(exec_r)
-            watch = _Watch(spec, cgroup, baseline, start, listener, output, payload)
-            report, cause = watch.wait(reports)
-            if cause:
-                _kill_payload(cgroup, payload)
-                report = reports.next()
-            wall = time.monotonic() - start
-            output.drain()
-            stats = None if cgroup is None or baseline is None else cgroup.stats().since(baseline)
-    except BaseException:
-        os.kill(child, _signal.SIGKILL)
-        raise
-    finally:
-        if usernet is not None:
-            usernet.stop()
-        ours.close()
-        output.close()
-        for fd in (release_w, report_r, exec_r, listener):
+    def flush(self) -> None:
+        for signum in self.pending:
+            self.forward(signum, None)
+        self.pending.clear()
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            _signal.signal(signum, handler)
+        self.previous = {}
+
+
+class Prepared:
+    """A sandbox started from a shape: namespaces, root and a payload waiting for its command.
+
+    start() forks; ready() waits for init's root; run() sends the command and
+    supervises it; discard() ends whatever is left.  A Prepared is used once.
+    """
+
+    def __init__(self, shape: Spec, child: int, reports: _Reports, channel: object, release_w: int, exec_r: int,
+                 command_w: int, forwarder: _Forwarder | None) -> None:
+        self.shape = shape
+        self.child = child
+        self.reports = reports
+        self.channel = channel
+        self.release_w = release_w
+        self.exec_r = exec_r
+        self.command_w = command_w
+        self.forwarder = forwarder
+        self.init_pid = 0
+        self.usernet: UserNet | None = None
+        self.reaped = False
+        self.box_identity: tuple[int, int] | None = None  # set by whoever prepares it for a box
+        self.pidfd = -1  # adopted: the entry process is not our child
+
+    @classmethod
+    def start(cls, shape: Spec, program: bytes | None, nft: str | None, forward_signals: bool = False) -> Prepared:
+        """Fork the sandbox from this process (its entry process is our child)."""
+        forwarder = _Forwarder(shape.tty) if forward_signals else None
+        try:
+            child, (report_r, release_w, exec_r, command_w, channel) = spawn(shape, program, nft)
+        except BaseException:
+            if forwarder is not None:
+                forwarder.restore()
+            raise
+        import _socket
+
+        ours = _socket.socket(fileno=channel)
+        return cls(shape, child, _Reports(report_r), ours, release_w, exec_r, command_w, forwarder)
+
+    @classmethod
+    def adopt(cls, shape: Spec, child: int, pidfd: int, fds: tuple[int, int, int, int, int]) -> Prepared:
+        """A sandbox forked elsewhere (sandbox/zygote.py): its supervisor-side fds and a pidfd
+        of its entry process, which that process reaps."""
+        import _socket
+
+        report_r, release_w, exec_r, command_w, channel = fds
+        prepared = cls(shape, child, _Reports(report_r), _socket.socket(fileno=channel), release_w, exec_r,
+                       command_w, None)
+        prepared.pidfd = pidfd
+        return prepared
+
+    def ready(self) -> None:
+        """Wait until init has built the root (and user-mode networking is up)."""
+        if self.init_pid:
+            return
+        self.init_pid = _await_ready(self.reports)
+        if self.forwarder is not None:
+            self.forwarder.start(self.init_pid)
+        if self.shape.network == "pasta":
+            self.usernet = _start_usernet(self.shape, self.child)
+
+    def usable(self) -> bool:
+        """Still waiting for a command: init has said nothing since it was ready."""
+        import select
+
+        poller = select.poll()
+        poller.register(self.reports.fd, select.POLLIN)
+        return not poller.poll(0)
+
+    def send(self, command: Command, fds: tuple[int, ...]) -> None:
+        import _socket
+
+        data = command.encode()
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self.command_w, view):]
+            sock = self.channel
+            assert isinstance(sock, _socket.socket)
+            sock.sendmsg([b"C"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, b"".join(
+                fd.to_bytes(4, "little") for fd in fds))])
+        except (BrokenPipeError, ConnectionRefusedError):
+            pass  # the payload is gone; init reports how
+
+    def run(self, spec: Spec, inner: Spec, streams: Streams, cgroup: RunCgroup | None,
+            enforced: dict[str, bool], cpu: int | None = None) -> Result:
+        """Send the command and supervise the run; `inner` is sandbox_spec(spec, enforced)."""
+        output = _Output(spec.limits.output, streams.capture_limit)
+        stdout, stderr = streams.stdout, streams.stderr
+        ends: list[int] = []
+        # Pumped by us: both streams when their bytes are counted, else only captured ones.
+        if spec.limits.output is not None or stdout is None:
+            stdout = output.pipe(stdout, 1)
+            ends.append(stdout)
+        if spec.limits.output is not None or stderr is None:
+            stderr = output.pipe(stderr, 2)
+            ends.append(stderr)
+        listener = -1
+        try:
+            command = Command(spec.argv, spec.env, rlimits_of(inner), spec.pass_fds)
+            self.send(command, (streams.stdin, stdout, stderr, *spec.pass_fds))
+            # The payload has its copies: ours would hold a pipe open (an interactor's, say).
+            streams.close(keep=[fd for fd in output.pipes.values() if fd is not None])
+            for fd in ends:
+                os.close(fd)
+            ends = []
+            os.close(self.command_w)
+            self.command_w = -1
+            self.ready()
+            ready = _await_payload(self.channel, self.reports)
+            payload = None if ready is None else ready[0]
+            if ready is not None and ready[1] >= 0:
+                listener = ready[1]
+            baseline = None
+            if payload is not None and cpu is not None:
+                try:
+                    os.sched_setaffinity(payload, {cpu})
+                except OSError:
+                    pass  # only for steadier timings
+            if payload is not None and cgroup is not None:
+                from .cgroup import CgroupError
+
+                try:
+                    cgroup.add(payload)
+                    baseline = cgroup.stats()
+                except CgroupError as exc:
+                    if _alive(payload):
+                        raise SetupError(str(exc)) from None
+                    payload = None  # a forwarded signal ended it first
+            if payload is None:
+                # The payload died before its release (a forwarded SIGTERM, say): no figures, but
+                # the run ends as the payload did (init reports how), not as a failure of sbx.
+                report, cause, stats, wall = self.reports.next(), "", None, 0.0
+                exec_error = _await_exec(self.exec_r)  # why it died, when it could tell
+            else:
+                if self.forwarder is not None:
+                    self.forwarder.flush()
+                start = time.monotonic()
+                try:
+                    os.write(self.release_w, RELEASE)
+                except BrokenPipeError:
+                    pass  # a forwarded signal ended the payload first; init reports how it died
+                os.close(self.release_w)
+                self.release_w = -1
+                exec_error = _await_exec(self.exec_r)
+                watch = _Watch(spec, cgroup, baseline, start, listener, output, payload)
+                report, cause = watch.wait(self.reports)
+                if cause:
+                    _kill_payload(cgroup, payload)
+                    report = self.reports.next()
+                wall = time.monotonic() - start
+                output.drain()
+                stats = None if cgroup is None or baseline is None else cgroup.stats().since(baseline)
+        except BaseException:
+            self.kill()
+            raise
+        finally:
+            for fd in ends:
+                os.close(fd)
+            output.close()
+            if listener >= 0:
+                os.close(listener)
+        result = _result(spec, report, wall, cause, exec_error, stats, output.total, enforced)
+        if output.captured:
+            from .frozen import replace
+
+            result = replace(result, stdout=output.bytes_of(1), stderr=output.bytes_of(2))
+        return result
+
+    def kill(self) -> None:
+        if self.reaped:
+            return
+        try:
+            if self.pidfd >= 0:
+                _signal.pidfd_send_signal(self.pidfd, _signal.SIGKILL)
+            else:
+                os.kill(self.child, _signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def discard(self, wait: bool = True) -> None:
+        """End the sandbox (a no-op once its run has ended) and release what it holds.
+
+        With wait=False the entry process may be left to reap(): the kernel tears the
+        namespaces down as it exits, which need not delay the result.
+        """
+        if self.usernet is not None:
+            self.usernet.stop()
+            self.usernet = None
+        if self.command_w >= 0 or self.release_w >= 0:
+            self.kill()  # never used, or stopped midway
+        for fd in (self.command_w, self.release_w, self.reports.fd, self.exec_r):
             if fd >= 0:
                 os.close(fd)
-        os.waitpid(child, 0)
-        for signum, handler in previous.items():
-            _signal.signal(signum, handler)
-    return _result(spec, report, wall, cause, exec_error, stats, output.total, enforced)
+        self.command_w = self.release_w = self.exec_r = self.reports.fd = -1
+        sock = self.channel
+        close = getattr(sock, "close", None)
+        if close is not None:
+            close()
+        if self.forwarder is not None:
+            self.forwarder.restore()
+            self.forwarder = None
+        if wait:
+            self.reap(block=True)
+
+    def reap(self, block: bool) -> bool:
+        """Whether the entry process is gone (waiting for it with block=True)."""
+        if self.reaped:
+            return True
+        if self.pidfd >= 0:
+            import select
+
+            # Readable once the process has exited; its parent reaps it.
+            if select.select([self.pidfd], [], [], None if block else 0)[0]:
+                os.close(self.pidfd)
+                self.pidfd = -1
+                self.reaped = True
+            return self.reaped
+        try:
+            pid, _ = os.waitpid(self.child, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            pid = self.child
+        self.reaped = pid == self.child
+        return self.reaped
 
 
-def _egress_rules(spec: Spec) -> str | None:
+def spawn(shape: Spec, program: bytes | None, nft: str | None) -> tuple[int, tuple[int, int, int, int, int]]:
+    """Fork a sandbox's entry process; its pid, and our ends: report_r, release_w, exec_r,
+    command_w and the channel socket's fd (all close-on-exec)."""
+    import _socket
+
+    report_r, report_w = os.pipe()
+    release_r, release_w = os.pipe()
+    exec_r, exec_w = os.pipe()
+    command_r, command_w = os.pipe()
+    # The payload tells us its pid here (the kernel translates SCM_CREDENTIALS into our
+    # pid namespace) and sends its seccomp listener fd; we send it the run's fds.
+    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+    ours.setsockopt(_socket.SOL_SOCKET, _socket.SO_PASSCRED, 1)
+    channel_w = theirs.detach()
+    handoff = Handoff(report_w, release_r, exec_w, channel_w, command_r, program, nft)
+    supervisor = os.getpid()
+    try:
+        child = os.fork()
+    except BaseException:
+        for fd in (report_r, release_w, exec_r, command_w, *handoff.all()):
+            os.close(fd)
+        ours.close()
+        raise
+    if child == 0:
+        init_mod.enter(shape, handoff, supervisor)
+    for fd in handoff.all():
+        os.close(fd)
+    return child, (report_r, release_w, exec_r, command_w, ours.detach())
+
+
+def egress_rules(spec: Spec) -> str | None:
     if spec.network != "pasta" or not (spec.egress_allow or spec.egress_deny):
         return None
     from . import net
@@ -354,7 +636,7 @@ def _kill_payload(cgroup: RunCgroup | None, payload: int) -> None:
         pass
 
 
-def _seccomp_program(spec: Spec) -> bytes | None:
+def seccomp_program(spec: Spec) -> bytes | None:
     from .seccomp import SeccompError, program
 
     try:

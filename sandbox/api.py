@@ -1,0 +1,394 @@
+"""The Python API: run sandboxes from a long-lived process, warm.
+
+    from sandbox import Runner
+
+    with Runner(profile="grader") as runner:
+        box = runner.create_box()
+        build = runner.run(["g++", "-O2", "-o", "sol", "sol.cpp"], box=box, limits={"time": 10})
+        for case in cases:
+            result = runner.run(["./sol"], box=box, box_mode="overlay", stdin=case.input,
+                                limits={"time": 1, "memory": "256M"})
+            print(result.verdict, result.cpu_time, result.memory_peak, result.stdout)
+
+A Runner keeps what is safe to reuse between runs: the interpreter, parsed
+profiles, compiled seccomp filters, resolved images (their store lock held),
+the delegated cgroup, and sandboxes prepared ahead for the shapes it has
+run (see pool.py).  Every run still gets its own user, pid, mount, ipc, uts,
+cgroup and net namespaces, a fresh writable layer and /tmp, and a fresh run
+cgroup.  Profiles and images are read once per Runner: make a new Runner to
+see changes to them.
+
+Thread safety: `Runner.run` may be called from several threads at once.
+Signals are the caller's business: the API installs no handlers.
+
+Errors are typed: UsageError (bad options), ProfileError (a profile that
+cannot be used; a UsageError), SetupError (the sandbox could not be built:
+no run cgroup, ...), BoxError and BoxBusy, ImageError; all are SbxError.
+A sandbox that dies while being built is an XX Result, as in the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from .box import MOUNT_POINT, Box, BoxError
+from .errors import SbxError, SetupError, UsageError
+from .result import Result
+from .spec import Mount, Spec
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+    from .cgroup import Delegation
+    from .image import ImageInfo
+    from .pool import Pool
+    from .seccomp import SeccompSpec
+    from .supervise import Prepared, Streams
+
+    Stdin = bytes | str | int | None
+    Output = str | int | None
+
+_UNSET = object()
+
+
+class Runner:
+    """Runs sandboxes, warm.  Use as a context manager, or call close()."""
+
+    def __init__(self, profile: str | None = None, *, options: Sequence[str] = (), cwd: str | None = None,
+                 environ: Mapping[str, str] | None = None, root: str | None = None, warm: bool = True,
+                 depth: int = 1, warn: Callable[[str], None] | None = None) -> None:
+        """`profile`: a name or TOML path (default: "default"); `options`: `sbx run` flags that
+        apply to every run (["--network", "pasta", "-v", "data:/data"], ...); `root`: the image
+        and box store; `warm`: prepare sandboxes ahead (`depth` per shape); `warn`: gets the
+        warnings `sbx run` prints (default: ignored, the Result's limits_enforced says the same).
+        """
+        self.profile = profile
+        self.options = tuple(options)
+        self.cwd = os.getcwd() if cwd is None else cwd
+        self.environ = dict(os.environ if environ is None else environ)
+        self.root = root
+        self.warn: Callable[[str], None] = warn if warn is not None else (lambda line: None)
+        self.lock = threading.Lock()
+        self.settings: dict[tuple[str | None, tuple[str, ...]], dict[str, object]] = {}
+        self.programs: dict[SeccompSpec, bytes | None] = {}
+        self.images: dict[tuple[str, str | None], ImageInfo] = {}
+        self.delegations: dict[str | None, Delegation | None] = {}
+        self.pool: Pool | None = None
+        self.closed = False
+        if warm:
+            from .pool import Pool
+
+            self.pool = Pool(depth, self._inputs, self._adopted)
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End prepared sandboxes and release image locks; runs in progress finish first."""
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+        if self.pool is not None:
+            self.pool.close()
+        for info in self.images.values():
+            if info.lock_fd >= 0:
+                os.close(info.lock_fd)
+        self.images.clear()
+
+    # -- building a run ----------------------------------------------------------------------
+
+    def spec(self, argv: Sequence[str], *, profile: str | None | object = _UNSET, options: Sequence[str] = (),
+             limits: Mapping[str, object] | None = None, env: Mapping[str, str] | None = None,
+             volumes: Sequence[str] = (), workdir: str | None = None, image: str | None = None,
+             network: str | None = None, box: Box | None = None, box_mode: str = "rw") -> Spec:
+        """The Spec a run with these arguments would use (raises UsageError/ProfileError)."""
+        from . import cli, compose
+
+        profile_name = self.profile if profile is _UNSET else profile
+        raw, rest = cli.parse_run_args([*self.options, *options])
+        if rest:
+            raise UsageError(f"options: unexpected argument {rest[0]!r} (the command goes in argv)")
+        name = raw.pop("profile", profile_name)
+        settings = compose.merge(self._profile(name if isinstance(name, str) else None),
+                                 cli.flag_settings(raw, self.cwd, self.environ))
+        extra: dict[str, object] = {}
+        if limits:
+            extra.update(_limit_settings(limits))
+        if env:
+            for key, value in env.items():
+                if not key or "=" in key or "\0" in key or "\0" in str(value):
+                    raise UsageError(f"env: {key!r} is not a valid variable")
+            extra["sandbox.env"] = tuple((k, str(v)) for k, v in env.items())
+        mounts = [compose.parse_volume(v, self.cwd) for v in volumes]
+        if mounts:
+            extra["mounts"] = tuple(mounts)
+        if workdir is not None:
+            extra["sandbox.workdir"] = workdir
+        if image is not None:
+            extra["sandbox.image"] = image
+        if network is not None:
+            extra["network.mode"] = network
+        if self.root is not None and "run.image_root" not in settings:
+            extra["run.image_root"] = self.root
+        settings = compose.merge(settings, extra)
+        if box is not None:
+            settings = box.settings(settings, box_mode, workdir="sandbox.workdir" in raw or workdir is not None)
+        return compose.build(settings, list(argv), self.cwd, self.environ, images=self._image)
+
+    def run(self, argv: Sequence[str], *, stdin: Stdin = None, stdout: Output = None, stderr: Output = None,
+            capture_limit: int = 16 << 20, box: Box | str | None = None, box_mode: str = "rw",
+            box_wait: bool = True, cpu: int | None = None, **spec_args: object) -> Result:
+        """Run argv in a fresh sandbox and wait for it.
+
+        stdin: bytes (fed to the run), a path, an fd (duplicated), or None for /dev/null.
+        stdout/stderr: a path (created or truncated, never through a symlink), an fd
+        (duplicated), or None to capture into Result.stdout/stderr (up to capture_limit each).
+        box: a Box or box name: its work directory at /box (box_mode rw, ro, or overlay for a
+        writable view whose changes are discarded), the default workdir; the box's lock is
+        held for the run (box_wait=False: BoxBusy instead of waiting).  cpu: pin the run to it.
+        Other keywords as for spec(): profile, options, limits, env, volumes, workdir, image,
+        network.
+        """
+        if isinstance(box, str):
+            box = Box.open(box, self.root)
+        spec = self.spec(argv, box=box, box_mode=box_mode, **spec_args)  # type: ignore[arg-type]
+        streams = _streams(stdin, stdout, stderr, capture_limit)
+        box_fd = -1
+        try:
+            if box is not None:
+                box_fd = box.lock(box_wait)
+            return self.execute(spec, streams, cpu=cpu, box=box)
+        finally:
+            streams.close()
+            if box_fd >= 0:
+                os.close(box_fd)
+
+    def execute(self, spec: Spec, streams: Streams, cpu: int | None = None, box: Box | None = None) -> Result:
+        """Run a Spec (as built by spec()) with these streams; they are closed once sent."""
+        from . import supervise
+
+        if self.closed:
+            raise SbxError("this Runner is closed")
+        try:
+            program = self._program(spec)
+            delegation = self._delegation(spec.cgroup)
+            prepared = self._take(spec, box)
+            if prepared is None:
+                prepared = self._prepare(supervise.shape_of(spec))
+            try:
+                return supervise.execute(spec, streams, program, delegation, self.warn, prepared=prepared,
+                                         cpu=cpu, wait=False)
+            finally:
+                if self.pool is not None:
+                    self.pool.done(prepared)
+                else:
+                    prepared.reap(block=True)
+        except SbxError:
+            raise
+        except OSError as exc:
+            raise SetupError(f"cannot run the sandbox: {exc.strerror or exc}") from None
+
+    def run_interactive(self, solution: Sequence[str], interactor: Sequence[str], *,
+                        solution_args: Mapping[str, object] | None = None,
+                        interactor_args: Mapping[str, object] | None = None) -> tuple[Result, Result]:
+        """Two sandboxes, the solution's stdout feeding the interactor's stdin and back.
+
+        Each has its own limits and figures; `*_args` are run()'s keywords (not stdin/stdout).
+        Returns (solution's result, interactor's result).
+        """
+        from .interact import run_pair
+
+        return run_pair(self, solution, interactor, dict(solution_args or {}), dict(interactor_args or {}))
+
+    # -- boxes ------------------------------------------------------------------------------
+
+    def create_box(self, name: str | None = None) -> Box:
+        return Box.create(name, self.root)
+
+    def open_box(self, name: str) -> Box:
+        return Box.open(name, self.root)
+
+    def remove_box(self, box: Box | str, wait: bool = False) -> None:
+        if isinstance(box, str):
+            box = Box.open(box, self.root)
+        box.remove(wait)
+
+    # -- what a Runner keeps -----------------------------------------------------------------
+
+    def _profile(self, name: str | None) -> dict[str, object]:
+        from . import cli
+
+        key = (name, ())
+        with self.lock:
+            cached = self.settings.get(key)
+        if cached is None:
+            cached = cli.profile_settings(name, self.cwd, self.environ)
+            with self.lock:
+                self.settings[key] = cached
+        return cached
+
+    def _image(self, name: str, root: str | None) -> ImageInfo:
+        with self.lock:
+            info = self.images.get((name, root))
+        if info is None:
+            from .image import resolve
+
+            info = resolve(name, root)
+            with self.lock:
+                if (name, root) in self.images:  # another thread won
+                    os.close(info.lock_fd)
+                    info = self.images[(name, root)]
+                else:
+                    self.images[(name, root)] = info
+        return info
+
+    def _program(self, spec: Spec) -> bytes | None:
+        with self.lock:
+            if spec.seccomp in self.programs:
+                return self.programs[spec.seccomp]
+        from .supervise import seccomp_program
+
+        program = seccomp_program(spec)
+        with self.lock:
+            self.programs[spec.seccomp] = program
+        return program
+
+    def _delegation(self, explicit: str | None) -> Delegation | None:
+        with self.lock:
+            if explicit in self.delegations:
+                return self.delegations[explicit]
+        from .cgroup import remove_stale
+        from .supervise import delegation_for
+
+        delegation = delegation_for(explicit)
+        if delegation is not None:
+            remove_stale(delegation)
+        with self.lock:
+            self.delegations[explicit] = delegation
+        return delegation
+
+    def _take(self, spec: Spec, box: Box | None) -> Prepared | None:
+        if self.pool is None or spec.tty:
+            return None
+        from .supervise import shape_of
+
+        shape = shape_of(spec)
+        prepared = self.pool.take(shape)
+        if prepared is not None and box is not None and prepared.box_identity != box.identity():
+            prepared.discard()  # the box was removed and made again since: not the same directory
+            return None
+        return prepared
+
+    def _prepare(self, shape: Spec) -> Prepared:
+        """A sandbox of this shape, started now (by the zygote when warm)."""
+        if self.pool is not None:
+            return self.pool.spawn(shape)
+        from .supervise import Prepared
+
+        prepared = Prepared.start(shape, *self._inputs(shape))
+        self._adopted(prepared)
+        return prepared
+
+    def _inputs(self, shape: Spec) -> tuple[bytes | None, str | None]:
+        from .supervise import egress_rules
+
+        return self._program(shape), egress_rules(shape)
+
+    def _adopted(self, prepared: Prepared) -> None:
+        for mount in prepared.shape.mounts:
+            if mount.target == MOUNT_POINT and mount.source is not None:
+                try:
+                    st = os.stat(mount.source, follow_symlinks=False)
+                    prepared.box_identity = (st.st_dev, st.st_ino)
+                except OSError:
+                    pass
+
+
+def run(argv: Sequence[str], **kwargs: object) -> Result:
+    """One run, cold: Runner(warm=False).run(argv, ...); `profile`, `options`, `root` and `cwd`
+    are the Runner's, the rest run()'s."""
+    runner_args: dict[str, object] = {k: kwargs.pop(k) for k in ("profile", "options", "root", "cwd", "environ")
+                                      if k in kwargs}
+    with Runner(warm=False, **runner_args) as runner:  # type: ignore[arg-type]
+        return runner.run(argv, **kwargs)  # type: ignore[arg-type]
+
+
+def _limit_settings(limits: Mapping[str, object]) -> dict[str, object]:
+    """limits={"memory": "256M", "time": 1.5, "pids": 64, "strict": True} -> settings."""
+    from . import cli, compose
+
+    out: dict[str, object] = {}
+    for name, value in limits.items():
+        key = f"limits.{name}"
+        if name not in compose.LIMIT_KEYS:
+            raise UsageError(f"limits: unknown limit {name!r} (known: {', '.join(compose.LIMIT_KEYS)})")
+        if value is None or value == "unlimited":
+            out[key] = None
+        elif name == "strict":
+            if not isinstance(value, bool):
+                raise UsageError(f"limits: strict must be true or false, not {value!r}")
+            out[key] = value
+        elif name == "cpuset":
+            out[key] = str(value)
+        elif isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise UsageError(f"limits: {name} = {value!r} is not a number or a size/duration string")
+        else:
+            out[key] = cli.convert_value(key, str(value), f"limits.{name}")
+    return out
+
+
+def _streams(stdin: object, stdout: object, stderr: object, capture_limit: int) -> Streams:
+    from .interact import Owned
+    from .supervise import Streams
+
+    opened: list[int] = []
+    try:
+        fds: list[int | None] = []
+        for index, value in enumerate((stdin, stdout, stderr)):
+            if value is None:
+                if index == 0:
+                    opened.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+                    fds.append(opened[-1])
+                else:
+                    fds.append(None)
+            elif isinstance(value, bytes) and index == 0:
+                fd = os.memfd_create("sbx-stdin", os.MFD_CLOEXEC)
+                opened.append(fd)
+                view = memoryview(value)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.lseek(fd, 0, os.SEEK_SET)
+                fds.append(fd)
+            elif isinstance(value, Owned):
+                value.taken = True
+                opened.append(value)
+                fds.append(value)
+            elif isinstance(value, int) and not isinstance(value, bool):
+                opened.append(os.dup(value))
+                fds.append(opened[-1])
+            elif isinstance(value, (str, os.PathLike)):
+                flags = os.O_RDONLY if index == 0 else os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                try:
+                    opened.append(os.open(value, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY, 0o644))
+                except OSError as exc:
+                    raise UsageError(f"cannot open {os.fspath(value)}: {exc.strerror}") from None
+                fds.append(opened[-1])
+            else:
+                what = ("stdin", "stdout", "stderr")[index]
+                raise UsageError(f"{what}: {value!r} is not bytes, a path or a file descriptor")
+    except BaseException:
+        for fd in opened:
+            os.close(fd)
+        raise
+    stdin_fd = fds[0]
+    assert stdin_fd is not None
+    return Streams(stdin_fd, fds[1], fds[2], capture_limit)
+
+
+__all__ = ["Runner", "run", "Result", "Box", "BoxError", "SbxError", "SetupError", "UsageError", "Spec"]
