@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 import threading
 
+from .box import MODES as BOX_MODES
 from .box import MOUNT_POINT, Box, BoxError
 from .errors import SbxError, SetupError, UsageError
 from .result import Result
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     Output = str | int | None
 
 _UNSET = object()
+SPEC_CACHE = 256  # Specs remembered per Runner
 
 
 class Runner:
@@ -72,6 +74,7 @@ class Runner:
         self.warn: Callable[[str], None] = warn if warn is not None else (lambda line: None)
         self.lock = threading.Lock()
         self.settings: dict[tuple[str | None, tuple[str, ...]], dict[str, object]] = {}
+        self.specs: dict[tuple[object, ...], Spec] = {}
         self.programs: dict[SeccompSpec, bytes | None] = {}
         self.images: dict[tuple[str, str | None], ImageInfo] = {}
         self.delegations: dict[str | None, Delegation | None] = {}
@@ -107,7 +110,35 @@ class Runner:
              limits: Mapping[str, object] | None = None, env: Mapping[str, str] | None = None,
              volumes: Sequence[str] = (), workdir: str | None = None, image: str | None = None,
              network: str | None = None, box: Box | None = None, box_mode: str = "rw") -> Spec:
-        """The Spec a run with these arguments would use (raises UsageError/ProfileError)."""
+        """The Spec a run with these arguments would use (raises UsageError/ProfileError).
+
+        Specs are remembered by their arguments (a judge repeats the same few), so files
+        named by volumes are checked when a Spec is first built, and mounted at each run.
+        """
+        try:
+            key: tuple[object, ...] | None = (
+                tuple(argv), profile, tuple(options), None if limits is None else tuple(limits.items()),
+                None if env is None else tuple(env.items()), tuple(volumes), workdir, image, network, box, box_mode)
+            hash(key)
+        except TypeError:
+            key = None  # unhashable arguments: build it every time
+        if key is not None:
+            with self.lock:
+                cached = self.specs.get(key)
+            if cached is not None:
+                return cached
+        spec = self._build_spec(argv, profile, options, limits, env, volumes, workdir, image, network, box, box_mode)
+        if key is not None:
+            with self.lock:
+                if len(self.specs) >= SPEC_CACHE:
+                    del self.specs[next(iter(self.specs))]
+                self.specs[key] = spec
+        return spec
+
+    def _build_spec(self, argv: Sequence[str], profile: str | None | object, options: Sequence[str],
+                    limits: Mapping[str, object] | None, env: Mapping[str, str] | None, volumes: Sequence[str],
+                    workdir: str | None, image: str | None, network: str | None, box: Box | None,
+                    box_mode: str) -> Spec:
         from . import cli, compose
 
         profile_name = self.profile if profile is _UNSET else profile
@@ -157,6 +188,11 @@ class Runner:
         """
         if isinstance(box, str):
             box = Box.open(box, self.root)
+        if box_mode not in BOX_MODES:
+            raise BoxError(f"box mode {box_mode!r}: choose one of {', '.join(BOX_MODES)}")
+        if cpu is not None and (isinstance(cpu, bool) or not isinstance(cpu, int) or cpu < 0
+                                or cpu not in os.sched_getaffinity(0)):
+            raise UsageError(f"cpu: {cpu!r} is not a CPU this process may use")
         spec = self.spec(argv, box=box, box_mode=box_mode, **spec_args)  # type: ignore[arg-type]
         streams = _streams(stdin, stdout, stderr, capture_limit)
         box_fd = -1
@@ -343,6 +379,9 @@ def _limit_settings(limits: Mapping[str, object]) -> dict[str, object]:
     return out
 
 
+_STREAMS = ("stdin", "stdout", "stderr")
+
+
 def _streams(stdin: object, stdout: object, stderr: object, capture_limit: int) -> Streams:
     from .interact import Owned
     from .supervise import Streams
@@ -370,18 +409,22 @@ def _streams(stdin: object, stdout: object, stderr: object, capture_limit: int) 
                 opened.append(value)
                 fds.append(value)
             elif isinstance(value, int) and not isinstance(value, bool):
-                opened.append(os.dup(value))
+                try:
+                    opened.append(os.dup(value))
+                except OSError as exc:
+                    raise UsageError(f"{_STREAMS[index]}: {value} is not an open file descriptor "
+                                     f"({exc.strerror})") from None
                 fds.append(opened[-1])
             elif isinstance(value, (str, os.PathLike)):
                 flags = os.O_RDONLY if index == 0 else os.O_WRONLY | os.O_CREAT | os.O_TRUNC
                 try:
                     opened.append(os.open(value, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY, 0o644))
-                except OSError as exc:
-                    raise UsageError(f"cannot open {os.fspath(value)}: {exc.strerror}") from None
+                except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+                    raise UsageError(f"{_STREAMS[index]}: cannot open {os.fspath(value)!r}: "
+                                     f"{getattr(exc, 'strerror', None) or exc}") from None
                 fds.append(opened[-1])
             else:
-                what = ("stdin", "stdout", "stderr")[index]
-                raise UsageError(f"{what}: {value!r} is not bytes, a path or a file descriptor")
+                raise UsageError(f"{_STREAMS[index]}: {value!r} is not bytes, a path or a file descriptor")
     except BaseException:
         for fd in opened:
             os.close(fd)

@@ -63,6 +63,8 @@ def parse_line(text: str) -> dict[str, object]:
         job = json.loads(text)
     except ValueError as exc:
         raise LineError(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise LineError("not valid JSON: nested too deeply") from None
     if not isinstance(job, dict):
         raise LineError("a line must be a JSON object")
     unknown = sorted(set(job) - set(FIELDS))
@@ -149,6 +151,8 @@ class Batch:
                 result = self.runner.run(job["argv"], cpu=self.local.cpu, **_arguments(job, self.profile))  # type: ignore[arg-type]
             except SbxError as exc:
                 return _result_line(number, job_id, _failed(f"line {number}: {exc}"))
+            except Exception as exc:  # a bug of ours must cost one line, not the batch
+                return _result_line(number, job_id, _failed(f"line {number}: internal error: {exc!r}"))
             fields = result.to_dict()
             for name, data in (("stdout", result.stdout), ("stderr", result.stderr)):
                 if data is not None:

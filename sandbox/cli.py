@@ -177,7 +177,12 @@ def convert_value(key: str, value: str, flag: str) -> object:
         raise UsageError(f"{flag}: {value!r} must not be negative")
     if key == "limits.cpus" and not 0 < result <= 4096:  # type: ignore[operator]
         raise UsageError(f"{flag}: {value!r} is not a CPU count such as 0.5 or 2")
+    if key in ("limits.pids", "limits.open_files") and result > MAX_COUNT:  # type: ignore[operator]
+        raise UsageError(f"{flag}: {value!r} is too large (at most {MAX_COUNT})")
     return result
+
+
+MAX_COUNT = (1 << 31) - 1  # pids and open files: what the kernel's limits can hold
 
 
 def flag_settings(raw: Mapping[str, object], cwd: str, environ: Mapping[str, str]) -> dict[str, object]:
@@ -238,11 +243,7 @@ def profile_settings(name: str | None, cwd: str, environ: Mapping[str, str]) -> 
         if name not in (None, "default"):
             raise UsageError(f"profile {name!r} not found") from None
         return {}
-    try:
-        resolved = profile.resolve(name, cwd=cwd, environ=environ)
-    except profile.ProfileError as exc:
-        raise UsageError(str(exc)) from None
-    return dict(resolved.settings)
+    return dict(profile.resolve(name, cwd=cwd, environ=environ).settings)  # ProfileError is a UsageError
 
 
 def build_spec(args: list[str], cwd: str, environ: Mapping[str, str], box: Box | None = None,

@@ -85,7 +85,10 @@ class Pool:
         """After a run: refill, and reap its sandbox (its entry process may still be exiting)."""
         with self.cond:
             if prepared is not None and not prepared.reaped:
-                self.zombies.append(prepared)
+                if self.closed:
+                    prepared.forget()  # the zygote reaps it; nobody waits for it now
+                else:
+                    self.zombies.append(prepared)
             self.cond.notify()
 
     def spawn(self, shape: Spec) -> Prepared:
@@ -101,17 +104,21 @@ class Pool:
         return prepared
 
     def close(self) -> None:
+        """End the prepared sandboxes and the zygote; sandboxes running now finish first."""
         with self.cond:
             self.closed = True
             self.cond.notify()
         self.thread.join()
-        for stock in self.ready.values():
-            for prepared in stock:
-                prepared.discard()
-        self.ready.clear()
-        for prepared in self.zombies:
+
+    def _shut_down(self) -> None:
+        """In the pool's thread: the zygote dies with it, so it must end first, and on its own
+        (it waits for its sandboxes, which runs still going end)."""
+        with self.cond:
+            stock = [p for prepared in self.ready.values() for p in prepared] + self.zombies
+            self.ready.clear()
+            self.zombies = []
+        for prepared in stock:
             prepared.discard()
-        self.zombies.clear()
         with self.spawn_lock:
             zygote, self.zygote = self.zygote, None
         if zygote is not None:
@@ -144,7 +151,7 @@ class Pool:
             with self.cond:
                 while True:
                     if self.closed:
-                        return
+                        break
                     zombies, self.zombies = self.zombies, []
                     shapes = self._wanting()
                     for shape in shapes:
@@ -152,6 +159,8 @@ class Pool:
                     if zombies or shapes:
                         break
                     self.cond.wait()
+                if self.closed:
+                    break
             # Fork them all first: each builds its root in its own processes, in parallel.
             started: list[tuple[Spec, Prepared | None]] = []
             for shape in shapes:
@@ -177,3 +186,4 @@ class Pool:
                     self.cond.notify_all()
             for zombie in zombies:
                 zombie.discard()  # kills what was never used; waits for the rest to exit
+        self._shut_down()

@@ -542,6 +542,13 @@ class Prepared:
         if wait:
             self.reap(block=True)
 
+    def forget(self) -> None:
+        """Stop following an adopted sandbox's entry process (its own parent reaps it)."""
+        self.discard(wait=False)
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
     def reap(self, block: bool) -> bool:
         """Whether the entry process is gone (waiting for it with block=True)."""
         if self.reaped:

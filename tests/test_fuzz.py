@@ -46,3 +46,8 @@ def test_fuzz_profile(tmp_path: Path) -> None:
 def test_fuzz_flags(tmp_path: Path) -> None:
     """-v/--tmpfs/-e/--env-file specs, units and ids through the whole flag path."""
     run_harness("flags", tmp_path)
+
+
+def test_fuzz_batch(tmp_path: Path) -> None:
+    """`sbx batch` JSON Lines: parse_line raises nothing but LineError (the seeds hold a deeply nested line)."""
+    run_harness("batch", tmp_path, "-max_len=8192")
