@@ -60,10 +60,11 @@ class Runner:
 
     def __init__(self, profile: str | None = None, *, options: Sequence[str] = (), cwd: str | None = None,
                  environ: Mapping[str, str] | None = None, root: str | None = None, warm: bool = True,
-                 depth: int = 1, warn: Callable[[str], None] | None = None) -> None:
+                 depth: int = 2, warn: Callable[[str], None] | None = None) -> None:
         """`profile`: a name or TOML path (default: "default"); `options`: `sbx run` flags that
         apply to every run (["--network", "pasta", "-v", "data:/data"], ...); `root`: the image
-        and box store; `warm`: prepare sandboxes ahead (`depth` per shape); `warn`: gets the
+        and box store; `warm`: prepare sandboxes ahead (`depth` per shape: two, so a run that
+        follows another at once still finds one ready); `warn`: gets the
         warnings `sbx run` prints (default: ignored, the Result's limits_enforced says the same).
         """
         self.profile = profile

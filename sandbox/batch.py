@@ -30,7 +30,7 @@ from .errors import EXIT_SBX, SbxError, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable
     from concurrent.futures import Future
 
     from .api import Runner
@@ -176,21 +176,41 @@ class Batch:
             self.last_of_box[box] = future
         return future
 
-    def results(self, lines: Iterable[str]) -> Iterator[str]:
-        """Result lines in input order, each as soon as it and all before it are done."""
-        from collections import deque
+    def run(self, lines: Iterable[str], emit: Callable[[str], None]) -> None:
+        """Submit every line; `emit` gets each result line, in input order, as soon as it and
+        all before it are done (from a writer thread: a client may wait for each result
+        before it sends the next line)."""
+        import queue
 
-        pending: deque[Future[str]] = deque()
-        number = 0
-        for text in lines:
-            number += 1
-            if not text.strip():
-                continue
-            pending.append(self.submit(number, text))
-            while pending and (pending[0].done() or len(pending) > 4 * self.jobs):
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+        ordered: queue.Queue[Future[str] | None] = queue.Queue(maxsize=4 * self.jobs)
+        failure: list[BaseException] = []
+
+        def writer() -> None:
+            while True:
+                future = ordered.get()
+                if future is None:
+                    return
+                try:
+                    emit(future.result())
+                except BaseException as exc:  # stdout gone, say: stop writing, stop reading
+                    failure.append(exc)
+                    return
+
+        thread = threading.Thread(target=writer, name="sbx-batch-writer", daemon=True)
+        thread.start()
+        try:
+            number = 0
+            for text in lines:
+                number += 1
+                if failure:
+                    break
+                if text.strip():
+                    ordered.put(self.submit(number, text))
+        finally:
+            ordered.put(None)
+            thread.join()
+        if failure:
+            raise failure[0]
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
@@ -246,15 +266,26 @@ def main(args: list[str]) -> int:
             raise UsageError(f"cannot read {source}: {exc.strerror}") from None
     jobs = int(opts["jobs"])  # type: ignore[call-overload]
     cpus = sorted(os.sched_getaffinity(0)) if opts["pin"] else None
-    progress = _Progress() if sys.stderr.isatty() else None
-    runner = Runner(warm=bool(opts["warm"]), depth=jobs, root=opts["root"])  # type: ignore[arg-type]
+    progress = None
+    if sys.stderr.isatty():
+        total = None
+        if source != "-":
+            with open(source, "rb") as counting:
+                total = sum(1 for line in counting if line.strip())
+        progress = _Progress(total)
+    runner = Runner(warm=bool(opts["warm"]), depth=jobs + 1, root=opts["root"])  # type: ignore[arg-type]
     batch = Batch(runner, jobs, cpus, opts["profile"])  # type: ignore[arg-type]
+
+    def emit(line: str) -> None:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        if progress is not None:
+            progress.show(batch.done, batch.running)
+
     try:
-        for line in batch.results(stream):
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            if progress is not None:
-                progress.show(batch.done, batch.running)
+        batch.run(stream, emit)
+    except BrokenPipeError:
+        pass  # the reader went away: stop
     finally:
         batch.close()
         runner.close()
@@ -266,10 +297,19 @@ def main(args: list[str]) -> int:
 
 
 class _Progress:
-    """One status line on a terminal's stderr."""
+    """One status line on a terminal's stderr: a bar when the number of lines is known."""
+
+    def __init__(self, total: int | None) -> None:
+        self.total = total
 
     def show(self, done: int, running: int) -> None:
-        sys.stderr.write(f"\rsbx batch: {done} done, {running} running ")
+        if self.total:
+            width = 30
+            filled = min(width, width * done // self.total)
+            bar = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total}"
+        else:
+            bar = f"{done} done"
+        sys.stderr.write(f"\rsbx batch: {bar}, {running} running ")
         sys.stderr.flush()
 
     def end(self) -> None:

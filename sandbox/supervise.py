@@ -653,8 +653,11 @@ def seccomp_program(spec: Spec) -> bytes | None:
 
 
 def _await_ready(reports: _Reports) -> int:
+    """Init's pid once init has said R.  The entry process (P) and init (R) write to the same
+    pipe from two processes, so R may come first when the entry process is slow to run."""
     init_pid = 0
-    while True:
+    root_ready = False
+    while not (init_pid and root_ready):
         line = reports.next()
         if line is None:
             raise SetupError("the sandbox died while being set up")
@@ -663,8 +666,9 @@ def _await_ready(reports: _Reports) -> int:
             init_pid = int(rest)
         elif kind == "E":
             raise SetupError(rest)
-        elif kind == "R" and init_pid:
-            return init_pid
+        elif kind == "R":
+            root_ready = True
+    return init_pid
 
 
 def _alive(pid: int) -> bool:

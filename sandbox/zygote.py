@@ -100,8 +100,15 @@ def main() -> None:
     import pickle
     import select
 
-    from . import supervise  # noqa: F401  (everything a sandbox needs, imported before any fork)
+    # Everything a sandbox's processes import, imported once here rather than in each of them.
+    import fcntl  # noqa: F401
+    import resource  # noqa: F401
+    import struct  # noqa: F401
+
+    from . import seccomp, supervise
     from .errors import SbxError
+
+    seccomp.prepare()
 
     sock = _socket.socket(fileno=sock_fd)
     poller = select.poll()
