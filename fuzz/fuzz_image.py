@@ -3,7 +3,10 @@
 The first byte picks the target; the rest is the input.  A layer must
 extract or fail with a one-line ImageError, and whatever it extracted must
 stay inside its directory: no device other than a 0/0 whiteout, no
-setuid/setgid bit, nothing written next to it.  A reference must parse to a
+setuid/setgid bit, nothing written next to it; the size the extractor
+counted must be what a walk of the result finds.  A plain tar must read the
+same (members, offsets, data, or the same error) whether the stream comes
+whole or in short reads, as from a decompressor.  A reference must parse to a
 normalized form that parses to itself, or fail with a one-line ImageError.
 
     python fuzz/fuzz_image.py -max_total_time=20 /tmp/image-corpus fuzz/corpus/image
@@ -15,6 +18,7 @@ import os
 import stat
 import sys
 import tempfile
+from collections.abc import Callable
 
 import atheris
 
@@ -49,7 +53,49 @@ def check_tree(dest: str) -> None:
             assert not stat.S_ISBLK(st.st_mode), (top, name)
 
 
+def open_up(dest: str) -> None:
+    """u+rwx on every directory (top-down, so a mode-0 directory can still be entered)."""
+    for top, dirs, _files in os.walk(dest):
+        for name in dirs:
+            path = os.path.join(top, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o700)
+
+
+def chunked(data: bytes, sizes: tuple[int, ...]) -> Callable[[int], bytes]:
+    state = [0, 0]  # position, calls
+
+    def read(n: int) -> bytes:
+        cap = sizes[state[1] % len(sizes)]
+        state[1] += 1
+        chunk = data[state[0]:state[0] + min(n, cap)]
+        state[0] += len(chunk)
+        return chunk
+
+    return read
+
+
+def listing(read: Callable[[int], bytes]) -> list[object]:
+    reader = tar.TarReader(read)
+    found: list[object] = []
+    try:
+        while (member := reader.next()) is not None:
+            offset = reader.offset
+            body = b""
+            if len(found) % 2:  # every other member's data is skipped, not read
+                while chunk := reader.read(3 + len(found)):
+                    body += chunk
+            found.append((member, offset, body))
+    except ImageError as error:
+        found.append(str(error))
+    return found
+
+
 def fuzz_layer(data: bytes) -> None:
+    if not data.startswith((blob.GZIP_MAGIC, blob.ZSTD_MAGIC)):
+        whole = listing(chunked(data, (len(data) + 1,)))
+        short = listing(chunked(data, (1 + len(data) % 13, 511, 4096)))
+        assert whole == short, (whole, short)
     dest = os.path.join(ROOT, "layer")
     os.mkdir(dest)
     try:
@@ -65,11 +111,13 @@ def fuzz_layer(data: bytes) -> None:
         plain, close = blob.decompressor(read)
         try:
             counted = blob.Hashing(plain, 8 << 20, "layer")
-            extract.extract(tar.TarReader(counted.read), dest, LIMITS)
+            stats = extract.extract(tar.TarReader(counted.read), dest, LIMITS)
             counted.drain()
         finally:
             close()
         check_tree(dest)
+        open_up(dest)
+        assert stats.size == extract.tree_bytes(dest), (stats, extract.tree_bytes(dest))
     except ImageError as error:
         one_line(error)
     finally:

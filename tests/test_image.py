@@ -315,6 +315,13 @@ HOSTILE: dict[str, tuple[Callable[[str], bytes], str]] = {
     "symlink dotdot": (lambda out: tar(("up", "sym", ".."), ("up/escaped", "file", b"x")), "symlink"),
     "symlink replaces dir": (lambda out: tar(("d", "dir", None), ("d", "sym", out), ("d/escaped", "file", b"x")),
                              "symlink"),
+    # the extractor keeps parent directories open: replacing one must not leave a stale fd to write through
+    "symlink replaces open dir": (lambda out: tar(("d", "dir", None), ("d/f", "file", b"1"), ("d", "sym", out),
+                                                  ("d/escaped", "file", b"x")), "symlink"),
+    "symlink replaces open parent": (lambda out: tar(("a/b/f", "file", b"1"), ("a", "sym", out),
+                                                     ("a/b/escaped", "file", b"x")), "symlink"),
+    "file replaces open dir": (lambda out: tar(("d/f", "file", b"1"), ("d", "file", b"2"), ("d/g", "file", b"x")),
+                               "not a directory"),
     "symlink then overwrite": (lambda out: tar(("victim", "sym", out + "/victim"), ("victim", "file", b"pwned")),
                                ""),  # accepted: the symlink is replaced, never written through
     "hardlink out": (lambda out: tar(("h", "link", "../../escaped")), "'..' in path"),
@@ -507,3 +514,147 @@ def test_busybox_image_runs(tmp_path: Path, store: Path) -> None:
         os.close(info.lock_fd)
     lines = text.split("\n")
     assert lines[0] == "hello from root" and int(lines[1]) > 100 and lines[2] == "writable"
+
+
+# -- the fast paths: tar reader buffering, header numbers, extraction bookkeeping ------------------
+
+def trickle(data: bytes, sizes: list[int]) -> Callable[[int], bytes]:
+    """A read function that returns at most sizes[i % len(sizes)] bytes on its i-th call (a decompressor's
+    short reads)."""
+    state = {"pos": 0, "calls": 0}
+
+    def read(n: int) -> bytes:
+        cap = sizes[state["calls"] % len(sizes)]
+        state["calls"] += 1
+        chunk = data[state["pos"]:state["pos"] + min(n, cap)]
+        state["pos"] += len(chunk)
+        return chunk
+
+    return read
+
+
+def members_of(read: Callable[[int], bytes], data_size: int = 1 << 20) -> list[tuple[object, ...]]:
+    from sandbox.image.tar import TarReader
+
+    reader = TarReader(read)
+    found = []
+    while (m := reader.next()) is not None:
+        offset = reader.offset
+        digest = hashlib.sha256()
+        while chunk := reader.read(data_size):
+            digest.update(chunk)
+        found.append((m.name, m.kind, m.size, m.mode, m.mtime, m.linkname, offset, digest.hexdigest()))
+    return found
+
+
+def test_tar_reader_same_members_whatever_the_read_sizes() -> None:
+    long_name = "deep/" + "n" * 150 + "/file"
+    big = os.urandom((1 << 20) + 1234)  # more than the reader's chunk: read past its buffer
+    entries = [("a", "dir", None), ("a/empty", "file", b""), ("a/block", "file", b"x" * 512),
+               ("a/big", "file", big), (long_name, "file", b"long"), ("a/s", "sym", "block"),
+               ("a/h", "link", "a/block"), ("a/p", "fifo", None)]
+    archives = [tar(*entries), tar(*entries, fmt=tarfile.GNU_FORMAT)]
+    # ustar with a prefix field (names of 100..255 bytes)
+    archives.append(tar(("p" * 90 + "/" + "q" * 90, "file", b"prefixed"), fmt=tarfile.USTAR_FORMAT))
+    for data in archives:
+        whole = members_of(io.BytesIO(data).read)
+        with tarfile.open(fileobj=io.BytesIO(data)) as reference:
+            assert [str(m[0]).rstrip("/") for m in whole] == [m.name for m in reference.getmembers()]
+            for got, want in zip(whole, reference.getmembers()):
+                if want.isfile():
+                    body = reference.extractfile(want).read()  # type: ignore[union-attr]
+                    assert got[7] == hashlib.sha256(body).hexdigest() and got[6] == want.offset_data
+        for sizes in ([1], [7, 511], [513, 3], [4096], [100000, 1]):
+            assert members_of(trickle(data, sizes)) == whole, sizes
+        assert members_of(trickle(data, [4096, 1]), data_size=5) == whole
+
+
+def header(fields: dict[int, bytes], kind: bytes = b"0", signed: bool = False, delta: int = 0) -> bytes:
+    block = bytearray(raw_header(b"f", 0, kind))
+    for offset, value in fields.items():
+        block[offset:offset + len(value)] = value
+    block[148:156] = b" " * 8
+    total = sum(block) - (256 * sum(1 for b in block if b > 127) if signed else 0) + delta
+    block[148:156] = b"%06o\0 " % total
+    return bytes(block)
+
+
+def test_tar_header_numbers_and_checksums() -> None:
+    from sandbox.image.tar import TarReader
+
+    def first(block: bytes) -> object:
+        return TarReader(io.BytesIO(block + bytes(1024)).read).next()
+
+    # the forms tars write: NUL or space padded, leading spaces, base-256, text after a NUL
+    for field, value in ((b"0000644\0", 0o644), (b"  644 \0\0", 0o644), (b"644\0junk", 0o644),
+                         (b"\0" * 8, 0), (b"\x80\0\0\0\0\0\x01\xa4", 0o644)):
+        member = first(header({100: field}))
+        assert member is not None and member.mode == value, field
+    member = first(header({124: b"\x80" + (5).to_bytes(11, "big")}) + b"hello".ljust(512, b"\0"))
+    assert member is not None and member.size == 5
+    for bad in (b"+000644\0", b"0_00644\0", b"0000648\0", b"00006 4\0"):
+        with pytest.raises(ImageError, match="bad mode field"):
+            first(header({100: bad}))
+    # high bytes in the name: both checksum conventions are accepted, anything else is not
+    name = {0: "é/ü".encode()}
+    assert first(header(name)) is not None and first(header(name, signed=True)) is not None
+    for delta in (1, -1, 65521):
+        with pytest.raises(ImageError, match="bad checksum"):
+            first(header(name, delta=delta))
+
+
+def test_extract_counts_what_it_leaves(tmp_path: Path) -> None:
+    """Stats.size (used for the image's size instead of walking 100k files) equals a walk of the result,
+    through replacements of files, directories, symlinks and this layer's whiteouts."""
+    from sandbox.image import extract
+    from sandbox.image.tar import TarReader
+
+    layer = tar(("d", "dir", None), ("d/f", "file", b"12345"), ("d/sub", "dir", None), ("d/sub/g", "file", b"abc"),
+                ("s", "sym", "d/f"), ("h", "link", "d/f"), ("x", "file", b"first"), ("x", "file", b"second!"),
+                ("y", "file", b"a file"), ("y", "dir", None), ("y/z", "file", b"zz"),
+                ("d", "file", b"d is a file now"), ("s", "sym", "a/much/longer/target"), (".wh.w", "file", b""),
+                ("w", "file", b"back"), ("p", "fifo", None), ("p", "sym", "p2"), ("h2", "link", "h"),
+                ("n" * 70, "file", b"long name"))
+    dest = tmp_path / "layer"
+    dest.mkdir()
+    stats = extract.extract(TarReader(io.BytesIO(layer).read), str(dest))
+    assert stats.size == extract.tree_bytes(str(dest))
+    assert sorted(os.listdir(dest)) == sorted(["d", "s", "h", "x", "y", "w", "p", "h2", "n" * 70])
+    assert (dest / "d").read_bytes() == b"d is a file now" and (dest / "x").read_bytes() == b"second!"
+    assert (dest / "h").read_bytes() == b"12345" and (dest / "y/z").read_bytes() == b"zz"
+    assert stats.whiteouts == 0
+
+
+def test_extract_modes_whatever_the_umask(tmp_path: Path, store: Path) -> None:
+    """Modes are given at creation, where the umask applies: the result must not depend on it."""
+    modes = {"a": 0o644, "b": 0o600, "c": 0o755, "d": 0o444, "e": 0o000, "f": 0o1755, "g": 0o777, "s.suid": 0o6755}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as out:
+        for name, mode in modes.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = 1, mode
+            out.addfile(info, io.BytesIO(b"x"))
+    src = oci(tmp_path / "oci", [buf.getvalue()])
+    for umask in ("077", "000", "027"):
+        root = tmp_path / f"store-{umask}"
+        result = subprocess.run(["sh", "-c", f'umask {umask} && exec "$@"', "sh", sys.executable, "-m",
+                                 "sandbox.image.cli", "--root", str(root), "import", "-q", "--name", "m", str(src)],
+                                capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert result.returncode == 0, result.stderr
+        layer_dir = Path(resolve("m", str(root), hold=False).layer_dirs[0])
+        got = {name: os.lstat(layer_dir / name).st_mode & 0o7777 for name in modes}
+        assert got == {**modes, "s.suid": 0o755}, umask
+
+
+def test_corrupt_plain_blob_rejected(tmp_path: Path, store: Path) -> None:
+    """An uncompressed layer with one data byte changed still extracts: the one pass must still refuse it."""
+    src = oci(tmp_path / "oci", [LOWER], compression=None)
+    blobs = src / "blobs/sha256"
+    layer_path = next(p for p in blobs.iterdir() if p.read_bytes() == LOWER)
+    data = bytearray(LOWER)
+    data[data.index(b"old\n")] = ord("O")
+    layer_path.write_bytes(bytes(data))
+    result = cli("import", "-q", "--name", "corrupt", str(src), root=store)
+    assert result.returncode == 125 and "digest mismatch" in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert store_state(store) == ([], [], [])

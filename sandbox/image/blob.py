@@ -18,7 +18,7 @@ from collections.abc import Callable
 from .errors import ImageError
 
 Read = Callable[[int], bytes]
-CHUNK = 1 << 16
+CHUNK = 1 << 20  # large reads: per-call overhead, not bytes, is what costs here
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -186,11 +186,49 @@ class Unzstd:
 def decompressor(read: Read) -> tuple[Read, Callable[[], None]]:
     """Detect the compression by its magic bytes: (read function of the plain data, close)."""
     peeked = Peeked(read, 4)
+    plain, close, _compressed = _decompress(peeked)
+    return plain, close
+
+
+def _decompress(peeked: Peeked) -> tuple[Read, Callable[[], None], bool]:
     if peeked.head.startswith(GZIP_MAGIC):
-        return Gunzip(peeked.read).read, lambda: None
+        return Gunzip(peeked.read).read, lambda: None, True
     if peeked.head.startswith(ZSTD_MAGIC):
         unzstd = Unzstd(peeked.read)
-        return unzstd.read, unzstd.close
+        return unzstd.read, unzstd.close, True
     if peeked.head.startswith((b"BZh", b"\xfd7zXZ")):
         raise ImageError("bzip2/xz-compressed layers are not supported (OCI layers are plain, gzip or zstd)")
-    return peeked.read, lambda: None
+    return peeked.read, lambda: None, False
+
+
+class LayerStream:
+    """One pass over a layer blob: digest and size as stored, decompression, digest of the plain tar.
+
+    A plain blob is hashed once: its digest and its diff_id are digests of the same bytes.  `read` gives
+    the plain tar; after `drain()`, `raw` and `plain` hold the two digests and counts.
+    """
+
+    def __init__(self, read: Read, raw_limit: int, plain_limit: int, what: str) -> None:
+        self.raw = Hashing(read, raw_limit, what)
+        self._close: Callable[[], None] = lambda: None
+        plain_read, self._close, compressed = _decompress(Peeked(self.raw.read, 4))
+        self.plain = Hashing(plain_read, plain_limit, what) if compressed else self.raw
+        self.read: Read = self.plain.read if compressed else plain_read
+
+    def drain(self) -> None:
+        """Read (and hash) whatever the consumer left: bytes after the tar's end count in both digests."""
+        if self.plain is not self.raw:
+            self.plain.drain()
+        self.raw.drain()
+
+    def raw_intact(self, digest: str, size: int | None) -> bool:
+        """After a failure: whether the blob as stored still matches its digest (stops the decompressor)."""
+        self.close()
+        try:
+            self.raw.drain()
+        except ImageError:
+            return False
+        return self.raw.digest == digest and (size is None or self.raw.count == size)
+
+    def close(self) -> None:
+        self._close()

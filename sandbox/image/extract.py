@@ -8,7 +8,8 @@ the destination.  Regular files are created with O_EXCL|O_NOFOLLOW after
 unlinking what was there (never written through an earlier hard link); hard
 links must name a file already extracted from this layer; device nodes are
 skipped; setuid/setgid bits are dropped; ownership is not applied (the caller
-owns everything, which maps to root inside the sandbox); xattrs in the
+owns everything, which maps to root inside the sandbox; Stats.other_owners
+counts the entries that had another owner); xattrs in the
 archive are ignored (so an archive cannot plant `user.overlay.*` ones); total
 size and entry counts are bounded.
 
@@ -19,6 +20,13 @@ by overlays mounted with `userxattr`; needs user xattrs on the store's file
 system).  A whiteout and a real entry of the same name in one layer: the real
 entry wins and, if it is a directory, becomes opaque (the whiteout still hides
 the lower layers' content, as the OCI spec requires).
+
+Speed (a layer is often 100k small files): each entry is created first and
+only on EEXIST is the old one looked at and removed; parent directories stay
+open in a small cache of fds (dropped whenever a directory is removed, so a
+cached fd never stands for a path that now names something else); modes are
+given at creation (fchmod only where the umask would cut them); the bytes the
+layer takes are counted as it is written rather than by walking it after.
 """
 
 from __future__ import annotations
@@ -41,6 +49,9 @@ RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
 RESOLVE = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV
 MAX_COMPONENT = 255
+MAX_OPEN_DIRS = 32
+CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -56,35 +67,76 @@ class Stats:
     skipped: int  # device nodes
     whiteouts: int
     opaque: int
+    size: int = 0  # apparent bytes of everything but directories, as tree_bytes() measures the result
+    other_owners: int = 0  # entries the archive gives an owner other than 0:0 (all now the caller's)
 
 
 def split(name: str) -> tuple[str, ...]:
     """Checked components of an archive path; () for the root itself."""
     if name.startswith("/"):
         raise ImageError(f"layer entry {name!r}: absolute path")
-    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    parts = name.split("/")
+    if "" in parts or "." in parts:
+        parts = [p for p in parts if p and p != "."]
     if ".." in parts:
         raise ImageError(f"layer entry {name!r}: '..' in path")
-    if any(len(os.fsencode(p)) > MAX_COMPONENT for p in parts):
-        raise ImageError(f"layer entry {name[:80]!r}...: a name longer than {MAX_COMPONENT} bytes")
-    return parts
+    for part in parts:  # 63 characters encode to at most 252 bytes: only longer ones need encoding
+        if len(part) > MAX_COMPONENT // 4 and len(os.fsencode(part)) > MAX_COMPONENT:
+            raise ImageError(f"layer entry {name[:80]!r}...: a name longer than {MAX_COMPONENT} bytes")
+    return tuple(parts)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (os.umask would, for a moment, for every thread)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def link_size(target: str) -> int:
+    """st_size of a symlink: the bytes of its target."""
+    return len(target) if target.isascii() else len(os.fsencode(target))
 
 
 class Extractor:
     def __init__(self, dest: str, limits: Limits) -> None:
-        self.root = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self.root = os.open(dest, DIR_FLAGS)
         self.limits = limits
         self.dirs: dict[tuple[str, ...], tuple[int, int]] = {}  # path -> (mode, mtime), applied at the end
         self.whiteouts: set[tuple[str, ...]] = set()
         self.opaque: set[tuple[str, ...]] = set()
-        self.entries = self.bytes = self.skipped = 0
+        self.fds: dict[tuple[str, ...], int] = {}  # open parent directories
+        self.entries = self.bytes = self.skipped = self.size = self.other_owners = 0
+        self.umask = current_umask()
 
     def close(self) -> None:
+        self.forget_dirs(())
         os.close(self.root)
 
     # -- directories ------------------------------------------------------------
 
-    def open_dir(self, parts: tuple[str, ...], what: str, write: bool = False) -> int:
+    def parent(self, parts: tuple[str, ...], what: str) -> int:
+        """A cached fd of directory `parts` (created if missing); the cache owns it."""
+        fd = self.fds.get(parts)
+        if fd is None:
+            if len(self.fds) >= MAX_OPEN_DIRS:
+                self.forget_dirs(())
+            fd = self.fds[parts] = self.open_dir(parts, what)
+        return fd
+
+    def forget_dirs(self, under: tuple[str, ...]) -> None:
+        """Close the cached fds of `under` and everything below it (before it is removed)."""
+        for path in [p for p in self.fds if p[:len(under)] == under]:
+            os.close(self.fds.pop(path))
+
+    def open_dir(self, parts: tuple[str, ...], what: str) -> int:
         """An fd of directory `parts`, creating missing ones (mode fixed later); never follows a symlink."""
         flags = os.O_RDONLY | os.O_DIRECTORY
         try:
@@ -112,10 +164,10 @@ class Extractor:
                     self.mkdir(fd, part, path)
                     self.set_opaque(fd, part, path)
                 try:
-                    child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                    child = os.open(part, DIR_FLAGS, dir_fd=fd)
                 except FileNotFoundError:
                     self.mkdir(fd, part, path)
-                    child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                    child = os.open(part, DIR_FLAGS, dir_fd=fd)
                 except OSError as exc:
                     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                         raise ImageError(f"layer entry {what!r}: a parent is a symlink or not a directory") from None
@@ -128,12 +180,13 @@ class Extractor:
             raise
 
     def mkdir(self, parent: int, name: str, path: tuple[str, ...]) -> None:
+        """A directory the archive did not list (yet): counted as an entry, mode 755 unless listed later."""
         self.count(0)
         os.mkdir(name, 0o700, dir_fd=parent)
         self.dirs.setdefault(path, (0o755, -1))
 
     def set_opaque(self, parent: int, name: str, path: tuple[str, ...]) -> None:
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        fd = os.open(name, DIR_FLAGS, dir_fd=parent)
         try:
             os.setxattr(fd, OPAQUE_XATTR, b"y")
         except OSError as exc:
@@ -157,37 +210,45 @@ class Extractor:
 
     def member(self, member: Member, tar: TarReader) -> None:
         parts = split(member.name)
-        self.count(member.size)
+        self.entries += 1
+        self.bytes += member.size
+        if self.entries > self.limits.max_entries or self.bytes > self.limits.max_bytes:
+            self.count(0)  # raises
         if not parts:
             return  # the layer's root: its mode is the overlay's business, not the archive's
+        if member.uid or member.gid:
+            self.other_owners += 1
         base = parts[-1]
         if base.startswith(WHITEOUT):
             self.whiteout(parts)
             return
-        if member.kind in (CHAR, BLOCKDEV):
+        kind = member.kind
+        if kind == CHAR or kind == BLOCKDEV:
             self.skipped += 1
             return
-        parent = self.open_dir(parts[:-1], member.name)
-        try:
-            replaced_whiteout = self.clear(parent, base, parts, member.kind == DIR)
-            if member.kind == DIR:
-                if not self.exists(parent, base):
-                    self.mkdir(parent, base, parts)
-                if replaced_whiteout:
-                    self.set_opaque(parent, base, parts)
-                self.dirs[parts] = (member.mode & 0o1777, member.mtime)
-            elif member.kind == FILE:
-                self.regular(parent, base, member, tar)
-            elif member.kind == SYMLINK:
+        parent = self.parent(parts[:-1], member.name)
+        if kind == FILE:
+            self.regular(parent, base, parts, member, tar)
+        elif kind == DIR:
+            self.directory(parent, base, parts, member)
+        elif kind == SYMLINK:
+            try:
                 os.symlink(member.linkname, base, dir_fd=parent)
-                self.utime(parent, base, member.mtime)
-            elif member.kind == HARDLINK:
-                self.hardlink(parent, base, member)
-            elif member.kind == FIFO:
+            except FileExistsError:
+                self.clear(parent, base, parts, False)
+                os.symlink(member.linkname, base, dir_fd=parent)
+            self.size += link_size(member.linkname)
+            self.utime(parent, base, member.mtime)
+        elif kind == HARDLINK:
+            self.clear(parent, base, parts, False)
+            self.hardlink(parent, base, member)
+        elif kind == FIFO:
+            try:
                 os.mkfifo(base, member.mode & 0o777, dir_fd=parent)
-                self.utime(parent, base, member.mtime)
-        finally:
-            os.close(parent)
+            except FileExistsError:
+                self.clear(parent, base, parts, False)
+                os.mkfifo(base, member.mode & 0o777, dir_fd=parent)
+            self.utime(parent, base, member.mtime)
 
     @staticmethod
     def exists(parent: int, name: str) -> bool:
@@ -210,24 +271,55 @@ class Extractor:
         if stat.S_ISDIR(st.st_mode):
             if keep_dir:
                 return False
-            remove_tree_at(parent, name)
-            for path in [p for p in self.dirs if p[: len(parts)] == parts]:
+            self.forget_dirs(parts)
+            self.size -= remove_tree_at(parent, name)
+            below = len(parts)
+            for path in [p for p in self.dirs if p[:below] == parts]:
                 del self.dirs[path]
+            self.whiteouts = {p for p in self.whiteouts if p[:below] != parts}
+            self.opaque = {p for p in self.opaque if p[:below] != parts}
             return False
         os.unlink(name, dir_fd=parent)
+        self.size -= st.st_size
         return False
 
-    def regular(self, parent: int, name: str, member: Member, tar: TarReader) -> None:
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
+    def directory(self, parent: int, name: str, parts: tuple[str, ...], member: Member) -> None:
         try:
-            while chunk := tar.read():
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
-            os.fchmod(fd, member.mode & 0o1777)
-            self.utime(fd, None, member.mtime)
+            os.mkdir(name, 0o700, dir_fd=parent)  # modes are applied by finish(): it must stay writable till then
+        except FileExistsError:
+            if self.clear(parent, name, parts, True):
+                os.mkdir(name, 0o700, dir_fd=parent)
+                self.set_opaque(parent, name, parts)  # replaced this layer's whiteout: hide what is below
+            elif not self.exists(parent, name):
+                os.mkdir(name, 0o700, dir_fd=parent)
+        self.dirs[parts] = (member.mode & 0o1777, member.mtime)
+
+    def regular(self, parent: int, name: str, parts: tuple[str, ...], member: Member, tar: TarReader) -> None:
+        mode = member.mode & 0o1777  # never setuid/setgid
+        try:
+            fd = os.open(name, CREATE, mode, dir_fd=parent)
+        except FileExistsError:  # never written through: what was there (a symlink, a link) goes first
+            self.clear(parent, name, parts, False)
+            fd = os.open(name, CREATE, mode, dir_fd=parent)
+        try:
+            left = member.size
+            while left:
+                chunk = tar.read(left)  # a small file: all of it, straight from the reader's buffer
+                left -= len(chunk)
+                written = os.write(fd, chunk)
+                if written < len(chunk):
+                    view = memoryview(chunk)[written:]
+                    while view:
+                        view = view[os.write(fd, view):]
+            if mode & self.umask:
+                os.fchmod(fd, mode)
+            try:
+                os.utime(fd, (member.mtime, member.mtime))
+            except (OSError, OverflowError, ValueError):
+                pass  # out-of-range times: keep the extraction time
         finally:
             os.close(fd)
+        self.size += member.size
 
     def hardlink(self, parent: int, name: str, member: Member) -> None:
         target = split(member.linkname)
@@ -249,38 +341,33 @@ class Extractor:
             if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
                 raise ImageError(f"layer entry {member.name!r}: hard link to a directory or device")
             os.link(target[-1], name, src_dir_fd=source, dst_dir_fd=parent, follow_symlinks=False)
+            self.size += st.st_size
         finally:
             os.close(source)
 
     def whiteout(self, parts: tuple[str, ...]) -> None:
         base = parts[-1]
-        parent = self.open_dir(parts[:-1], "/".join(parts))
+        parent = self.parent(parts[:-1], "/".join(parts))
+        if base == OPAQUE:
+            if parts[:-1]:
+                grand = self.parent(parts[:-2], "/".join(parts))
+                self.set_opaque(grand, parts[-2], parts[:-1])
+            # else: an opaque root hides nothing the layers below could add back; ignore
+            return
+        if base.startswith(WHITEOUT + WHITEOUT):
+            return  # other aufs metadata (.wh..wh.plnk, ...): not content
+        name = base[len(WHITEOUT):]
+        if name in ("", ".", ".."):
+            raise ImageError(f"layer entry {'/'.join(parts)!r}: bad whiteout")
+        path = parts[:-1] + (name,)
         try:
-            if base == OPAQUE:
-                if parts[:-1]:
-                    grand = self.open_dir(parts[:-2], "/".join(parts))
-                    try:
-                        self.set_opaque(grand, parts[-2], parts[:-1])
-                    finally:
-                        os.close(grand)
-                # else: an opaque root hides nothing the layers below could add back; ignore
-                return
-            if base.startswith(WHITEOUT + WHITEOUT):
-                return  # other aufs metadata (.wh..wh.plnk, ...): not content
-            name = base[len(WHITEOUT):]
-            if name in ("", ".", ".."):
-                raise ImageError(f"layer entry {'/'.join(parts)!r}: bad whiteout")
-            path = parts[:-1] + (name,)
-            try:
-                st = os.lstat(name, dir_fd=parent)
-            except FileNotFoundError:
-                os.mknod(name, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=parent)
-                self.whiteouts.add(path)
-                return
-            if stat.S_ISDIR(st.st_mode) and path not in self.opaque:
-                self.set_opaque(parent, name, path)  # same-layer dir: keep it, hide what is below
-        finally:
-            os.close(parent)
+            st = os.lstat(name, dir_fd=parent)
+        except FileNotFoundError:
+            os.mknod(name, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=parent)
+            self.whiteouts.add(path)
+            return
+        if stat.S_ISDIR(st.st_mode) and path not in self.opaque:
+            self.set_opaque(parent, name, path)  # same-layer dir: keep it, hide what is below
 
     @staticmethod
     def utime(where: int, name: str | None, mtime: int) -> None:
@@ -294,6 +381,7 @@ class Extractor:
 
     def finish(self) -> None:
         """Directory modes and times, deepest first (so parents stay writable until then)."""
+        self.forget_dirs(())
         for path in sorted(self.dirs, key=len, reverse=True):
             mode, mtime = self.dirs[path]
             fd = linux.openat2(self.root, "/".join(path), os.O_RDONLY | os.O_DIRECTORY, RESOLVE)
@@ -303,6 +391,10 @@ class Extractor:
                     self.utime(fd, None, mtime)
             finally:
                 os.close(fd)
+
+    def stats(self) -> Stats:
+        return Stats(self.entries, self.bytes, self.skipped, len(self.whiteouts), len(self.opaque), self.size,
+                     self.other_owners)
 
 
 def extract(tar: TarReader, dest: str, limits: Limits = Limits()) -> Stats:
@@ -315,23 +407,47 @@ def extract(tar: TarReader, dest: str, limits: Limits = Limits()) -> Stats:
             except OSError as exc:
                 raise ImageError(f"layer entry {member.name[:200]!r}: {exc.strerror}") from None
         ex.finish()
-        return Stats(ex.entries, ex.bytes, ex.skipped, len(ex.whiteouts), len(ex.opaque))
+        return ex.stats()
     finally:
         ex.close()
 
 
-def remove_tree_at(parent: int, name: str) -> None:
+def tree_bytes(path: str) -> int:
+    """Apparent bytes of everything but directories under `path`, never following a symlink: what an
+    extraction's Stats.size says of the layer it made (so stored and new layers are measured alike)."""
+    total = 0
+    stack = [path]
+    while stack:
+        try:
+            entries = os.scandir(stack.pop())
+        except OSError:
+            continue  # a directory the layer made unreadable
+        with entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    else:
+                        total += entry.stat(follow_symlinks=False).st_size
+                except OSError:
+                    pass
+    return total
+
+
+def remove_tree_at(parent: int, name: str) -> int:
     """rm -rf parent/name: never follows a symlink, makes read-only directories writable first.
 
-    Iterative (a layer may nest thousands of directories deep), one open fd at a time.
+    Iterative (a layer may nest thousands of directories deep), one open fd at a time.  Returns the
+    apparent bytes of the non-directories removed (as tree_bytes() counts them).
     """
     try:
         st = os.lstat(name, dir_fd=parent)
     except FileNotFoundError:
-        return
+        return 0
     if not stat.S_ISDIR(st.st_mode):
         os.unlink(name, dir_fd=parent)
-        return
+        return st.st_size
+    freed = 0
     top = _open_writable(parent, name)
     try:
         stack: list[tuple[str, ...]] = [()]
@@ -341,11 +457,13 @@ def remove_tree_at(parent: int, name: str) -> None:
             try:
                 subdirs = []
                 for entry in os.listdir(fd):
-                    if stat.S_ISDIR(os.lstat(entry, dir_fd=fd).st_mode):
+                    st = os.lstat(entry, dir_fd=fd)
+                    if stat.S_ISDIR(st.st_mode):
                         os.close(_open_writable(fd, entry))
                         subdirs.append(entry)
                     else:
                         os.unlink(entry, dir_fd=fd)
+                        freed += st.st_size
                 if subdirs:
                     stack.extend(rel + (entry,) for entry in subdirs)
                     continue
@@ -361,6 +479,7 @@ def remove_tree_at(parent: int, name: str) -> None:
     finally:
         os.close(top)
     os.rmdir(name, dir_fd=parent)
+    return freed
 
 
 def _open_writable(parent: int, name: str) -> int:

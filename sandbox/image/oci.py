@@ -25,7 +25,7 @@ from .. import linux
 from ..frozen import dataclass
 from . import blob, extract, ref
 from .errors import ImageError
-from .store import Record, Store, check_digest, tree_size
+from .store import Record, Store, check_digest
 from .tar import DIR, FILE, HARDLINK, SYMLINK, TarReader
 
 MAX_JSON = 16 << 20
@@ -216,7 +216,8 @@ class TarSource(Source):
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.entries: dict[tuple[str, ...], tuple[str, int, int, str]] = {}
-        tar = TarReader(lambda n: os.read(fd, n), lambda n: None if os.lseek(fd, n, os.SEEK_CUR) else None)
+        tar = TarReader(lambda n: os.read(fd, n), lambda n: None if os.lseek(fd, n, os.SEEK_CUR) else None,
+                        chunk=1 << 16)  # blobs are skipped by seeking: no need to read far ahead
         count = 0
         while (member := tar.next()) is not None:
             count += 1
@@ -420,37 +421,34 @@ def oci_candidate(source: Source, desc: Descriptor, top: Descriptor) -> Candidat
 
 # -- the import --------------------------------------------------------------------
 
-def extract_layer(read: Callable[[int], bytes], dest: str, layer: Layer, limits: extract.Limits) -> int:
-    """Extract one layer blob into `dest`, checking its digests; returns the data bytes."""
-    raw = blob.Hashing(read, layer.size if layer.size is not None else MAX_BLOB, f"layer {layer.diff_id}")
-    plain_read, close = blob.decompressor(raw.read)
+def extract_layer(read: Callable[[int], bytes], dest: str, layer: Layer, limits: extract.Limits) -> extract.Stats:
+    """Extract one layer blob into `dest` in one pass, checking its digests as it goes by.
+
+    Nothing extracted is trusted before the digests are checked at the end: `dest` is in the import's
+    temporary directory, which a failure removes.  (Checking the blob in a pass of its own first adds a
+    full read and buys nothing: the extractor takes hostile archives, and digests come from the same
+    untrusted archive.)  When extraction fails on a blob that does not match its digest, the mismatch is
+    the error reported: it says what is wrong, where a tar error would say only how it showed.
+    """
+    what = f"layer {layer.diff_id}"
+    stream = blob.LayerStream(read, layer.size if layer.size is not None else MAX_BLOB,
+                              limits.max_bytes + (64 << 20), what)
     try:
-        plain = blob.Hashing(plain_read, limits.max_bytes + (64 << 20), f"layer {layer.diff_id}")
-        stats = extract.extract(TarReader(plain.read), dest, limits)
-        plain.drain()
-        raw.drain()
+        stats = extract.extract(TarReader(stream.read), dest, limits)
+        stream.drain()
+    except ImageError:
+        if layer.digest is not None and not stream.raw_intact(layer.digest, layer.size):
+            raise ImageError(f"layer {layer.digest}: digest mismatch (corrupt or tampered)") from None
+        raise
     finally:
-        close()
-    if layer.size is not None and raw.count != layer.size:
-        raise ImageError(f"layer {layer.digest}: {raw.count} bytes, expected {layer.size}")
-    if layer.digest is not None and raw.digest != layer.digest:
+        stream.close()
+    if layer.size is not None and stream.raw.count != layer.size:
+        raise ImageError(f"layer {layer.digest}: {stream.raw.count} bytes, expected {layer.size}")
+    if layer.digest is not None and stream.raw.digest != layer.digest:
         raise ImageError(f"layer {layer.digest}: digest mismatch (corrupt or tampered)")
-    if plain.digest != layer.diff_id:
+    if stream.plain.digest != layer.diff_id:
         raise ImageError(f"layer {layer.diff_id}: content digest mismatch (corrupt or tampered)")
-    return stats.bytes
-
-
-def check_blob(source: Source, layer: Layer) -> None:
-    read, size, close = source.open(layer.path)
-    try:
-        hashing = blob.Hashing(read, MAX_BLOB, f"layer {layer.digest}")
-        hashing.drain()
-    finally:
-        close()
-    if layer.size is not None and hashing.count != layer.size:
-        raise ImageError(f"layer {layer.digest}: {hashing.count} bytes, expected {layer.size}")
-    if hashing.digest != layer.digest:
-        raise ImageError(f"layer {layer.digest}: digest mismatch (corrupt or tampered)")
+    return stats
 
 
 def image_config(config: bytes) -> dict[str, object]:
@@ -485,6 +483,9 @@ def record_for(name: str, candidate: Candidate, sizes: dict[str, int]) -> Record
         "created": str(data.get("created", "")) or None,
         "size": sum(sizes.get(layer.diff_id, 0) for layer in candidate.layers),
         "imported": int(time.time()),
+        # Every file of every layer belongs to the caller (root inside the sandbox's single-id mapping).
+        # Preserving the archive's owners would need subordinate id ranges at import and at run time.
+        "ownership": "caller",
     }
 
 
@@ -536,14 +537,15 @@ def _import(store: Store, path: str, work: str, name: str | None, platform: Plat
                 dest = os.path.join(work, check_digest(layer.diff_id))
                 os.mkdir(dest, 0o700)
                 log(f"extracting {layer.diff_id[:19]}")
-                if layer.digest is not None:  # a tampered blob is refused before anything is extracted
-                    check_blob(source, layer)
                 read, _size, close = source.open(layer.path)
                 try:
-                    extract_layer(read, dest, layer, limits)
+                    stats = extract_layer(read, dest, layer, limits)
                 finally:
                     close()
-                sizes[layer.diff_id] = tree_size(dest)  # measured as for layers already in the store
+                sizes[layer.diff_id] = stats.size  # what tree_bytes() says of layers already in the store
+                if stats.other_owners:
+                    log(f"note: {stats.other_owners} entries of layer {layer.diff_id[7:19]} have other owners "
+                        "than root: all now belong to the caller (root inside the sandbox)")
                 extracted[layer.diff_id] = dest
         records = []
         with store.lock(True):
@@ -552,7 +554,7 @@ def _import(store: Store, path: str, work: str, name: str | None, platform: Plat
             for names, candidate in named:
                 for layer in candidate.layers:
                     if layer.diff_id not in sizes:
-                        sizes[layer.diff_id] = tree_size(store.layer_path(layer.diff_id))
+                        sizes[layer.diff_id] = extract.tree_bytes(store.layer_path(layer.diff_id))
                 for full in names:
                     record = record_for(full, candidate, sizes)
                     if not all(store.has_layer(layer.diff_id) for layer in candidate.layers):
