@@ -64,6 +64,7 @@ def enter(spec: Spec, handoff: Handoff, supervisor: int) -> None:
     report_w = handoff.report_w
     try:
         linux.prctl(linux.PR_SET_PDEATHSIG, _signal.SIGKILL)
+        linux.set_name("sbx-entry")
         if os.getppid() != supervisor:
             os._exit(EXIT_SBX)
         # Only this sandbox's own fds: in a supervisor running several sandboxes at once, a copy
@@ -121,6 +122,7 @@ def init(spec: Spec, handoff: Handoff) -> None:
     try:
         linux.prctl(linux.PR_SET_PDEATHSIG, _signal.SIGKILL)
         linux.prctl(linux.PR_SET_DUMPABLE, 0)  # the payload must not ptrace or read init's memory
+        linux.set_name("sbx-init")
         linux.sethostname(spec.hostname)
         if spec.network != "host":
             _loopback_up()

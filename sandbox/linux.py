@@ -59,6 +59,7 @@ RESOLVE_IN_ROOT = 0x10
 
 # prctl
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 PR_SET_SECUREBITS = 28
@@ -220,3 +221,9 @@ def fsconfig(fd: int, key: str | None, value: str | None = None) -> None:
 
 def fsmount(fd: int, attrs: int) -> int:
     return _check(_syscall(NR_FSMOUNT, fd, ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(attrs)), "fsmount")
+
+
+def set_name(name: str) -> None:
+    """The process's name in ps/top and /proc/PID/comm (15 bytes at most)."""
+    buf = ctypes.create_string_buffer(name.encode()[:15])
+    _libc.prctl(PR_SET_NAME, buf, ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))

@@ -24,12 +24,16 @@ MAX_FDS = 3 + 64  # stdio and --pass-fd descriptors in one channel message
 
 
 def _reset_signals() -> None:
-    # Python ignores SIGPIPE and SIGXFSZ; exec keeps ignored signals, so undo that.
+    # Python ignores SIGPIPE and SIGXFSZ, sbx ignores or handles a few more, and the caller
+    # may have ignored any; exec keeps ignored signals, so undo every disposition but the
+    # default.  Python's table knows them all (read at start-up, kept by each signal()), so
+    # only those that differ cost a syscall.
     for signum in range(1, _signal.NSIG):
         if signum in (_signal.SIGKILL, _signal.SIGSTOP):
             continue
         try:
-            _signal.signal(signum, _signal.SIG_DFL)
+            if _signal.getsignal(signum) != _signal.SIG_DFL:
+                _signal.signal(signum, _signal.SIG_DFL)
         except (OSError, ValueError):
             pass
     _signal.pthread_sigmask(_signal.SIG_SETMASK, set())
@@ -148,6 +152,7 @@ def main(spec: Spec, handoff: Handoff, last_cap: int) -> None:
     code = EXIT_SBX
     exec_w, release_r, channel_w = handoff.exec_w, handoff.release_r, handoff.channel_w
     try:
+        linux.set_name("sbx-payload")  # until execve names it
         _reset_signals()
         if not spec.tty:
             os.setsid()  # no controlling terminal: no TIOCSTI into the caller's

@@ -92,6 +92,7 @@ def main() -> None:
 
     sock_fd, parent = int(sys.argv[1]), int(sys.argv[2])
     linux.prctl(linux.PR_SET_PDEATHSIG, _signal.SIGKILL)
+    linux.set_name("sbx-zygote")
     if os.getppid() != parent:
         os._exit(1)  # the Runner is already gone
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # the Runner decides; we die with it
