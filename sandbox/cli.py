@@ -288,6 +288,9 @@ def cmd_run(args: list[str], box: Box | None = None, box_mode: str = "rw") -> in
     raw = parse_run_args(args)[0]
     if isinstance(raw.get("run.commit"), str):  # keep the writable layer and save it as an image
         from .image import commit
+        from .image.cli import enter_ranges
+
+        enter_ranges()  # the new layer may hold files of other ids: read and store it as their root
 
         result = commit.run(spec, str(raw["run.commit"]), raw.get("run.image_root"), supervise.run)  # type: ignore[arg-type]
     else:

@@ -169,7 +169,7 @@ def build(settings: Mapping[str, object], argv: list[str], cwd: str, environ: Ma
         if not argv:
             raise UsageError(f"no command given, and image {image!r} has none (Entrypoint/Cmd)")
         env.update(info.env)
-        image_fields = {"layers": info.layer_dirs, "image_lock": info.lock_fd}
+        image_fields = {"layers": info.layer_dirs, "image_lock": info.lock_fd, "id_ranges": info.ranges}
         if "sandbox.workdir" not in settings and info.workdir:
             settings = {**settings, "run.image_workdir": info.workdir}
     if tty and "TERM" in environ:

@@ -21,6 +21,9 @@ class Handoff:
         sandbox was prepared and then discarded.
     seccomp: the BPF program to load last before execve (None: no filter).
     nft: egress rules for the sandbox's network namespace, host names already resolved.
+    maps: (write end, read end) for id ranges: the entry process writes U once it has its
+        user namespace, and reads G once its parent has written the maps (idmap.py); or None,
+        when it maps its one id itself.
 
     Everything that differs from one run to the next comes through command_r and
     channel_w, so a sandbox can be built before its run is known (warm runs).
@@ -33,13 +36,14 @@ class Handoff:
     command_r: int
     seccomp: bytes | None = None
     nft: str | None = None
+    maps: tuple[int, int] | None = None
 
     def payload_only(self) -> tuple[int, ...]:
         """Fds that init must close once the payload has its copies."""
         return (self.release_r, self.exec_w, self.channel_w, self.command_r)
 
     def all(self) -> tuple[int, ...]:
-        return (self.report_w, *self.payload_only())
+        return (self.report_w, *self.payload_only(), *(self.maps or ()))
 
 
 @dataclass(frozen=True)

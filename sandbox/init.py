@@ -84,7 +84,14 @@ def enter(spec: Spec, handoff: Handoff, supervisor: int) -> None:
         except OSError as exc:
             raise SbxError(f"cannot create user namespace: {exc.strerror} (run 'sbx doctor' for the host's "
                            "user-namespace settings)") from None
-        linux.map_ids(0, uid, 0, gid)
+        if handoff.maps is None:
+            linux.map_ids(0, uid, 0, gid)
+        else:  # id ranges: only our parent may write such maps
+            os.write(handoff.maps[0], b"U")
+            if os.read(handoff.maps[1], 1) != b"G":
+                os._exit(EXIT_SBX)  # the parent could not map them; it says why
+            for fd in handoff.maps:
+                os.close(fd)
         pid = os.fork()
         if pid == 0:
             init(spec, handoff)

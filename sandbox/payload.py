@@ -45,11 +45,17 @@ def _enter_nested_userns(uid: int, gid: int) -> None:
     linux.map_ids(uid, 0, gid, 0)
 
 
-def _drop_privileges(last_cap: int) -> None:
+def _drop_privileges(last_cap: int, ids: tuple[int, int] | None = None) -> None:
+    """Every capability gone for good; `ids`: become this uid and gid first (setresuid needs
+    CAP_SETUID, which is still effective here; the securebits keep setuid from touching caps)."""
     for cap in range(last_cap + 1):
         linux.prctl(linux.PR_CAPBSET_DROP, cap)
     linux.prctl(linux.PR_SET_SECUREBITS, linux.SECURE_ALL_LOCKED)
     linux.prctl(linux.PR_CAP_AMBIENT, linux.PR_CAP_AMBIENT_CLEAR_ALL)
+    if ids is not None:
+        os.setgroups([])
+        os.setresgid(ids[1], ids[1], ids[1])
+        os.setresuid(ids[0], ids[0], ids[0])
     linux.clear_capabilities()
     linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
 
@@ -156,13 +162,17 @@ def main(spec: Spec, handoff: Handoff, last_cap: int) -> None:
         _reset_signals()
         if not spec.tty:
             os.setsid()  # no controlling terminal: no TIOCSTI into the caller's
+        ids = None
         if spec.uid != 0 or spec.gid != 0:
             # init is not dumpable and we inherited that: our /proc files would belong to the
             # host's root, and the id maps could not be written.  exec resets it anyway.
             linux.prctl(linux.PR_SET_DUMPABLE, 1)
-            _enter_nested_userns(spec.uid, spec.gid)
+            if spec.id_ranges:
+                ids = (spec.uid, spec.gid)  # mapped in this namespace: the image's own users
+            else:
+                _enter_nested_userns(spec.uid, spec.gid)
         os.chdir(spec.workdir)
-        _drop_privileges(last_cap)
+        _drop_privileges(last_cap, ids)
         _close_fds([exec_w, release_r, channel_w, handoff.command_r])
         command = _read_command(handoff.command_r)
         if command is None:

@@ -77,6 +77,7 @@ class Spec:
     # there after the run (image builds, --commit) instead of vanishing with the --disk tmpfs.
     upper: str | None = None
     image_lock: int = -1  # fd holding the image store's use lock for as long as this process lives
+    id_ranges: bool = False  # map the caller's subordinate ids too (an image whose files keep owners)
     hostname: str = "sbx"
     uid: int = 0
     gid: int = 0

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .cgroup import CgroupStats, Delegation, RunCgroup
+    from .idmap import IdRanges
     from .net import UserNet
 else:
     import _signal  # `signal` itself imports enum: ~4 ms at start-up
@@ -572,32 +573,73 @@ class Prepared:
 
 def spawn(shape: Spec, program: bytes | None, nft: str | None) -> tuple[int, tuple[int, int, int, int, int]]:
     """Fork a sandbox's entry process; its pid, and our ends: report_r, release_w, exec_r,
-    command_w and the channel socket's fd (all close-on-exec)."""
+    command_w and the channel socket's fd (all close-on-exec).  For id ranges, returns once
+    the entry process's user namespace is mapped."""
     import _socket
 
+    ranges = None
+    if shape.id_ranges:
+        from . import idmap
+
+        ranges = idmap.available()
+        if ranges is None:
+            raise SetupError(f"image {shape.image!r} keeps its files' owners, which needs subordinate ids "
+                             "(/etc/subuid and /etc/subgid) and newuidmap/newgidmap (Debian package uidmap)")
     report_r, report_w = os.pipe()
     release_r, release_w = os.pipe()
     exec_r, exec_w = os.pipe()
     command_r, command_w = os.pipe()
+    maps = None
+    if ranges is not None:
+        asked_r, asked_w = os.pipe()
+        mapped_r, mapped_w = os.pipe()
+        maps = (asked_w, mapped_r)
     # The payload tells us its pid here (the kernel translates SCM_CREDENTIALS into our
     # pid namespace) and sends its seccomp listener fd; we send it the run's fds.
     ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_DGRAM)
     ours.setsockopt(_socket.SOL_SOCKET, _socket.SO_PASSCRED, 1)
     channel_w = theirs.detach()
-    handoff = Handoff(report_w, release_r, exec_w, channel_w, command_r, program, nft)
+    handoff = Handoff(report_w, release_r, exec_w, channel_w, command_r, program, nft, maps)
+    ends = (report_r, release_w, exec_r, command_w)
     supervisor = os.getpid()
     try:
         child = os.fork()
     except BaseException:
-        for fd in (report_r, release_w, exec_r, command_w, *handoff.all()):
+        for fd in (*ends, *handoff.all(), *(() if maps is None else (asked_r, mapped_w))):
             os.close(fd)
         ours.close()
         raise
     if child == 0:
+        if maps is not None:
+            os.close(asked_r)
+            os.close(mapped_w)
         init_mod.enter(shape, handoff, supervisor)
     for fd in handoff.all():
         os.close(fd)
-    return child, (report_r, release_w, exec_r, command_w, ours.detach())
+    if ranges is not None:
+        try:
+            _map_ranges(child, ranges, asked_r, mapped_w)
+        except BaseException:
+            os.kill(child, _signal.SIGKILL)
+            os.waitpid(child, 0)
+            for fd in ends:
+                os.close(fd)
+            ours.close()
+            raise
+    return child, (*ends, ours.detach())
+
+
+def _map_ranges(child: int, ranges: IdRanges, asked_r: int, mapped_w: int) -> None:
+    from . import idmap
+
+    try:
+        if os.read(asked_r, 1) != b"U":
+            raise SetupError("the sandbox died before its user namespace could be mapped")
+        idmap.write_maps(child, ranges)
+        os.write(mapped_w, b"G")
+    finally:
+        os.close(asked_r)
+        os.close(mapped_w)
 
 
 def egress_rules(spec: Spec) -> str | None:

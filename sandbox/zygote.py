@@ -105,6 +105,7 @@ def main() -> None:
     import fcntl  # noqa: F401
     import resource  # noqa: F401
     import struct  # noqa: F401
+    import warnings  # noqa: F401  (os.execvpe's PATH search imports it, after the pivot: too late there)
 
     from . import seccomp, supervise
     from .errors import SbxError

@@ -1,13 +1,14 @@
-"""Ownership in imported images: the single-id mapping, made explicit.
+"""Ownership in imported images: kept with id ranges, else the caller's.
 
-sbx maps one id (root inside -> the caller), so an imported layer's files all
-belong to the caller, whatever owners the archive names, and appear as root
-inside.  Preserving other owners (through newuidmap/newgidmap and the
-caller's /etc/subuid range, at import and again at every run) is not
-implemented; until it is, the import says so, the record says
-`"ownership": "caller"`, and a run sees every file as root's.  These tests
-run as root and again as the unprivileged user, who has a subuid range on
-the CI machines: the behaviour must be the same.
+With subordinate ids (/etc/subuid, /etc/subgid) and newuidmap/newgidmap, sbx
+imports in a user namespace mapping them (sandbox/idmap.py): files keep
+their owners (inside ids 1..65535), the record says `"ownership": "ranges"`,
+and every run of the image maps the same ranges.  Without them (as root, or
+with SBX_ID_RANGES=0) sbx maps one id: every file belongs to the caller and
+is root's inside, the import says so, and the record says "caller".  The
+suite runs as root and as the unprivileged user, who has a subuid range on
+the CI machines, so both ways are exercised; the single mapping is also
+tested as that user, with SBX_ID_RANGES=0.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, sbx
+from sandbox import idmap
 from sandbox.image import resolve
 from sandbox.image.layout import Layout
 from sandbox.image.tar import TarReader
@@ -62,11 +66,17 @@ def test_reader_gives_the_archive_owners() -> None:
         assert found == OWNERS, fmt
 
 
-def test_import_maps_every_owner_to_the_caller_and_says_so(tmp_path: Path) -> None:
+def owners_image(tmp_path: Path) -> Path:
     assert os.path.exists(BUSYBOX), "busybox-static is not installed"
     src = tmp_path / "oci"
     Layout(str(src)).index([Layout(str(src)).image([busybox_layer(), owners_layer()], {"Cmd": ["/bin/sh"]},
                                                    compression="gzip")], ref_name="latest")
+    return src
+
+
+def test_import_maps_every_owner_to_the_caller_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SBX_ID_RANGES", "0")  # the single mapping, whatever this user has
+    src = owners_image(tmp_path)
     store = tmp_path / "store"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-m", "sandbox.image.cli", "--root", str(store), "import", "--name",
@@ -96,6 +106,56 @@ def test_import_maps_every_owner_to_the_caller_and_says_so(tmp_path: Path) -> No
     again = subprocess.run([sys.executable, "-m", "sandbox.image.cli", "--root", str(store), "import", "-q",
                             "--name", "owners2", str(src)], capture_output=True, text=True, env=env)
     assert again.returncode == 0 and again.stderr == "", again.stderr
+
+
+def test_owners_are_kept_where_id_ranges_are_available(tmp_path: Path) -> None:
+    """As a user with subordinate ids: owners kept on disk and inside, removal complete.  As root
+    (never ranges): the single mapping."""
+    ranges = idmap.available()
+    src = owners_image(tmp_path)
+    store = tmp_path / "store"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("SBX_ID_RANGES", None)
+    done = subprocess.run([sys.executable, "-m", "sandbox.image.cli", "--root", str(store), "import", "--name",
+                           "owners", str(src)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(subprocess.run([sys.executable, "-m", "sandbox.image.cli", "--root", str(store), "inspect",
+                                        "owners"], capture_output=True, text=True, env=env, check=True).stdout)
+    if ranges is None:
+        assert os.getuid() == 0 or not os.path.exists("/usr/bin/newuidmap"), "expected id ranges here"
+        assert record[0]["ownership"] == "caller"
+        return
+    assert record[0]["ownership"] == "ranges"
+    notes = [line for line in done.stderr.splitlines() if "note:" in line]
+    assert len(notes) == 1 and "1 entries" in notes[0] and "above 65535" in notes[0], done.stderr  # /srv/big
+    top = Path(resolve("owners", str(store), hold=False).layer_dirs[0])
+    outside = {name: (os.lstat(top / name).st_uid, os.lstat(top / name).st_gid)
+               for name in ("home", "home/user", "srv")}
+    assert outside == {"home": (os.getuid(), os.getgid()),
+                       "home/user": (ranges.uid_start + 999, ranges.gid_start + 999),
+                       "srv": (os.getuid(), ranges.gid_start + 49)}, outside
+    # Inside, the owners are the archive's; root holds no capabilities, so the owner writes.
+    result = sbx("run", "--root", str(store), "--image", "owners", "--", "sh", "-c",
+                 "stat -c '%u:%g %a %n' /home/user /srv /srv/big; id -u")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:4] == ["1000:1000 750 /home/user", "0:50 750 /srv", "0:0 640 /srv/big",
+                                             "0"], result.stdout
+    # uid 1000 in group 0: /home is root's, mode 750
+    as_owner = sbx("run", "--root", str(store), "--image", "owners", "--uid", "1000", "--gid", "0", "--",
+                   "sh", "-c", "echo more >> /home/user/file && cat /home/user/file && id -u")
+    assert as_owner.returncode == 0 and as_owner.stdout == "abcmore\n1000\n", (as_owner.stdout, as_owner.stderr)
+    # A warm Runner maps the same ranges (its sandboxes come from the fork server).
+    from sandbox import Runner
+
+    with Runner(root=str(store)) as runner:
+        for _ in range(2):
+            warm = runner.run(["stat", "-c", "%u:%g", "/home/user"], image="owners")
+            assert warm.verdict == "OK" and warm.stdout == b"1000:1000\n", warm
+    # rm and prune remove files that other ids own, too
+    for args in (["rm", "owners"], ["prune"]):
+        subprocess.run([sys.executable, "-m", "sandbox.image.cli", "--root", str(store), *args], env=env, check=True,
+                       capture_output=True)
+    assert os.listdir(store / "layers" / "sha256") == []
 
 
 def test_root_owned_layers_have_no_note(tmp_path: Path) -> None:

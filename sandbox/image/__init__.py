@@ -47,6 +47,7 @@ class ImageInfo:
     workdir: str = "/"
     user: str = ""
     lock_fd: int = -1
+    ranges: bool = False  # its files keep their owners: runs map the caller's id ranges (idmap.py)
 
     def command(self, argv: tuple[str, ...] | list[str]) -> tuple[str, ...]:
         """docker's rule: Entrypoint + the given command, or Entrypoint + Cmd when none is given."""
@@ -121,6 +122,7 @@ def resolve(name: str, root: str | None = None, hold: bool = True) -> ImageInfo:
             workdir="/" + workdir.lstrip("/") if isinstance(workdir, str) else "/",
             user=user if isinstance(user, str) else "",
             lock_fd=lock_fd,
+            ranges=record.get("ownership") == "ranges",
         )
     except BaseException:
         if lock_fd >= 0:

@@ -112,6 +112,21 @@ class _Help(Exception):
     pass
 
 
+def enter_ranges() -> None:
+    """Go on as root of a ranged user namespace when the caller has subordinate ids, so
+    extraction keeps owners and removal can delete what other ids own (idmap.py).
+    SBX_ID_RANGES=0 keeps the single mapping."""
+    from .. import idmap
+
+    if os.environ.get("SBX_ID_RANGES") == "0" or idmap.inside_count():
+        return
+    ranges = idmap.available()
+    if ranges is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        idmap.enter(ranges)
+
+
 def main(args: list[str]) -> int:
     try:
         return run(args)
@@ -130,6 +145,8 @@ def main(args: list[str]) -> int:
 
 def run(args: list[str]) -> int:
     command, options, positional, root = parse(args)
+    if command in ("pull", "import", "build", "rm", "prune"):
+        enter_ranges()
     from .store import Store
 
     store = Store(root)

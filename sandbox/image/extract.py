@@ -7,9 +7,10 @@ RESOLVE_NO_SYMLINKS), so nothing is ever written through a symlink or outside
 the destination.  Regular files are created with O_EXCL|O_NOFOLLOW after
 unlinking what was there (never written through an earlier hard link); hard
 links must name a file already extracted from this layer; device nodes are
-skipped; setuid/setgid bits are dropped; ownership is not applied (the caller
-owns everything, which maps to root inside the sandbox; Stats.other_owners
-counts the entries that had another owner); xattrs in the
+skipped; setuid/setgid bits are dropped; ownership is applied only when sbx
+runs in a ranged user namespace (idmap.py: `owners` = N, ids 0..N kept);
+otherwise the caller owns everything, which maps to root inside the sandbox,
+and Stats.other_owners counts the entries whose owner was not kept; xattrs in the
 archive are ignored (so an archive cannot plant `user.overlay.*` ones); total
 size and entry counts are bounded.
 
@@ -68,7 +69,7 @@ class Stats:
     whiteouts: int
     opaque: int
     size: int = 0  # apparent bytes of everything but directories, as tree_bytes() measures the result
-    other_owners: int = 0  # entries the archive gives an owner other than 0:0 (all now the caller's)
+    other_owners: int = 0  # entries whose owner (other than 0:0) could not be kept: now the caller's
 
 
 def split(name: str) -> tuple[str, ...]:
@@ -106,7 +107,8 @@ def link_size(target: str) -> int:
 
 
 class Extractor:
-    def __init__(self, dest: str, limits: Limits) -> None:
+    def __init__(self, dest: str, limits: Limits, owners: int = 0) -> None:
+        self.owners = owners  # keep uids and gids up to this (0: keep none)
         self.root = os.open(dest, DIR_FLAGS)
         self.limits = limits
         self.dirs: dict[tuple[str, ...], tuple[int, int]] = {}  # path -> (mode, mtime), applied at the end
@@ -216,8 +218,12 @@ class Extractor:
             self.count(0)  # raises
         if not parts:
             return  # the layer's root: its mode is the overlay's business, not the archive's
+        owner = None
         if member.uid or member.gid:
-            self.other_owners += 1
+            if 0 <= member.uid <= self.owners and 0 <= member.gid <= self.owners:
+                owner = (member.uid, member.gid)
+            else:
+                self.other_owners += 1
         base = parts[-1]
         if base.startswith(WHITEOUT):
             self.whiteout(parts)
@@ -229,8 +235,12 @@ class Extractor:
         parent = self.parent(parts[:-1], member.name)
         if kind == FILE:
             self.regular(parent, base, parts, member, tar)
+            if owner is not None:
+                self.chown(parent, base, owner)
         elif kind == DIR:
             self.directory(parent, base, parts, member)
+            if owner is not None:
+                self.chown(parent, base, owner)
         elif kind == SYMLINK:
             try:
                 os.symlink(member.linkname, base, dir_fd=parent)
@@ -238,6 +248,8 @@ class Extractor:
                 self.clear(parent, base, parts, False)
                 os.symlink(member.linkname, base, dir_fd=parent)
             self.size += link_size(member.linkname)
+            if owner is not None:
+                self.chown(parent, base, owner)
             self.utime(parent, base, member.mtime)
         elif kind == HARDLINK:
             self.clear(parent, base, parts, False)
@@ -248,7 +260,14 @@ class Extractor:
             except FileExistsError:
                 self.clear(parent, base, parts, False)
                 os.mkfifo(base, member.mode & 0o777, dir_fd=parent)
+            if owner is not None:
+                self.chown(parent, base, owner)
             self.utime(parent, base, member.mtime)
+
+    @staticmethod
+    def chown(parent: int, name: str, owner: tuple[int, int]) -> None:
+        """Never through a link; modes stay as set (chown clears setuid bits, which we drop anyway)."""
+        os.chown(name, owner[0], owner[1], dir_fd=parent, follow_symlinks=False)
 
     @staticmethod
     def exists(parent: int, name: str) -> bool:
@@ -397,9 +416,9 @@ class Extractor:
                      self.other_owners)
 
 
-def extract(tar: TarReader, dest: str, limits: Limits = Limits()) -> Stats:
-    """Extract every member of `tar` into the empty directory `dest`."""
-    ex = Extractor(dest, limits)
+def extract(tar: TarReader, dest: str, limits: Limits = Limits(), owners: int = 0) -> Stats:
+    """Extract every member of `tar` into the empty directory `dest`; `owners`: keep owners up to this id."""
+    ex = Extractor(dest, limits, owners)
     try:
         while (member := tar.next()) is not None:
             try:

@@ -421,6 +421,13 @@ def oci_candidate(source: Source, desc: Descriptor, top: Descriptor) -> Candidat
 
 # -- the import --------------------------------------------------------------------
 
+def _owners() -> int:
+    """Ids whose owners extraction keeps: those of a ranged user namespace we are root in, else none."""
+    from .. import idmap
+
+    return idmap.inside_count() if os.geteuid() == 0 else 0
+
+
 def extract_layer(read: Callable[[int], bytes], dest: str, layer: Layer, limits: extract.Limits) -> extract.Stats:
     """Extract one layer blob into `dest` in one pass, checking its digests as it goes by.
 
@@ -434,7 +441,7 @@ def extract_layer(read: Callable[[int], bytes], dest: str, layer: Layer, limits:
     stream = blob.LayerStream(read, layer.size if layer.size is not None else MAX_BLOB,
                               limits.max_bytes + (64 << 20), what)
     try:
-        stats = extract.extract(TarReader(stream.read), dest, limits)
+        stats = extract.extract(TarReader(stream.read), dest, limits, _owners())
         stream.drain()
     except ImageError:
         if layer.digest is not None and not stream.raw_intact(layer.digest, layer.size):
@@ -483,9 +490,9 @@ def record_for(name: str, candidate: Candidate, sizes: dict[str, int]) -> Record
         "created": str(data.get("created", "")) or None,
         "size": sum(sizes.get(layer.diff_id, 0) for layer in candidate.layers),
         "imported": int(time.time()),
-        # Every file of every layer belongs to the caller (root inside the sandbox's single-id mapping).
-        # Preserving the archive's owners would need subordinate id ranges at import and at run time.
-        "ownership": "caller",
+        # "ranges": imported in a ranged user namespace (idmap.py), so files keep their owners and
+        # runs must map the same ranges; "caller": every file is the caller's (root inside).
+        "ownership": "ranges" if _owners() else "caller",
     }
 
 
@@ -544,8 +551,11 @@ def _import(store: Store, path: str, work: str, name: str | None, platform: Plat
                     close()
                 sizes[layer.diff_id] = stats.size  # what tree_bytes() says of layers already in the store
                 if stats.other_owners:
-                    log(f"note: {stats.other_owners} entries of layer {layer.diff_id[7:19]} have other owners "
-                        "than root: all now belong to the caller (root inside the sandbox)")
+                    owners = _owners()
+                    which = f"owners above {owners}, which have no id outside," if owners else "other owners than root:"
+                    log(f"note: {stats.other_owners} entries of layer {layer.diff_id[7:19]} have {which} all now "
+                        "belong to the caller (root inside the sandbox)"
+                        + ("" if owners else "; with subordinate ids (/etc/subuid) and newuidmap, sbx keeps owners"))
                 extracted[layer.diff_id] = dest
         records = []
         with store.lock(True):

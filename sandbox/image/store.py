@@ -170,6 +170,10 @@ class Store:
         """Write (or replace) a record; the caller holds the exclusive record lock."""
         import json
 
+        from .. import idmap
+
+        if os.geteuid() == 0 and idmap.inside_count():
+            record = {**record, "ownership": "ranges"}  # its new layers may hold other ids' files
         name = str(record["name"])
         for suffix, data in ((".json", (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()),
                              (".run", marshal.dumps(record))):
