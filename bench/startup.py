@@ -21,7 +21,9 @@ import sys
 import time
 
 
-def bwrap_argv(bwrap: str) -> list[str]:
+def bwrap_argv(bwrap: str, etc: tuple[str, ...] = (), command: tuple[str, ...] = ("/bin/true",)) -> list[str]:
+    """bubblewrap with the view of sbx's host image: /usr and its links, the /etc entries named
+    (those that exist), a fresh /proc, /dev and /tmp; bench/warm.py uses it too."""
     argv = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr"]
     for name in ("bin", "sbin", "lib", "lib64", "lib32", "libx32"):
         path = "/" + name
@@ -29,7 +31,10 @@ def bwrap_argv(bwrap: str) -> list[str]:
             argv += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             argv += ["--ro-bind", path, path]
-    return argv + ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "/bin/true"]
+    for name in etc:
+        if os.path.lexists("/etc/" + name):
+            argv += ["--ro-bind", "/etc/" + name, "/etc/" + name]
+    return argv + ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", *command]
 
 
 def sbx_command(explicit: str | None) -> list[str]:

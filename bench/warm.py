@@ -153,17 +153,9 @@ class Spawner:
 
 
 def bwrap_prefix(bwrap: str) -> list[str]:
-    argv = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr"]
-    for name in ("bin", "sbin", "lib", "lib64", "lib32", "libx32"):
-        path = "/" + name
-        if os.path.islink(path):
-            argv += ["--symlink", os.readlink(path), path]
-        elif os.path.isdir(path):
-            argv += ["--ro-bind", path, path]
-    for name in BWRAP_ETC:
-        if os.path.lexists("/etc/" + name):
-            argv += ["--ro-bind", "/etc/" + name, "/etc/" + name]
-    return argv + ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--"]
+    from startup import bwrap_argv  # bench/ is this script's sys.path[0]
+
+    return bwrap_argv(bwrap, BWRAP_ETC, ("--",))
 
 
 # -- sbx batch -----------------------------------------------------------------------------------

@@ -39,3 +39,18 @@ def rootless() -> bool:
 def host_mounts() -> list[str]:
     with open("/proc/self/mountinfo") as f:
         return sorted(line.split(" - ")[0].split(" ", 4)[4] for line in f)
+
+
+def host_processes(*markers: str) -> list[tuple[int, str]]:
+    """(pid, marker) for each host process (but this one) whose command line holds a marker."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        found += [(int(name), m) for m in markers if m in argv]
+    return found

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SBX, host_mounts, sbx, sh
+from conftest import REPO, SBX, host_mounts, host_processes, sbx, sh
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,17 +46,7 @@ def sleepers(marker: str) -> list[int]:
 
 def anywhere(marker: str) -> list[int]:
     """Pids of host processes with MARKER anywhere in their command line."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    found.append(int(name))
-        except OSError:
-            continue
-    return found
+    return [pid for pid, _ in host_processes(marker)]
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.01) -> bool:  # type: ignore[no-untyped-def]

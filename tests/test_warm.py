@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import host_processes
 from sandbox import Result, Runner
 from sandbox.supervise import shape_of
 
@@ -53,21 +54,6 @@ def out(result: Result) -> list[str]:
 def marker() -> str:
     """A `sleep` argument no other process on the host has: seconds, then a random fraction."""
     return f"{3000 + int.from_bytes(os.urandom(2), 'big') % 1000}.{int.from_bytes(os.urandom(4), 'big')}"
-
-
-def host_sleepers(*markers: str) -> list[tuple[int, str]]:
-    """Host processes whose command line holds one of the markers."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                argv = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        found += [(int(name), m) for m in markers if m in argv]
-    return found
 
 
 # -- files ------------------------------------------------------------------------------------
@@ -123,7 +109,7 @@ def test_background_processes_die_with_their_run(runner: Runner) -> None:
     for m in (plain, session, orphan, daemon):
         assert f"sleep {m}" in listing, (m, listing)  # they did run inside
     # Once run 1 has returned, none of them is left anywhere on the host.
-    assert host_sleepers(plain, session, orphan, daemon) == []
+    assert host_processes(plain, session, orphan, daemon) == []
     wait_prepared(runner)
     second = sh(runner, "for p in /proc/[0-9]*; do cat $p/cmdline 2>/dev/null | tr '\\0' ' '; echo; done; "
                         "ls -d /proc/[0-9]* | wc -l")

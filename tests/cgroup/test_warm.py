@@ -10,47 +10,19 @@ its cgroup (or its OOM count) to the next.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from sandbox import Runner, cgroup
+from sandbox import Runner
+
+from .test_run_limits import PROBE, deleg, run_cgroups, work  # noqa: F401  (deleg and work: fixtures)
 
 REPO = Path(__file__).resolve().parents[2]
-PROBE_C = Path(__file__).resolve().parent / "probe.c"
 MiB = 1 << 20
-PROBE = "/probe/probe"
-
-
-@pytest.fixture(scope="module")
-def deleg() -> str:
-    d = cgroup.discover(None, os.environ)
-    assert d is not None, f"no delegated cgroup v2 subtree; diagnose: {cgroup.diagnose(os.environ)}"
-    return d.path
-
-
-@pytest.fixture(scope="module")
-def work() -> Iterator[Path]:
-    base = "/var/tmp" if os.access("/var/tmp", os.W_OK) else None
-    path = Path(tempfile.mkdtemp(prefix="sbx-warm-", dir=base))
-    path.chmod(0o755)
-    (path / "bin").mkdir()
-    subprocess.run(["gcc", "-O1", "-pthread", "-o", str(path / "bin" / "probe"), str(PROBE_C)], check=True)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def run_cgroups(path: str) -> list[str]:
-    found = []
-    for top, dirs, _files in os.walk(path):
-        found += [os.path.join(top, d) for d in dirs if d.startswith("sbx-") and d != cgroup.LEAF]
-    return found
 
 
 @pytest.fixture
