@@ -36,7 +36,7 @@ from .box import MODES as BOX_MODES
 from .box import MOUNT_POINT, Box, BoxError
 from .errors import SbxError, SetupError, UsageError
 from .result import Result
-from .spec import Mount, Spec
+from .spec import Spec
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -35,6 +35,7 @@ import stat
 import time
 
 from .frozen import dataclass
+from .linux import write_file
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -130,15 +131,6 @@ def _read_or(path: str, default: str | None = None) -> str | None:
         return _read(path)
     except OSError:
         return default
-
-
-def _write(path: str, value: str) -> None:
-    """One write(2) of `value`, as the cgroup interface files expect."""
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, value.encode())
-    finally:
-        os.close(fd)
 
 
 def _keyed(text: str | None) -> dict[str, int]:
@@ -283,7 +275,7 @@ def _move_all(src: str, dst: str) -> None:
             return
         for pid in pids:
             try:
-                _write(procs, str(pid))
+                write_file(procs, str(pid))
             except OSError as exc:
                 if exc.errno == errno.ESRCH:
                     continue  # exited meanwhile
@@ -302,7 +294,7 @@ def _enable(path: str, controllers: tuple[str, ...]) -> None:
     for ctrl in controllers:
         for attempt in range(_EBUSY_TRIES):
             try:
-                _write(control, f"+{ctrl}")
+                write_file(control, f"+{ctrl}")
                 break
             except OSError as exc:
                 if exc.errno != errno.EBUSY:
@@ -726,7 +718,7 @@ class RunCgroup:
             ok = False
             for dev in devices:
                 try:
-                    _write(os.path.join(self.path, "io.max"), f"{dev} {' '.join(parts)}")
+                    write_file(os.path.join(self.path, "io.max"), f"{dev} {' '.join(parts)}")
                     ok = True
                 except OSError:
                     # Not every block device takes io.max; one behind a bind must.
@@ -737,7 +729,7 @@ class RunCgroup:
                 missing.append("io")
         for fname, value, required in sets:
             try:
-                _write(os.path.join(self.path, fname), value)
+                write_file(os.path.join(self.path, fname), value)
             except FileNotFoundError:
                 if required:
                     raise CgroupError(f"{self.path}: no {fname} (controller not enabled?)") from None
@@ -748,7 +740,7 @@ class RunCgroup:
     def add(self, pid: int) -> None:
         """Move a process (all its threads) into this cgroup."""
         try:
-            _write(os.path.join(self.path, "cgroup.procs"), str(pid))
+            write_file(os.path.join(self.path, "cgroup.procs"), str(pid))
         except OSError as exc:
             raise CgroupError(f"cannot move process {pid} into {self.path}: {_errmsg(exc)}") from exc
 
@@ -801,7 +793,7 @@ class RunCgroup:
     def kill(self, timeout: float = 5.0) -> None:
         """SIGKILL every process in the cgroup tree and wait until it is empty."""
         try:
-            _write(os.path.join(self.path, "cgroup.kill"), "1")
+            write_file(os.path.join(self.path, "cgroup.kill"), "1")
             killed = True
         except FileNotFoundError:
             killed = False  # Linux < 5.14
@@ -821,7 +813,7 @@ class RunCgroup:
         """
         frozen = False
         try:
-            _write(os.path.join(self.path, "cgroup.freeze"), "1")
+            write_file(os.path.join(self.path, "cgroup.freeze"), "1")
             frozen = True
         except OSError:
             pass
@@ -839,7 +831,7 @@ class RunCgroup:
         finally:
             if frozen:
                 try:
-                    _write(os.path.join(self.path, "cgroup.freeze"), "0")
+                    write_file(os.path.join(self.path, "cgroup.freeze"), "0")
                 except OSError:
                     pass
 

@@ -428,7 +428,8 @@ def _owners() -> int:
     return idmap.inside_count() if os.geteuid() == 0 else 0
 
 
-def extract_layer(read: Callable[[int], bytes], dest: str, layer: Layer, limits: extract.Limits) -> extract.Stats:
+def extract_layer(read: Callable[[int], bytes], dest: str, layer: Layer, limits: extract.Limits,
+                  owners: int = 0) -> extract.Stats:
     """Extract one layer blob into `dest` in one pass, checking its digests as it goes by.
 
     Nothing extracted is trusted before the digests are checked at the end: `dest` is in the import's
@@ -441,7 +442,7 @@ def extract_layer(read: Callable[[int], bytes], dest: str, layer: Layer, limits:
     stream = blob.LayerStream(read, layer.size if layer.size is not None else MAX_BLOB,
                               limits.max_bytes + (64 << 20), what)
     try:
-        stats = extract.extract(TarReader(stream.read), dest, limits, _owners())
+        stats = extract.extract(TarReader(stream.read), dest, limits, owners)
         stream.drain()
     except ImageError:
         if layer.digest is not None and not stream.raw_intact(layer.digest, layer.size):
@@ -490,9 +491,7 @@ def record_for(name: str, candidate: Candidate, sizes: dict[str, int]) -> Record
         "created": str(data.get("created", "")) or None,
         "size": sum(sizes.get(layer.diff_id, 0) for layer in candidate.layers),
         "imported": int(time.time()),
-        # "ranges": imported in a ranged user namespace (idmap.py), so files keep their owners and
-        # runs must map the same ranges; "caller": every file is the caller's (root inside).
-        "ownership": "ranges" if _owners() else "caller",
+        # "ownership" is Store.write_image's to set: it knows the namespace the record is written in.
     }
 
 
@@ -537,6 +536,7 @@ def _import(store: Store, path: str, work: str, name: str | None, platform: Plat
                 named.append((tuple(normalize(n) for n in candidate.names), candidate))
         sizes: dict[str, int] = {}
         extracted: dict[str, str] = {}
+        owners = _owners()
         for _names, candidate in named:
             for layer in candidate.layers:
                 if layer.diff_id in sizes or store.has_layer(layer.diff_id):
@@ -546,12 +546,11 @@ def _import(store: Store, path: str, work: str, name: str | None, platform: Plat
                 log(f"extracting {layer.diff_id[:19]}")
                 read, _size, close = source.open(layer.path)
                 try:
-                    stats = extract_layer(read, dest, layer, limits)
+                    stats = extract_layer(read, dest, layer, limits, owners)
                 finally:
                     close()
                 sizes[layer.diff_id] = stats.size  # what tree_bytes() says of layers already in the store
                 if stats.other_owners:
-                    owners = _owners()
                     which = f"owners above {owners}, which have no id outside," if owners else "other owners than root:"
                     log(f"note: {stats.other_owners} entries of layer {layer.diff_id[7:19]} have {which} all now "
                         "belong to the caller (root inside the sandbox)"

@@ -172,8 +172,10 @@ class Store:
 
         from .. import idmap
 
-        if os.geteuid() == 0 and idmap.inside_count():
-            record = {**record, "ownership": "ranges"}  # its new layers may hold other ids' files
+        # "ranges": written in a ranged user namespace (idmap.py), so its layers may hold other ids'
+        # files and runs must map the same ranges; else what the record says ("caller" if nothing).
+        ranged = os.geteuid() == 0 and idmap.inside_count() > 0
+        record = {**record, "ownership": "ranges" if ranged else record.get("ownership", "caller")}
         name = str(record["name"])
         for suffix, data in ((".json", (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()),
                              (".run", marshal.dumps(record))):
