@@ -68,7 +68,8 @@ def cmd_interactive(args: list[str]) -> int:
     import sys
 
     from .api import Runner
-    from .cli import parse_run_args, write_reports
+    from .cli import close_reports, open_reports, parse_run_args, write_reports
+    from .hostfile import open_output
     from .supervise import _warn
 
     raw, argv = parse_run_args(args)
@@ -89,21 +90,30 @@ def cmd_interactive(args: list[str]) -> int:
         spec = runner.spec(argv, options=options)
         if spec.stdin is not None or spec.stdout is not None:
             raise UsageError("--stdin/--stdout cannot be used with --interactor (the two are wired together)")
-        solution_args: dict[str, object] = {"options": options, "stderr": spec.stderr if spec.stderr else 2}
-        interactor_args: dict[str, object] = {"stderr": 2}
-        if isinstance(interactor_profile, str):
-            interactor_args["profile"] = interactor_profile
-        else:
-            interactor_args["options"] = [o for o in options]
-        solution, other = runner.run_interactive(argv, interactor, solution_args=solution_args,
-                                                 interactor_args=interactor_args)
+        # Every file sbx writes is opened before either side starts (see hostfile).
+        reports = open_reports(spec)
+        stderr = -1
+        try:
+            stderr = open_output(spec.stderr, "--stderr") if spec.stderr else 2
+            solution_args: dict[str, object] = {"options": options, "stderr": stderr}
+            interactor_args: dict[str, object] = {"stderr": 2}
+            if isinstance(interactor_profile, str):
+                interactor_args["profile"] = interactor_profile
+            else:
+                interactor_args["options"] = [o for o in options]
+            solution, other = runner.run_interactive(argv, interactor, solution_args=solution_args,
+                                                     interactor_args=interactor_args)
 
-    def both() -> str:
-        import json
+            def both() -> str:
+                import json
 
-        return json.dumps({**solution.to_dict(), "interactor": other.to_dict()}, indent=2) + "\n"
+                return json.dumps({**solution.to_dict(), "interactor": other.to_dict()}, indent=2) + "\n"
 
-    write_reports(spec, solution, both)
+            write_reports(reports, solution, both)
+        finally:
+            if stderr > 2:
+                os.close(stderr)
+            close_reports(reports)
     for name, result in (("", solution), ("interactor: ", other)):
         if result.message:
             sys.stderr.write(f"sbx: {name}{'error: ' if result.verdict == 'XX' else ''}{result.message}\n")
