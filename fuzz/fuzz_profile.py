@@ -43,7 +43,7 @@ os.makedirs(os.path.join(PROJECT, "data"))
 
 def resolve(ref: str) -> profile.Profile | None:
     try:
-        return profile.resolve(ref, cwd=PROJECT, environ=ENVIRON)
+        return profile.resolve(ref, cwd=PROJECT, environ=ENVIRON, project=True)  # "fuzz": the project rule
     except profile.ProfileError as error:
         message = str(error)
         assert message and "\n" not in message, repr(message)

@@ -5,6 +5,11 @@ type, the resolved `Profile`, the search path, and the built-in `default`.
 A plain `sbx run` only stats a few paths and returns `DEFAULT`; parsing,
 validation and inheritance live in `profile_file`, imported (with tomllib)
 only when a TOML file really has to be read.
+
+Names resolve through the trusted directories only ($XDG_CONFIG_HOME,
+/etc, shipped).  The project's ./.sbx/profiles/ comes first only when the
+caller opts in (`project=True`: --project-profiles, or `sbx profile trust`):
+a submission must not supply the profile that limits it (SECURITY.md).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from .frozen import dataclass
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
 SYSTEM_DIR = "/etc/sbx/profiles"
 BUILTIN = "<built-in>"
@@ -65,7 +70,7 @@ DEFAULT = Profile(
 )
 
 
-def _config_home(environ: Mapping[str, str]) -> str | None:
+def config_home(environ: Mapping[str, str]) -> str | None:
     # XDG: an unset, empty or relative XDG_CONFIG_HOME means $HOME/.config.
     xdg = environ.get("XDG_CONFIG_HOME", "")
     if xdg.startswith("/"):
@@ -74,10 +79,15 @@ def _config_home(environ: Mapping[str, str]) -> str | None:
     return home + "/.config" if home.startswith("/") else None
 
 
-def user_dirs(cwd: str, environ: Mapping[str, str]) -> list[str]:
-    """The directories that can override shipped profiles, highest first."""
-    dirs = [os.path.join(cwd, ".sbx", "profiles")]
-    config = _config_home(environ)
+def project_dir(cwd: str) -> str:
+    """The project's profiles: used only when the caller opts in."""
+    return os.path.join(cwd, ".sbx", "profiles")
+
+
+def user_dirs(environ: Mapping[str, str]) -> list[str]:
+    """The trusted directories that can override shipped profiles, highest first."""
+    dirs = []
+    config = config_home(environ)
     if config is not None:
         dirs.append(os.path.join(config, "sbx", "profiles"))
     dirs.append(SYSTEM_DIR)
@@ -92,18 +102,33 @@ def shipped_dir() -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "profiles")
 
 
-def search_path(cwd: str, environ: Mapping[str, str]) -> list[str]:
-    """Where a profile name is looked up, in order."""
-    return user_dirs(cwd, environ) + [shipped_dir()]
+def search_path(cwd: str, environ: Mapping[str, str], project: bool = False) -> list[str]:
+    """Where a profile name is looked up, in order; ./.sbx/profiles only if `project`."""
+    return ([project_dir(cwd)] if project else []) + user_dirs(environ) + [shipped_dir()]
 
 
-def resolve(name: str | None, *, cwd: str, environ: Mapping[str, str]) -> Profile:
-    """The profile `name` (a name or a path to a .toml file; None = "default")."""
+def resolve(
+    name: str | None,
+    *,
+    cwd: str,
+    environ: Mapping[str, str],
+    project: bool = False,
+    warn: Callable[[str], None] | None = None,
+) -> Profile:
+    """The profile `name` (a name or a path to a .toml file; None = "default").
+
+    `project`: the caller opted in to ./.sbx/profiles/ for this directory
+    (--project-profiles); `warn` gets the line saying a project profile of
+    that name was ignored.
+    """
     if name is None or name == "default":
+        # The project's default is looked at even without opting in: to warn
+        # that it is ignored, or to find the directory in the trust list.
         # lexists, not exists: a dangling default.toml must be an error, not ignored.
-        if not any(os.path.lexists(os.path.join(d, "default.toml")) for d in user_dirs(cwd, environ)):
+        dirs = [project_dir(cwd), *user_dirs(environ)]
+        if not any(os.path.lexists(os.path.join(d, "default.toml")) for d in dirs):
             return DEFAULT
         name = "default"
     from . import profile_file
 
-    return profile_file.resolve(name, cwd=cwd, environ=environ)
+    return profile_file.resolve(name, cwd=cwd, environ=environ, project=project, warn=warn)

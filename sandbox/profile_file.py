@@ -5,6 +5,13 @@ tomllib and difflib cost nothing on a plain `sbx run`.
 
 Every failure is a ProfileError whose text names the file, the key, the
 value and what is allowed; nothing else escapes (fuzz/fuzz_profile.py).
+
+Who supplies what (SECURITY.md, 'Profiles'): a name needed by the command
+line, the implicit default or a trusted file is looked up in the trusted
+directories only; ./.sbx/profiles/ comes first only for the command line's
+name when the caller opted in, and for what a project file extends.  Every
+file is read through an fd whose owner and mode are checked: nobody but
+you or root may be able to change a profile you use.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import os
 import stat
 
 from .frozen import dataclass
-from .profile import BUILTIN, DEFAULT, Profile, ProfileError, search_path
+from .profile import BUILTIN, DEFAULT, Profile, ProfileError, project_dir, search_path
 from .spec import MOUNT_MODES, Limits, Mount, Spec
 from .units import format_duration, format_size, parse_duration, parse_size
 
@@ -54,9 +61,15 @@ class _Unset(Exception):
 class _Context:
     cwd: str
     environ: Mapping[str, str]
-    dirs: tuple[str, ...]
+    dirs: tuple[str, ...]  # ./.sbx/profiles (index _PROJECT), then the trusted search path
     project: str  # realpath of cwd: the directory that holds .sbx/
     project_sbx: tuple[str, ...]  # cwd/.sbx, literally and resolved
+    opted_in: bool  # --project-profiles (the trust list is read only when it matters)
+    warn: Callable[[str], None] | None
+
+
+_PROJECT = 0  # ctx.dirs[_PROJECT] is ./.sbx/profiles; the trusted directories follow
+_OPT_IN = "pass --project-profiles or run 'sbx profile trust'"
 
 
 @dataclass(frozen=True)
@@ -498,13 +511,14 @@ def _in_project_sbx(path: str, ctx: _Context) -> bool:
 
 def _read(f: _File) -> dict[str, object]:
     try:
-        # O_NONBLOCK: a FIFO named as a profile must fail, not hang.
-        fd = os.open(f.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        fd = open_owned(f.path)
     except OSError as error:
         raise _fail(f, f"cannot read: {error.strerror}") from None
+    except NotRegular:
+        raise _fail(f, "not a regular file") from None
+    except Refused as refused:
+        raise ProfileError(f"profile {f.path}: refused: {refused.args[0]} ({_SECURITY})") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _fail(f, "not a regular file")
         chunks = []
         size = 0
         while size <= MAX_FILE and (chunk := os.read(fd, 65536)):
@@ -517,6 +531,97 @@ def _read(f: _File) -> dict[str, object]:
     if size > MAX_FILE:
         raise _fail(f, f"larger than {format_size(MAX_FILE)}: not a profile")
     return _parse(f, b"".join(chunks))
+
+
+class NotRegular(Exception):
+    """A directory, FIFO or device where a file was expected."""
+
+
+class Refused(Exception):
+    """A file someone other than the caller or root could have changed; args[0] says how."""
+
+
+def open_owned(path: str) -> int:
+    """`path` (absolute) opened read-only, once it is a regular file that only you or root
+    can change: the file and the directory it is named in (and, through a symlink, the
+    directory it is in) are owned by you or root and writable by nobody else.
+
+    Checked on the opened fds (fstat), so what is checked is what is read.  A sticky
+    directory (/tmp) passes: others cannot replace a file of yours there.  Raises
+    OSError, NotRegular or Refused.
+    """
+    head, tail = os.path.split(path)
+    dir_fd = os.open(head, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _check_writers(os.fstat(dir_fd), f"its directory {head}", head)
+        # O_NONBLOCK: a FIFO named as a profile must fail, not hang.
+        fd = os.open(tail, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegular
+        _check_writers(st, "it", path)
+        real = os.path.dirname(os.path.realpath(path))
+        if real != os.path.realpath(head):  # a symlink: where it points counts too
+            target_fd = os.open(real, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                _check_writers(os.fstat(target_fd), f"the directory it links into, {real},", real)
+            finally:
+                os.close(target_fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_writers(st: os.stat_result, what: str, path: str) -> None:
+    if st.st_uid not in (os.geteuid(), 0):
+        raise Refused(f"{what} is owned by {_user(st.st_uid)}, not by you or root: they could change it")
+    if stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX:
+        return  # sticky: nobody else can rename or remove what the owner put there
+    mode = f"mode {stat.S_IMODE(st.st_mode):04o}"
+    if st.st_mode & stat.S_IWOTH:
+        raise Refused(f"{what} is writable by others ({mode}); chmod o-w {path}")
+    if st.st_mode & stat.S_IWGRP and not _private_group(st.st_gid, st.st_uid):
+        raise Refused(f"{what} is writable by group {_group(st.st_gid)} ({mode}); chmod g-w {path}")
+
+
+def _user(uid: int) -> str:
+    import pwd
+
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _group(gid: int) -> str:
+    import grp
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _private_group(gid: int, owner: int) -> bool:
+    """The owner's own group, whose only member is the owner (Debian's and Ubuntu's
+    user groups, where umask 002 makes every new file group-writable)."""
+    import grp
+    import pwd
+
+    try:
+        group = grp.getgrgid(gid)
+        user = pwd.getpwuid(owner)
+    except KeyError:
+        return False
+    if any(member != user.pw_name for member in group.gr_mem):
+        return False
+    if any(p.pw_gid == gid and p.pw_uid != owner for p in pwd.getpwall()):
+        return False
+    return user.pw_gid == gid or user.pw_name in group.gr_mem
 
 
 def _parse(f: _File, data: bytes) -> dict[str, object]:
@@ -734,16 +839,29 @@ def _project_source(f: _File, label: str, mode: str, source: str, ctx: _Context)
 # -------------------------------------------------------------- inheritance
 
 
-def _context(cwd: str, environ: Mapping[str, str]) -> _Context:
+def _context(
+    cwd: str, environ: Mapping[str, str], project: bool = False, warn: Callable[[str], None] | None = None
+) -> _Context:
     cwd = os.path.abspath(cwd)
     sbx = os.path.join(cwd, ".sbx")
     return _Context(
         cwd=cwd,
         environ=environ,
-        dirs=tuple(search_path(cwd, environ)),
+        dirs=(project_dir(cwd), *search_path(cwd, environ)),
         project=os.path.realpath(cwd),
         project_sbx=(sbx, os.path.realpath(sbx)),
+        opted_in=project,
+        warn=warn,
     )
+
+
+def _opted_in(ctx: _Context) -> bool:
+    """Do names from the command line resolve through ./.sbx/profiles/ here?"""
+    if ctx.opted_in:
+        return True
+    from . import profile_trust
+
+    return profile_trust.is_trusted(ctx.cwd, ctx.environ)
 
 
 def _is_path(ref: str) -> bool:
@@ -759,15 +877,23 @@ def _valid_name(name: str) -> bool:
     )
 
 
-def _names(ctx: _Context) -> set[str]:
+def _names(ctx: _Context, start: int) -> set[str]:
     names = {"default"}
-    for directory in ctx.dirs:
+    for directory in ctx.dirs[start:]:
         try:
             entries = os.listdir(directory)
         except OSError:
             continue
         names.update(e[:-5] for e in entries if e.endswith(".toml") and _valid_name(e[:-5]))
     return names
+
+
+def _find(ref: str, ctx: _Context, start: int, stop: int | None = None) -> _File | None:
+    for index in range(start, len(ctx.dirs) if stop is None else stop):
+        path = os.path.join(ctx.dirs[index], ref + ".toml")
+        if os.path.lexists(path):
+            return _File(path, ref, _display(path, ctx), _in_project_sbx(path, ctx), index)
+    return None
 
 
 def _locate(ref: str, ctx: _Context, origin: _File | None) -> _File:
@@ -779,19 +905,52 @@ def _locate(ref: str, ctx: _Context, origin: _File | None) -> _File:
             f"{where}invalid profile name {_shown(ref)}: use letters, digits, '.', '_' and '-', "
             "or a path to a .toml file"
         )
-    start = 0
-    if origin is not None and origin.name == ref and origin.dir_index >= 0:
-        start = origin.dir_index + 1  # `extends = "grader"` in a grader.toml: the next one
-    for index in range(start, len(ctx.dirs)):
-        path = os.path.join(ctx.dirs[index], ref + ".toml")
-        if os.path.lexists(path):
-            return _File(path, ref, _display(path, ctx), _in_project_sbx(path, ctx), index)
+    if origin is None:
+        return _locate_top(ref, ctx)
+    # What a trusted file extends never comes from ./.sbx/: the project would
+    # supply the base of the caller's own limits.  A project file's may.
+    start = _PROJECT if origin.restricted else _PROJECT + 1
+    if origin.name == ref and origin.dir_index >= 0:
+        start = max(start, origin.dir_index + 1)  # `extends = "grader"` in a grader.toml: the next one
+    found = _find(ref, ctx, start)
+    if found is not None:
+        return found
     if ref == "default":
         return _File(BUILTIN, "default", BUILTIN, False, len(ctx.dirs))
-    hint = _close_match(ref, _names(ctx))
+    note = ""
+    if start > _PROJECT and _find(ref, ctx, _PROJECT, _PROJECT + 1) is not None:
+        note = "; ./.sbx/profiles/ is never searched for what a profile outside it extends"
+    raise _not_found(ref, ctx, start, where, note)
+
+
+def _locate_top(ref: str, ctx: _Context) -> _File:
+    """The command line's name (or the implicit default)."""
+    local = _find(ref, ctx, _PROJECT, _PROJECT + 1)
+    if local is not None and _opted_in(ctx):  # the trust list is read only here
+        return local
+    # The default without the project's: yours, else the built-in (as profile.resolve's fast path).
+    found = _find(ref, ctx, _PROJECT + 1, len(ctx.dirs) - 1 if ref == "default" else None)
+    if local is not None:
+        if found is None and ref != "default":
+            raise ProfileError(
+                f"profile '{ref}' is only in ./.sbx/profiles/, the project's profiles, which apply only "
+                f"when you opt in ({_SECURITY}): {_OPT_IN}, or name the file: --profile ./{local.display}"
+            )
+        if ctx.warn is not None:
+            used = "the built-in default" if found is None else found.path
+            ctx.warn(f"ignored the project's {local.display}, used {used}: {_OPT_IN} to use the project's")
+    if found is not None:
+        return found
+    if ref == "default":
+        return _File(BUILTIN, "default", BUILTIN, False, len(ctx.dirs))
+    raise _not_found(ref, ctx, _PROJECT if ctx.opted_in else _PROJECT + 1, "", "")
+
+
+def _not_found(ref: str, ctx: _Context, start: int, where: str, note: str) -> ProfileError:
+    hint = _close_match(ref, _names(ctx, start))
     looked = ", ".join(_display_dir(d, ctx) for d in ctx.dirs[start:])
     suffix = f" (did you mean '{hint}'?)" if hint else ""
-    raise ProfileError(f"{where}profile '{ref}' not found{suffix}; looked in {looked}")
+    return ProfileError(f"{where}profile '{ref}' not found{suffix}; looked in {looked}{note}")
 
 
 def _locate_path(ref: str, ctx: _Context, origin: _File | None, where: str) -> _File:
@@ -807,7 +966,8 @@ def _locate_path(ref: str, ctx: _Context, origin: _File | None, where: str) -> _
         )
     if not os.path.lexists(path):
         stem = os.path.basename(path)[:-5] if path.endswith(".toml") else ""
-        hint = f" (for the profile named '{stem}', write just {stem})" if stem in _names(ctx) else ""
+        named = _names(ctx, _PROJECT if ctx.opted_in else _PROJECT + 1)
+        hint = f" (for the profile named '{stem}', write just {stem})" if stem in named else ""
         raise ProfileError(f"{where}profile file {_display(path, ctx)} not found{hint}")
     name = os.path.basename(path)
     name = name[:-5] if name.endswith(".toml") else name
@@ -900,9 +1060,18 @@ def _resolve_file(top: _File, ctx: _Context) -> Profile:
     return Profile(name=top.name, source=top.path, description=description, settings=_settings(merged))
 
 
-def resolve(ref: str, *, cwd: str, environ: Mapping[str, str]) -> Profile:
-    """The profile `ref`: a name looked up in the search path, or a file path."""
-    ctx = _context(cwd, environ)
+def resolve(
+    ref: str,
+    *,
+    cwd: str,
+    environ: Mapping[str, str],
+    project: bool = False,
+    warn: Callable[[str], None] | None = None,
+) -> Profile:
+    """The profile `ref`: a name looked up in the search path, or a file path.
+
+    `project`: the caller opted in to ./.sbx/profiles/ (profile.resolve)."""
+    ctx = _context(cwd, environ, project, warn)
     return _resolve_file(_locate(ref, ctx, None), ctx)
 
 
@@ -915,11 +1084,19 @@ class Entry:
     description: str
     shadowed_by: str | None = None  # the file that wins for this name
     error: str | None = None  # why this profile cannot be used
+    ignored: bool = False  # a project profile the caller did not opt in to
 
 
-def listing(cwd: str, environ: Mapping[str, str]) -> list[Entry]:
+@dataclass(frozen=True)
+class Listing:
+    entries: tuple[Entry, ...]
+    searched: tuple[str, ...]  # the search path names go through, first match wins
+
+
+def listing(cwd: str, environ: Mapping[str, str], project: bool = False) -> Listing:
     """Every profile file in the search path, in search order within a name."""
-    ctx = _context(cwd, environ)
+    ctx = _context(cwd, environ, project)
+    opted = ctx.opted_in or (os.path.isdir(ctx.dirs[_PROJECT]) and _opted_in(ctx))
     entries: list[Entry] = []
     winners: dict[str, str] = {}
     for index, directory in enumerate(ctx.dirs):
@@ -931,6 +1108,9 @@ def listing(cwd: str, environ: Mapping[str, str]) -> list[Entry]:
             name, path = file_name[:-5], os.path.join(directory, file_name)
             if not _valid_name(name):
                 continue
+            if index == _PROJECT and not opted:
+                entries.append(Entry(name, path, "", ignored=True))
+                continue
             if name in winners:
                 entries.append(Entry(name, path, "", shadowed_by=winners[name]))
                 continue
@@ -939,8 +1119,9 @@ def listing(cwd: str, environ: Mapping[str, str]) -> list[Entry]:
             entries.append(_entry(found, ctx))
     if "default" not in winners:
         entries.append(Entry("default", BUILTIN, DEFAULT.description))
-    entries.sort(key=lambda e: (e.name, e.shadowed_by is not None))
-    return entries
+    entries.sort(key=lambda e: (e.name, e.ignored, e.shadowed_by is not None))
+    searched = ctx.dirs if opted else ctx.dirs[_PROJECT + 1 :]
+    return Listing(tuple(entries), searched)
 
 
 def _entry(f: _File, ctx: _Context) -> Entry:

@@ -15,6 +15,8 @@ from sandbox import profile, profile_file
 from sandbox.profile import DEFAULT, Profile, ProfileError, resolve, search_path
 from sandbox.spec import Mount
 
+from conftest import SHIPPED_PROFILES
+
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = ("default", "grader", "ci", "interactive", "build")
 
@@ -78,12 +80,13 @@ class Env:
         path.write_text(textwrap.dedent(text))
         return path
 
-    def resolve(self, name: str | None) -> Profile:
-        return resolve(name, cwd=str(self.cwd), environ=self.environ)
+    def resolve(self, name: str | None, project: bool = False) -> Profile:
+        """`project`: opted in to ./.sbx/profiles/ (--project-profiles)."""
+        return resolve(name, cwd=str(self.cwd), environ=self.environ, project=project)
 
-    def error(self, name: str | None) -> str:
+    def error(self, name: str | None, project: bool = False) -> str:
         with pytest.raises(ProfileError) as info:
-            self.resolve(name)
+            self.resolve(name, project)
         message = str(info.value)
         assert "\n" not in message and not message.startswith("sbx: error")
         return message
@@ -142,7 +145,7 @@ def test_plain_run_imports_nothing_costly(env: Env) -> None:
 def test_a_default_toml_in_the_search_path_replaces_the_builtin(env: Env, where: str) -> None:
     directory = {"project": env.project_dir, "user": env.user_dir, "system": env.system}[where]
     path = env.write(directory / "default.toml", 'description = "mine"\n[limits]\nmemory = "1G"\n')
-    p = env.resolve(None)
+    p = env.resolve(None, project=where == "project")
     assert (p.name, p.source, p.description) == ("default", str(path), "mine")
     assert settings(p) == {"limits.memory": 1 << 30}
 
@@ -168,9 +171,9 @@ def test_extends_default_falls_back_to_builtin_without_a_shipped_file(
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_profile_resolves_with_contract_types(env: Env, name: str) -> None:
-    p = env.resolve(name) if name != "default" else env.resolve(str(REPO / "profiles/default.toml"))
+    p = env.resolve(name) if name != "default" else env.resolve(str(SHIPPED_PROFILES / "default.toml"))
     assert p.name == name and p.description
-    assert p.source == str(REPO / "profiles" / f"{name}.toml")
+    assert p.source == str(SHIPPED_PROFILES / f"{name}.toml")
     for key, value in p.settings:
         assert isinstance(value, TYPES[key]), key
     for key in ("sandbox.env", "sandbox.pass_env", "network.publish", "mounts"):
@@ -221,17 +224,19 @@ def test_profiles_readme_documents_every_shipped_profile() -> None:
 
 def test_search_path_order(env: Env) -> None:
     dirs = search_path(str(env.cwd), env.environ)
-    assert dirs == [str(env.project_dir), str(env.user_dir), str(env.system), str(REPO / "profiles")]
+    assert dirs == [str(env.user_dir), str(env.system), str(SHIPPED_PROFILES)]
+    dirs = search_path(str(env.cwd), env.environ, project=True)
+    assert dirs == [str(env.project_dir), str(env.user_dir), str(env.system), str(SHIPPED_PROFILES)]
 
 
 @pytest.mark.parametrize("xdg", [None, "", "relative/dir"])
 def test_search_path_without_usable_xdg_uses_home_config(env: Env, xdg: str | None) -> None:
     environ = {"HOME": str(env.home)} | ({} if xdg is None else {"XDG_CONFIG_HOME": xdg})
-    assert search_path(str(env.cwd), environ)[1] == str(env.home / ".config/sbx/profiles")
+    assert search_path(str(env.cwd), environ)[0] == str(env.home / ".config/sbx/profiles")
 
 
 def test_search_path_without_home_skips_user_dir(env: Env) -> None:
-    assert search_path(str(env.cwd), {}) == [str(env.project_dir), str(env.system), str(REPO / "profiles")]
+    assert search_path(str(env.cwd), {}) == [str(env.system), str(SHIPPED_PROFILES)]
 
 
 def test_search_order_first_match_wins(env: Env) -> None:
@@ -239,9 +244,9 @@ def test_search_order_first_match_wins(env: Env) -> None:
     for directory in (env.project_dir, env.user_dir, env.system):
         files.append(env.write(directory / "grader.toml", f'description = "{directory}"\n'))
     for path in files:
-        assert env.resolve("grader").source == str(path)
+        assert env.resolve("grader", project=True).source == str(path)
         path.unlink()
-    assert env.resolve("grader").source == str(REPO / "profiles" / "grader.toml")
+    assert env.resolve("grader").source == str(SHIPPED_PROFILES / "grader.toml")
 
 
 def test_a_path_is_used_as_given(env: Env) -> None:
@@ -304,7 +309,7 @@ def test_inheritance_chain_merges_tables_and_appends_mounts(env: Env) -> None:
         target = "/c"
         """,
     )
-    p = env.resolve("top")
+    p = env.resolve("top", project=True)
     assert p.description == "base"  # inherited like any key
     assert settings(p) == {
         "sandbox.hostname": "base",
@@ -323,7 +328,7 @@ def test_inheritance_chain_merges_tables_and_appends_mounts(env: Env) -> None:
 def test_extends_its_own_name_means_the_next_one_in_the_path(env: Env) -> None:
     env.write(env.user_dir / "grader.toml", 'extends = "grader"\n[limits]\nmemory = "64M"\n')
     env.write(env.project_dir / "grader.toml", 'extends = "grader"\n[limits]\ntime = "1s"\n')
-    s = settings(env.resolve("grader"))
+    s = settings(env.resolve("grader", project=True))
     assert s["limits.memory"] == 64 << 20 and s["limits.time"] == 1.0
     assert s["limits.wall_time"] == 5.0  # from the shipped grader
 
@@ -468,7 +473,10 @@ def test_not_utf8_gives_line_and_column(env: Env) -> None:
 
 def test_missing_profile_names_where_sbx_looked(env: Env) -> None:
     assert env.error("nope") == (
-        f"profile 'nope' not found; looked in ./.sbx/profiles, {env.user_dir}, {env.system}, {REPO / 'profiles'}"
+        f"profile 'nope' not found; looked in {env.user_dir}, {env.system}, {SHIPPED_PROFILES}"
+    )
+    assert env.error("nope", project=True) == (
+        f"profile 'nope' not found; looked in ./.sbx/profiles, {env.user_dir}, {env.system}, {SHIPPED_PROFILES}"
     )
 
 
@@ -622,7 +630,7 @@ def test_profile_get(env: Env) -> None:
 
 def project_error(env: Env, text: str) -> str:
     env.write(env.project_dir / "p.toml", text)
-    return env.error("p")
+    return env.error("p", project=True)
 
 
 def test_project_profile_may_bind_inside_the_project(env: Env) -> None:
@@ -640,7 +648,7 @@ def test_project_profile_may_bind_inside_the_project(env: Env) -> None:
         target = "/src"
         """,
     )
-    p = env.resolve("p")
+    p = env.resolve("p", project=True)
     real = os.path.realpath(env.cwd)
     # The checked, resolved path is what gets bound, not the symlink.
     assert settings(p)["mounts"] == (
@@ -667,7 +675,7 @@ def test_project_profile_cannot_pass_secrets(env: Env) -> None:
     message = project_error(env, '[sandbox]\npass_env = ["TERM", "GITHUB_TOKEN"]\n')
     assert message.startswith(".sbx/profiles/p.toml: 'sandbox.pass_env' cannot copy GITHUB_TOKEN")
     env.write(env.project_dir / "p.toml", '[sandbox]\npass_env = ["TERM", "LC_ALL", "LANG"]\n')
-    assert settings(env.resolve("p"))["sandbox.pass_env"] == ("TERM", "LC_ALL", "LANG")
+    assert settings(env.resolve("p", project=True))["sandbox.pass_env"] == ("TERM", "LC_ALL", "LANG")
 
 
 @pytest.mark.parametrize(
@@ -691,13 +699,13 @@ def test_project_profile_may_tighten_seccomp_and_change_limits(env: Env) -> None
         env.project_dir / "p.toml",
         '[network]\nmode = "none"\n[seccomp]\npolicy = "strict"\ndeny = ["ptrace"]\n[limits]\nmemory = "8G"\n',
     )
-    assert settings(env.resolve("p"))["seccomp.deny"] == ("ptrace",)
+    assert settings(env.resolve("p", project=True))["seccomp.deny"] == ("ptrace",)
 
 
 def test_project_profile_may_extend_a_trusted_profile_that_uses_host_network(env: Env) -> None:
     env.write(env.user_dir / "net.toml", '[network]\nmode = "host"\n')
     env.write(env.project_dir / "p.toml", 'extends = "net"\n')
-    assert settings(env.resolve("p"))["network.mode"] == "host"  # your file, your choice
+    assert settings(env.resolve("p", project=True))["network.mode"] == "host"  # your file, your choice
 
 
 def test_project_profile_cannot_extend_a_file_outside(env: Env) -> None:
@@ -716,7 +724,7 @@ def test_rule_follows_path_extends_inside_the_project(env: Env) -> None:
 def test_project_profile_may_extend_trusted_profiles_by_name(env: Env) -> None:
     env.write(env.user_dir / "mine.toml", '[[mount]]\nsource = "~/.cache"\ntarget = "/cache"\n')
     env.write(env.project_dir / "p.toml", 'extends = "mine"\n')
-    assert settings(env.resolve("p"))["mounts"] == (Mount(target="/cache", source=f"{env.home}/.cache"),)
+    assert settings(env.resolve("p", project=True))["mounts"] == (Mount(target="/cache", source=f"{env.home}/.cache"),)
 
 
 def test_rule_applies_to_a_project_profile_named_by_path(env: Env) -> None:
@@ -728,17 +736,17 @@ def test_rule_applies_through_a_symlink_in_sbx(env: Env) -> None:
     outside = env.write(env.root / "outside.toml", '[[mount]]\nsource = "/etc"\ntarget = "/x"\n')
     env.project_dir.mkdir(parents=True)
     (env.project_dir / "p.toml").symlink_to(outside)
-    assert "outside the project directory" in env.error("p")
+    assert "outside the project directory" in env.error("p", project=True)
 
 
 def test_the_same_profile_elsewhere_may_bind_anything(env: Env) -> None:
     env.write(env.user_dir / "p.toml", '[[mount]]\nsource = "~/.ssh"\ntarget = "/x"\nmode = "rw"\n')
-    assert settings(env.resolve("p"))["mounts"] == (Mount(target="/x", mode="rw", source=f"{env.home}/.ssh"),)
+    assert settings(env.resolve("p", project=True))["mounts"] == (Mount(target="/x", mode="rw", source=f"{env.home}/.ssh"),)
 
 
 def test_project_default_is_restricted_too(env: Env) -> None:
     env.write(env.project_dir / "default.toml", '[[mount]]\nsource = "~"\ntarget = "/h"\n')
-    assert "outside the project directory" in env.error(None)
+    assert "outside the project directory" in env.error(None, project=True)
 
 
 # ------------------------------------------------------ writing back

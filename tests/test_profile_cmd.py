@@ -12,8 +12,10 @@ import pytest
 from sandbox import profile
 from sandbox.profile_cmd import main
 
+from conftest import SHIPPED_PROFILES
+
 REPO = Path(__file__).resolve().parent.parent
-SHIPPED = REPO / "profiles"
+SHIPPED = SHIPPED_PROFILES
 
 
 @pytest.fixture
@@ -42,7 +44,7 @@ def test_list_shows_name_source_description(cwd: Path, capsys: pytest.CaptureFix
     assert set(rows) == {"build", "ci", "default", "grader", "interactive"}
     assert rows["grader"][1] == str(SHIPPED / "grader.toml")
     assert rows["grader"][2].startswith("Online judge")
-    assert lines[-1].startswith(f"searched, first match wins: {cwd}/.sbx/profiles, ")
+    assert lines[-1].startswith(f"searched, first match wins: {cwd.parent}/xdg/sbx/profiles, ")
 
 
 def test_list_marks_shadowed_and_invalid_profiles(cwd: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -50,7 +52,7 @@ def test_list_marks_shadowed_and_invalid_profiles(cwd: Path, capsys: pytest.Capt
     mine.mkdir(parents=True)
     (mine / "grader.toml").write_text('extends = "grader"\ndescription = "my judge"\n')
     (mine / "broken.toml").write_text("[limits]\nmemroy = 1\n")
-    status, out, _ = run(capsys, "list")
+    status, out, _ = run(capsys, "list", "--project-profiles")
     assert status == 0
     assert f"{mine}/grader.toml" in out and "my judge" in out
     assert f"(shadowed by {mine}/grader.toml)" in out
@@ -107,13 +109,15 @@ def test_check_takes_a_file_never_a_name(cwd: Path, capsys: pytest.CaptureFixtur
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        ([], "profile: missing command: list, show or check (see sbx profile --help)"),
-        (["frobnicate"], "profile: unknown command 'frobnicate': use list, show or check"),
+        ([], "profile: missing command: list, show, check, trust or untrust (see sbx profile --help)"),
+        (["frobnicate"], "profile: unknown command 'frobnicate': use list, show, check, trust or untrust"),
         (["show"], "profile: usage: sbx profile show NAME"),
         (["show", "a", "b"], "profile: usage: sbx profile show NAME"),
         (["check"], "profile: usage: sbx profile check FILE..."),
         (["list", "x"], "profile: usage: sbx profile list"),
-        (["show", "gradr"], "profile 'gradr' not found (did you mean 'grader'?); looked in ./.sbx/profiles, "),
+        (["show", "gradr"], "profile 'gradr' not found (did you mean 'grader'?); looked in "),
+        (["show", "--project-profiles", "gradr"],
+         "profile 'gradr' not found (did you mean 'grader'?); looked in ./.sbx/profiles, "),
     ],
 )
 def test_usage_errors(cwd: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
