@@ -42,7 +42,7 @@ MASK64 = (1 << 64) - 1
 AT_FDCWD = -100
 # Refusals: what a filter or a missing privilege answers.  Any other outcome
 # means the call reached the kernel's implementation of the syscall.
-REFUSALS = (errno.EPERM, errno.EACCES, errno.ENOSYS)
+REFUSALS = (errno.EPERM, errno.EACCES, errno.ENOSYS, errno.EAFNOSUPPORT)  # the last: a socket family off the list
 
 _keep: list[object] = []  # buffers whose addresses were passed to the kernel
 
