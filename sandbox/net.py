@@ -8,7 +8,9 @@ which sits in the sandbox's user and network namespaces and stays dumpable
 interface there (address, default route) while init builds the root, and the
 payload is released only when the route is in place.  The helper runs outside
 the sandbox's pid namespace, so the payload cannot see or signal it, and dies
-with the supervisor (PR_SET_PDEATHSIG, and slirp4netns' exit fd).
+with the supervisor (PR_SET_PDEATHSIG, and slirp4netns' exit fd).  Its stderr
+goes to a bounded memfd: a helper that fails during set-up is quoted in the
+error line (SBX_DEBUG=1 prints all it said).
 
 Egress rules are nftables rules in the sandbox's own network namespace,
 installed by init (which holds CAP_NET_ADMIN there; the payload holds none)
@@ -268,10 +270,11 @@ def sandbox_dns(explicit: tuple[str, ...]) -> tuple[str, ...]:
 class UserNet:
     """A running pasta or slirp4netns attached to the sandbox's network namespace."""
 
-    def __init__(self, name: str, pid: int, target: int, ready_r: int = -1, exit_w: int = -1) -> None:
+    def __init__(self, name: str, pid: int, target: int, log: int, ready_r: int = -1, exit_w: int = -1) -> None:
         self.name = name
         self.pid = pid
         self.target = target
+        self.log = log  # the helper's stderr (helper_log())
         self.ready_r = ready_r
         self.exit_w = exit_w
 
@@ -282,6 +285,7 @@ class UserNet:
         if name is None:
             raise NetError("--network pasta needs pasta (Debian package 'passt') or slirp4netns; neither is "
                            "installed")
+        check_tun()
         if name == "pasta":
             argv = ["pasta", "--config-net", "--foreground", "--quiet", "--ns-ifname", IFNAME, "--ipv4-only"]
             if os.getuid() == 0:
@@ -298,17 +302,31 @@ class UserNet:
                 if not items:
                     argv += [flag, "none"]
             argv += ["-T", "none", "-U", "none", str(target)]
-            return cls(name, _spawn(argv, ()), target)
+            log = helper_log()
+            try:
+                return cls(name, _spawn(argv, (), log), target, log)
+            except BaseException:
+                os.close(log)
+                raise
         if publish:
             raise NetError("-p needs pasta (Debian package 'passt'); only slirp4netns is installed")
-        ready_r, ready_w = os.pipe()
-        exit_r, exit_w = os.pipe()
-        argv = ["slirp4netns", "--configure", "--mtu=65520", f"--ready-fd={ready_w}", f"--exit-fd={exit_r}",
-                *(() if host_loopback else ("--disable-host-loopback",)), str(target), IFNAME]
-        pid = _spawn(argv, (ready_w, exit_r))
+        log = helper_log()
+        fds: list[int] = []
+        try:
+            ready_r, ready_w = os.pipe()
+            fds += (ready_r, ready_w)
+            exit_r, exit_w = os.pipe()
+            fds += (exit_r, exit_w)
+            argv = ["slirp4netns", "--configure", "--mtu=65520", f"--ready-fd={ready_w}", f"--exit-fd={exit_r}",
+                    *(() if host_loopback else ("--disable-host-loopback",)), str(target), IFNAME]
+            pid = _spawn(argv, (ready_w, exit_r), log)
+        except BaseException:
+            for fd in (log, *fds):
+                os.close(fd)
+            raise
         os.close(ready_w)
         os.close(exit_r)
-        return cls(name, pid, target, ready_r, exit_w)
+        return cls(name, pid, target, log, ready_r, exit_w)
 
     def wait_ready(self) -> None:
         """Until the sandbox has its default route (the helper configured the tap)."""
@@ -316,12 +334,22 @@ class UserNet:
         while time.monotonic() < deadline:
             if _has_default_route(self.target):
                 return
-            waited, _status = os.waitpid(self.pid, os.WNOHANG)
+            waited, status = os.waitpid(self.pid, os.WNOHANG)
             if waited:
                 self.pid = 0
-                raise NetError(f"{self.name} exited before the network was up (run it by hand to see why)")
+                raise NetError(self._failure(f"{self.name} exited before the network was up", status))
             time.sleep(0.001)
-        raise NetError(f"{self.name} did not bring the network up within {READY_TIMEOUT:g} s")
+        raise NetError(self._failure(f"{self.name} did not bring the network up within {READY_TIMEOUT:g} s", None))
+
+    def _failure(self, what: str, status: int | None) -> str:
+        """`what`, with the helper's own last words."""
+        said = last_words(read_log(self.log))  # all of it: stop(), with SBX_DEBUG
+        if said:
+            return f"{what}: {said}"
+        if status is not None:
+            code = os.waitstatus_to_exitcode(status)
+            return f"{what} ({f'exit status {code}' if code >= 0 else f'killed by signal {-code}'}; it said nothing)"
+        return f"{what} (it said nothing)"
 
     def stop(self) -> None:
         if self.exit_w >= 0:
@@ -337,6 +365,89 @@ class UserNet:
                 pass
             os.waitpid(self.pid, 0)
             self.pid = 0
+        if self.log >= 0:
+            if os.environ.get("SBX_DEBUG"):
+                text = read_log(self.log)
+                if text:
+                    end = "" if text.endswith("\n") else "\n"
+                    os.write(2, f"sbx: {self.name}'s stderr:\n{text}{end}".encode(errors="replace"))
+            os.close(self.log)
+            self.log = -1
+
+
+TUN = "/dev/net/tun"
+
+
+def check_tun() -> None:
+    """The helper opens /dev/net/tun (as we see it: it stays in our mount namespace) to create
+    the sandbox's interface.  Where nothing set its mode (no udev: containers, minimal VMs,
+    fresh CI machines) it is the kernel's 0600 root:root, and an unprivileged helper fails
+    with words that do not say why (pasta: "Failed to open tun socket in namespace")."""
+    try:
+        os.close(os.open(TUN, os.O_RDWR | os.O_CLOEXEC))
+    except OSError as exc:
+        raise NetError(_tun_problem(exc)) from None
+
+
+def _tun_problem(exc: OSError) -> str:
+    import errno
+
+    if exc.errno == errno.ENOENT:
+        return f"--network pasta needs {TUN}, which does not exist (the kernel's tun driver: modprobe tun)"
+    if exc.errno not in (errno.EACCES, errno.EPERM):
+        return f"--network pasta cannot open {TUN}: {exc.strerror}"
+    try:
+        st = os.stat(TUN)
+        what = f"it is {st.st_mode & 0o7777:04o}, owner uid {st.st_uid}"
+    except OSError as stat_exc:
+        what = f"stat: {stat_exc.strerror}"
+    return (f"--network pasta needs read-write access to {TUN}, which this user lacks ({what}; udev's "
+            f"rules make it 0666, the kernel alone 0600): as root, chmod 0666 {TUN}")
+
+
+LOG_LIMIT = 64 * 1024
+
+
+def helper_log() -> int:
+    """A file for a helper's stderr: a memfd that cannot grow past LOG_LIMIT bytes.
+
+    Not a pipe: nobody reads a helper's stderr while it runs, and a chatty helper must
+    neither block on a full pipe nor fill memory (writes past the limit fail, and the
+    helpers ignore failed writes to stderr).  Its file offset, shared with the helper's
+    fd 2, is how much it wrote.
+    """
+    import fcntl
+
+    fd = os.memfd_create("sbx-helper-stderr", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, LOG_LIMIT)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_log(fd: int) -> str:
+    """What the helper has written to its helper_log() so far."""
+    size = min(os.lseek(fd, 0, os.SEEK_CUR), LOG_LIMIT)
+    return os.pread(fd, size, 0).decode(errors="replace")
+
+
+# Lines that are no reason: passt's logger when there is no syslog socket (it prints them
+# before the message it could not send), slirp4netns' parent after its child's error.
+_NOISE = (r"Failed to send \d+ bytes to syslog", r"child failed\(-?\d+\)", r"WARNING: .*")
+
+
+def last_words(text: str, limit: int = 300) -> str:
+    """A helper's last meaningful line: printable, at most `limit` characters."""
+    import re
+
+    lines = [" ".join("".join(c if c.isprintable() else " " for c in line).split()) for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    meaningful = [line for line in lines if not any(re.fullmatch(noise, line) for noise in _NOISE)]
+    line = (meaningful or lines or [""])[-1]
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def _has_default_route(pid: int) -> bool:
@@ -347,8 +458,8 @@ def _has_default_route(pid: int) -> bool:
         return False
 
 
-def _spawn(argv: list[str], keep: tuple[int, ...]) -> int:
-    """Fork and exec a helper that dies with us, its output to /dev/null."""
+def _spawn(argv: list[str], keep: tuple[int, ...], log: int) -> int:
+    """Fork and exec a helper that dies with us: no stdin or stdout, its stderr to `log`."""
     path = which(argv[0])
     assert path is not None
     parent = os.getpid()
@@ -367,8 +478,9 @@ def _spawn(argv: list[str], keep: tuple[int, ...]) -> int:
             for signum in (_signal.SIGPIPE, _signal.SIGXFSZ):  # Python ignores them; exec would keep that
                 _signal.signal(signum, _signal.SIG_DFL)
             null = os.open("/dev/null", os.O_RDWR)
-            for fd in (0, 1) if os.environ.get("SBX_DEBUG") else (0, 1, 2):
-                os.dup2(null, fd)
+            os.dup2(null, 0)
+            os.dup2(null, 1)
+            os.dup2(log, 2)
             for fd in keep:
                 os.set_inheritable(fd, True)
             os.execv(path, argv)  # our other fds are close-on-exec
