@@ -4,7 +4,9 @@ The first byte picks the target; the rest is the input.  A layer must
 extract or fail with a one-line ImageError, and whatever it extracted must
 stay inside its directory: no device other than a 0/0 whiteout, no
 setuid/setgid bit, nothing written next to it; the size the extractor
-counted must be what a walk of the result finds.  A plain tar must read the
+counted must be what a walk of the result finds; decompression must stop at
+the first byte past the expansion cap (extract.Limits.cap) and the data
+written stay within it.  A plain tar must read the
 same (members, offsets, data, or the same error) whether the stream comes
 whole or in short reads, as from a decompressor.  A reference must parse to a
 normalized form that parses to itself, or fail with a one-line ImageError.
@@ -26,13 +28,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 with atheris.instrument_imports():
     from sandbox.image import blob, extract, ref, tar
+    from sandbox.frozen import replace
     from sandbox.image.errors import ImageError
 
 # libFuzzer ends the process without atexit handlers: point TMPDIR somewhere disposable (the test does).
 ROOT = tempfile.mkdtemp(prefix="sbx-fuzz-image-")
 SENTINEL = os.path.join(ROOT, "sentinel")
 os.mkdir(SENTINEL)
-LIMITS = extract.Limits(max_bytes=4 << 20, max_entries=2000)
+# Small caps, so that inputs of -max_len reach them: 20:1 past 256 KiB, 4 MiB a layer.
+LIMITS = extract.Limits(max_bytes=4 << 20, max_entries=2000, max_ratio=20, ratio_floor=256 << 10)
 
 
 def one_line(error: ImageError) -> None:
@@ -108,15 +112,18 @@ def fuzz_layer(data: bytes) -> None:
             chunk, pending[0] = pending[0][:n], pending[0][n:]
             return chunk
 
-        plain, close = blob.decompressor(read)
+        cap = LIMITS.cap(len(data))[0]
+        stream = blob.LayerStream(read, len(data), cap, "layer")
         try:
-            counted = blob.Hashing(plain, 8 << 20, "layer")
-            stats = extract.extract(tar.TarReader(counted.read), dest, LIMITS)
-            counted.drain()
+            stats = extract.extract(tar.TarReader(stream.read), dest, replace(LIMITS, max_bytes=cap))
+            stream.drain()
         finally:
-            close()
-        check_tree(dest)
-        open_up(dest)
+            stream.close()
+            # Decompression stops at the first byte past the cap; the data written stays within it.
+            assert stream.plain.count <= cap + 1, (stream.plain.count, cap)
+            check_tree(dest)
+            open_up(dest)
+            assert extract.tree_bytes(dest) <= cap, (extract.tree_bytes(dest), cap)
         assert stats.size == extract.tree_bytes(dest), (stats, extract.tree_bytes(dest))
     except ImageError as error:
         one_line(error)

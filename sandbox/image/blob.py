@@ -15,7 +15,7 @@ import threading
 import zlib
 from collections.abc import Callable
 
-from .errors import ImageError
+from .errors import ImageError, TooLarge
 
 Read = Callable[[int], bytes]
 CHUNK = 1 << 20  # large reads: per-call overhead, not bytes, is what costs here
@@ -34,10 +34,12 @@ class Hashing:
         self.hash = hashlib.sha256()
 
     def read(self, size: int) -> bytes:
-        chunk = self._read(size)
-        self.count += len(chunk)
+        # Never ask for more than one byte past the limit: a decompressor then stops right there.
+        if self.count <= self.limit:
+            chunk = self._read(min(size, self.limit - self.count + 1))
+            self.count += len(chunk)
         if self.count > self.limit:
-            raise ImageError(f"{self.what} is larger than the limit of {self.limit} bytes")
+            raise TooLarge(f"{self.what} is larger than the limit of {self.limit} bytes")
         self.hash.update(chunk)
         return chunk
 
@@ -186,11 +188,12 @@ class Unzstd:
 def decompressor(read: Read) -> tuple[Read, Callable[[], None]]:
     """Detect the compression by its magic bytes: (read function of the plain data, close)."""
     peeked = Peeked(read, 4)
-    plain, close, _compressed = _decompress(peeked)
+    plain, close, _compressed = decompress(peeked)
     return plain, close
 
 
-def _decompress(peeked: Peeked) -> tuple[Read, Callable[[], None], bool]:
+def decompress(peeked: Peeked) -> tuple[Read, Callable[[], None], bool]:
+    """(read function of the plain data, close, whether it was compressed)."""
     if peeked.head.startswith(GZIP_MAGIC):
         return Gunzip(peeked.read).read, lambda: None, True
     if peeked.head.startswith(ZSTD_MAGIC):
@@ -205,15 +208,17 @@ class LayerStream:
     """One pass over a layer blob: digest and size as stored, decompression, digest of the plain tar.
 
     A plain blob is hashed once: its digest and its diff_id are digests of the same bytes.  `read` gives
-    the plain tar; after `drain()`, `raw` and `plain` hold the two digests and counts.
+    the plain tar; after `drain()`, `raw` and `plain` hold the two digests and counts.  A compressed
+    blob's plain tar (headers and padding included) may be `plain_limit` bytes: the decompressor is
+    stopped one byte past it, with TooLarge.
     """
 
     def __init__(self, read: Read, raw_limit: int, plain_limit: int, what: str) -> None:
         self.raw = Hashing(read, raw_limit, what)
         self._close: Callable[[], None] = lambda: None
-        plain_read, self._close, compressed = _decompress(Peeked(self.raw.read, 4))
-        self.plain = Hashing(plain_read, plain_limit, what) if compressed else self.raw
-        self.read: Read = self.plain.read if compressed else plain_read
+        plain_read, self._close, self.compressed = decompress(Peeked(self.raw.read, 4))
+        self.plain = Hashing(plain_read, plain_limit, what) if self.compressed else self.raw
+        self.read: Read = self.plain.read if self.compressed else plain_read
 
     def drain(self) -> None:
         """Read (and hash) whatever the consumer left: bytes after the tar's end count in both digests."""

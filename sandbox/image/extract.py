@@ -38,7 +38,7 @@ import stat
 
 from .. import linux
 from ..frozen import dataclass
-from .errors import ImageError
+from .errors import ImageError, TooLarge
 from .tar import BLOCKDEV, CHAR, DIR, FIFO, FILE, HARDLINK, SYMLINK, Member, TarReader
 
 WHITEOUT = ".wh."
@@ -57,8 +57,50 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 @dataclass(frozen=True)
 class Limits:
-    max_bytes: int = 64 << 30  # data bytes in one layer
+    """How far an import may expand (SECURITY.md, decompression bombs).
+
+    A layer may expand to `max_ratio` times its compressed size, or to `ratio_floor` if that is more
+    (small layers never trip it; 0: no ratio cap), and never past `max_bytes`; all the layers one
+    import extracts, to `max_image` together.  Checked while extracting, on what the decompressor
+    yields (tar headers and padding included) and on the file data written; the extractor itself
+    checks `max_bytes` and `max_entries` only.
+    """
+
+    max_bytes: int = 8 << 30  # expanded bytes of one layer
     max_entries: int = 1 << 20
+    max_ratio: int = 100
+    ratio_floor: int = 16 << 20
+    max_image: int = 16 << 30
+
+    def cap(self, compressed: int, spent: int = 0) -> tuple[int, str]:
+        """(the most a blob of `compressed` bytes may expand to, which limit that is), when the import's
+        layers so far expanded to `spent` bytes."""
+        caps = [(self.max_bytes, "the --max-layer-size"),
+                (max(0, self.max_image - spent), f"the --max-size of {size_text(self.max_image)} for the import")]
+        if self.max_ratio > 0:
+            caps.append((max(self.ratio_floor, self.max_ratio * compressed),
+                         f"over --max-ratio {self.max_ratio}:1 of its {size_text(compressed)} compressed"))
+        return min(caps, key=lambda cap: cap[0])
+
+
+def size_text(size: int) -> str:
+    """1536 -> '1.5KiB'."""
+    if size < 1024:
+        return f"{size}B"
+    value = float(size)
+    for unit in ("KiB", "MiB", "GiB"):
+        value /= 1024
+        if value < 1024:
+            break
+    else:
+        unit = "TiB"
+        value /= 1024
+    return f"{value:.1f}{unit}"
+
+
+def expansion_error(what: str, cap: tuple[int, str]) -> ImageError:
+    """The one line for a stream stopped at Limits.cap()."""
+    return ImageError(f"{what}: expands past {size_text(cap[0])}, {cap[1]} (a decompression bomb?)")
 
 
 @dataclass(frozen=True)
@@ -70,6 +112,7 @@ class Stats:
     opaque: int
     size: int = 0  # apparent bytes of everything but directories, as tree_bytes() measures the result
     other_owners: int = 0  # entries whose owner (other than 0:0) could not be kept: now the caller's
+    expanded: int = 0  # bytes of the plain tar (set by oci.extract_layer)
 
 
 def split(name: str) -> tuple[str, ...]:
@@ -207,8 +250,8 @@ class Extractor:
         self.bytes += size
         if self.entries > self.limits.max_entries:
             raise ImageError(f"layer has more than {self.limits.max_entries} entries")
-        if self.bytes > self.limits.max_bytes:
-            raise ImageError(f"layer is larger than the limit of {self.limits.max_bytes} bytes")
+        if self.bytes > self.limits.max_bytes:  # checked at the header, before the data is read
+            raise TooLarge(f"layer is larger than the limit of {self.limits.max_bytes} bytes")
 
     def member(self, member: Member, tar: TarReader) -> None:
         parts = split(member.name)

@@ -17,19 +17,21 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
 
 from .. import linux
-from ..frozen import dataclass
+from ..frozen import dataclass, replace
 from . import blob, extract, ref
-from .errors import ImageError
+from .errors import ImageError, TooLarge
 from .store import Record, Store, check_digest
 from .tar import DIR, FILE, HARDLINK, SYMLINK, TarReader
 
 MAX_JSON = 16 << 20
 MAX_BLOB = 1 << 40
+ARCHIVE_SLACK = 64 << 20  # a compressed archive's spool: room for its manifests and configs beside the layers
 MAX_INDEX_DEPTH = 4
 RESOLVE = extract.RESOLVE_BENEATH | extract.RESOLVE_NO_MAGICLINKS
 
@@ -253,8 +255,12 @@ class TarSource(Source):
         os.close(self.fd)
 
 
-def open_source(path: str, work: str) -> DirSource | TarSource:
-    """A directory, a tar file (plain or compressed) or '-' for stdin; compressed/stdin is spooled to `work`."""
+def open_source(path: str, work: str, limits: extract.Limits = extract.Limits()) -> DirSource | TarSource:
+    """A directory, a tar file (plain or compressed) or '-' for stdin; compressed/stdin is spooled to `work`.
+
+    The spool is capped like a layer (Limits.cap), by the archive's size, or from a pipe by what
+    has come so far; and by the import's --max-size (the layers in it, plus ARCHIVE_SLACK of the rest).
+    """
     if path != "-" and os.path.isdir(path):
         return DirSource(path)
     try:
@@ -264,12 +270,24 @@ def open_source(path: str, work: str) -> DirSource | TarSource:
     head = os.pread(fd, 4, 0) if path != "-" else b""
     if path != "-" and not head.startswith((blob.GZIP_MAGIC, blob.ZSTD_MAGIC)):
         return TarSource(fd)
-    read, close = blob.decompressor(lambda n: os.read(fd, n))
+    st = os.fstat(fd)
+    size = st.st_size if stat.S_ISREG(st.st_mode) else None
+    raw = blob.Hashing(lambda n: os.read(fd, n), MAX_BLOB, "the archive")
+    read, close, compressed = blob.decompress(blob.Peeked(raw.read, 4))
+    archive_limits = replace(limits, max_bytes=MAX_BLOB, max_ratio=limits.max_ratio if compressed else 0)
     spool = os.path.join(work, "archive.tar")
     out = os.open(spool, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        counted = blob.Hashing(read, MAX_BLOB, "the archive")
-        while chunk := counted.read(1 << 20):
+        written = 0
+        while True:
+            # spent < 0: the layers' budget plus room for the rest (manifests, configs, tar headers)
+            cap = archive_limits.cap(raw.count if size is None else size, spent=-ARCHIVE_SLACK)
+            chunk = read(min(1 << 20, cap[0] - written + 1))
+            if not chunk:
+                break
+            written += len(chunk)
+            if written > cap[0]:
+                raise extract.expansion_error(f"archive {path}", cap)
             os.write(out, chunk)
     except BaseException:
         os.close(out)
@@ -429,8 +447,13 @@ def _owners() -> int:
 
 
 def extract_layer(read: Callable[[int], bytes], dest: str, layer: Layer, limits: extract.Limits,
-                  owners: int = 0) -> extract.Stats:
+                  owners: int = 0, stored: int | None = None, spent: int = 0) -> extract.Stats:
     """Extract one layer blob into `dest` in one pass, checking its digests as it goes by.
+
+    Expansion is capped (Limits.cap: `stored` is the blob's size in the source, `spent` what the
+    import's earlier layers expanded to) on the decompressor's output and on the data written, while
+    extracting: past the cap, decompression stops and the import fails; Stats.expanded is the plain
+    tar's size, for the next layer's `spent`.
 
     Nothing extracted is trusted before the digests are checked at the end: `dest` is in the import's
     temporary directory, which a failure removes.  (Checking the blob in a pass of its own first adds a
@@ -439,14 +462,18 @@ def extract_layer(read: Callable[[int], bytes], dest: str, layer: Layer, limits:
     the error reported: it says what is wrong, where a tar error would say only how it showed.
     """
     what = f"layer {layer.diff_id}"
-    stream = blob.LayerStream(read, layer.size if layer.size is not None else MAX_BLOB,
-                              limits.max_bytes + (64 << 20), what)
+    sizes = [size for size in (layer.size, stored) if size is not None]
+    cap = limits.cap(min(sizes) if sizes else MAX_BLOB, spent)
+    stream = blob.LayerStream(read, layer.size if layer.size is not None else MAX_BLOB, cap[0], what)
     try:
-        stats = extract.extract(TarReader(stream.read), dest, limits, owners)
+        # A plain blob is bounded by its size; the extractor bounds the data it writes by the cap.
+        stats = extract.extract(TarReader(stream.read), dest, replace(limits, max_bytes=cap[0]), owners)
         stream.drain()
-    except ImageError:
+    except ImageError as exc:
         if layer.digest is not None and not stream.raw_intact(layer.digest, layer.size):
             raise ImageError(f"layer {layer.digest}: digest mismatch (corrupt or tampered)") from None
+        if isinstance(exc, TooLarge):
+            raise extract.expansion_error(what, cap) from None
         raise
     finally:
         stream.close()
@@ -456,7 +483,7 @@ def extract_layer(read: Callable[[int], bytes], dest: str, layer: Layer, limits:
         raise ImageError(f"layer {layer.digest}: digest mismatch (corrupt or tampered)")
     if stream.plain.digest != layer.diff_id:
         raise ImageError(f"layer {layer.diff_id}: content digest mismatch (corrupt or tampered)")
-    return stats
+    return replace(stats, expanded=stream.plain.count)
 
 
 def image_config(config: bytes) -> dict[str, object]:
@@ -513,7 +540,7 @@ def import_images(store: Store, path: str, name: str | None = None, platform: Pl
 
 def _import(store: Store, path: str, work: str, name: str | None, platform: Platform | None,
             limits: extract.Limits, log: Callable[[str], None]) -> list[Record]:
-    source = open_source(path, work)
+    source = open_source(path, work, limits)
     try:
         if source.exists("manifest.json"):
             candidates = docker_candidates(source)
@@ -537,6 +564,7 @@ def _import(store: Store, path: str, work: str, name: str | None, platform: Plat
         sizes: dict[str, int] = {}
         extracted: dict[str, str] = {}
         owners = _owners()
+        spent = 0  # bytes the layers extracted so far expanded to: bounded by limits.max_image
         for _names, candidate in named:
             for layer in candidate.layers:
                 if layer.diff_id in sizes or store.has_layer(layer.diff_id):
@@ -544,11 +572,12 @@ def _import(store: Store, path: str, work: str, name: str | None, platform: Plat
                 dest = os.path.join(work, check_digest(layer.diff_id))
                 os.mkdir(dest, 0o700)
                 log(f"extracting {layer.diff_id[:19]}")
-                read, _size, close = source.open(layer.path)
+                read, stored, close = source.open(layer.path)
                 try:
-                    stats = extract_layer(read, dest, layer, limits, owners)
+                    stats = extract_layer(read, dest, layer, limits, owners, stored, spent)
                 finally:
                     close()
+                spent += stats.expanded
                 sizes[layer.diff_id] = stats.size  # what tree_bytes() says of layers already in the store
                 if stats.other_owners:
                     which = f"owners above {owners}, which have no id outside," if owners else "other owners than root:"

@@ -13,7 +13,9 @@ HTTP for localhost/127.0.0.0/8/::1 and --insecure, HTTPS otherwise.  An
 index (manifest list) is resolved for the platform (default: this machine).
 Blobs are downloaded by a small thread pool into a temporary OCI layout in
 the store's tmp/, each hashed while streaming and bounded by its
-descriptor's size; a dropped connection is resumed with a Range request.
+descriptor's size (and layers too large for the import's expansion limits,
+extract.Limits, are refused before any download); a dropped connection is
+resumed with a Range request.
 The layout is then imported by `oci.import_images`, which verifies every
 digest again, extracts safely and commits under the store's lock, so a pull
 that fails anywhere leaves nothing in the store.
@@ -527,6 +529,7 @@ def pull(store: Store, text: str, platform: oci.Platform | None = None, insecure
         for layer, diff_id in zip(layers, ids):
             if not store.has_layer(diff_id):
                 needed.setdefault(layer.digest, layer)
+        check_sizes(what, list(needed.values()), limits)
         fetch_layers(client, layout, list(needed.values()), len(layers), progress, say, jobs)
         entry = {"mediaType": media_type, "digest": digest, "size": len(body),
                  "platform": {k: v for k, v in (("os", found.os or wanted.os),
@@ -540,6 +543,23 @@ def pull(store: Store, text: str, platform: oci.Platform | None = None, insecure
     finally:
         extract.remove_tree(work)
         os.close(hold)
+
+
+def check_sizes(what: str, layers: list[oci.Descriptor], limits: extract.Limits) -> None:
+    """Refuse before downloading what could not expand within the limits: compressed data is never much
+    larger than its plain form (gzip and zstd add a few bytes per 64 KiB), so past the caps plus 1.5%
+    and 1 MiB, a blob would be refused after its download anyway."""
+    def over(size: int, cap: int) -> bool:
+        return size > cap + (cap >> 6) + (1 << 20)
+
+    for layer in layers:
+        if over(layer.size, limits.max_bytes):
+            raise ImageError(f"{what}: layer {layer.digest} is {extract.size_text(layer.size)} compressed, past the "
+                             f"--max-layer-size of {extract.size_text(limits.max_bytes)}")
+    total = sum(layer.size for layer in layers)
+    if over(total, limits.max_image):
+        raise ImageError(f"{what}: its layers are {extract.size_text(total)} compressed, past the --max-size of "
+                         f"{extract.size_text(limits.max_image)}")
 
 
 def fetch_layers(client: Client, layout: str, needed: list[oci.Descriptor], count: int, progress_mode: str,
