@@ -2,9 +2,10 @@
 # Set up and run the whole test suite.
 #
 # As root (CI): installs the Debian packages the tests need, a virtualenv with
-# the Python ones, then runs the suite as root and again as an unprivileged
-# user (created if missing), since rootless is sbx's main case.  As a normal
-# user: a virtualenv in .venv and the suite as that user.
+# the Python ones (sbx editable), then runs the suite as root and again as an
+# unprivileged user (created if missing), since rootless is sbx's main case:
+# that stage installs sbx as users do, from a wheel into a fresh venv.  As a
+# normal user: a virtualenv in .venv and the suite as that user.
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -23,6 +24,10 @@ if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
+  # No udev here (containers, minimal VMs, fresh CI machines): the kernel leaves /dev/net/tun
+  # 0600 root-only and rootless pasta/slirp4netns cannot open it; udev's rules make it 0666
+  # (creating an interface still needs CAP_NET_ADMIN in the namespace it lives in).
+  if [ -c /dev/net/tun ]; then chmod 0666 /dev/net/tun; fi
 else
   venv=${SBX_VENV:-$repo/.venv}
 fi
@@ -46,12 +51,37 @@ if [ "$(id -u)" = 0 ]; then
   id "$test_user" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$test_user"
   # A copy the unprivileged user owns: the checkout itself may sit where it cannot read.
   copy=$(mktemp -d /tmp/sbx-user-stage.XXXXXX)
-  trap 'rm -rf "$copy"' EXIT
-  tar --exclude=./.venv --exclude=./.git -cf - . | tar -xf - -C "$copy"
+  wheel_stage=$(mktemp -d /tmp/sbx-wheel-stage.XXXXXX)
+  trap 'rm -rf "$copy" "$wheel_stage"' EXIT
+  tar --exclude=./.venv --exclude=./.git --exclude=./build --exclude='./*.egg-info' -cf - . | tar -xf - -C "$copy"
   chown -R "$test_user:" "$copy"
   chmod 755 "$copy"
-  echo "== tests as $test_user (rootless)"
-  su "$test_user" -s /bin/bash -c "cd '$copy' && SBX_VENV='$venv' SBX_VENV_READY=1 '$py' -m pytest $*" || status=$?
+
+  # The rootless stage tests sbx as users and distributions install it: a wheel built from a
+  # clean copy of the tree, installed (not editable) into a venv made afresh (so a stale install
+  # cannot hide a missing module), run from a copy of the tree without sandbox/ so nothing can
+  # import the checkout (SBX_TEST_INSTALLED=1: see tests/conftest.py and tests/test_packaging.py).
+  wheel_venv=${SBX_WHEEL_VENV:-/opt/sbx-wheel-venv}
+  echo "== building a wheel, installing it into $wheel_venv"
+  mkdir "$wheel_stage/src" "$wheel_stage/dist" "$wheel_stage/tree"
+  tar --exclude=./.venv --exclude=./.git --exclude=./build --exclude='./*.egg-info' --exclude='__pycache__' -cf - . \
+    | tar -xf - -C "$wheel_stage/src"
+  (cd "$wheel_stage/src" && tar --exclude=./sandbox -cf - .) | tar -xf - -C "$wheel_stage/tree"
+  chown -R "$test_user:" "$wheel_stage/tree"
+  chmod 755 "$wheel_stage"
+  rm -rf "$wheel_venv"
+  if /usr/bin/python3 -m venv "$wheel_venv" \
+      && "$wheel_venv/bin/pip" wheel -q --disable-pip-version-check --no-deps -w "$wheel_stage/dist" "$wheel_stage/src" \
+      && wheel=$(echo "$wheel_stage"/dist/sbx-*.whl) && [ -f "$wheel" ] \
+      && "$wheel_venv/bin/pip" install -q --disable-pip-version-check "$wheel[test]"; then
+    chmod -R a+rX "$wheel_venv"
+    echo "== tests as $test_user (rootless), sbx installed from $(basename "$wheel")"
+    su "$test_user" -s /bin/bash -c "cd '$wheel_stage/tree' && SBX_TEST_INSTALLED=1 '$wheel_venv/bin/python' -m pytest $*" \
+      || status=$?
+  else
+    echo "== the wheel did not build or install: the rootless stage did not run"
+    status=1
+  fi
 
   # cgroup v2 cannot be exercised on hosts with a hybrid layout (like these): a VM with a
   # real unified hierarchy, a cgroup delegated to the test user as systemd does.

@@ -49,9 +49,9 @@ def sbx_command(explicit: str | None) -> list[str]:
     return [sys.executable, "-m", "sandbox"]
 
 
-def time_once(argv: list[str]) -> float:
+def time_once(argv: list[str], env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
-    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     return time.perf_counter() - start
 
 
@@ -69,18 +69,24 @@ def main() -> int:
         "sbx": sbx_command(args.sbx) + ["run", "--", "/bin/true"],
         "python -c pass": [sys.executable, "-c", "pass"],
     }
+    # The same run in the single id mapping (the payload is the caller): what the id ranges cost.
+    single = {**os.environ, "SBX_ID_RANGES": "0"}
+    envs = {"sbx single-id": single}
+    commands["sbx single-id"] = commands["sbx"]
     times: dict[str, list[float]] = {name: [] for name in commands}
-    for argv in commands.values():
-        time_once(argv)  # warm the page cache
+    for name, argv in commands.items():
+        time_once(argv, envs.get(name))  # warm the page cache
     for _ in range(args.runs):
         for name, argv in commands.items():
-            times[name].append(time_once(argv))
+            times[name].append(time_once(argv, envs.get(name)))
     print(f"cold start, median of {args.runs} alternating runs, uid {os.getuid()}")
     for name, samples in times.items():
         print(f"  {name:16} {statistics.median(samples) * 1000:7.2f} ms  (p90 "
               f"{statistics.quantiles(samples, n=10)[-1] * 1000:.2f} ms)")
     ratio = statistics.median(times["sbx"]) / statistics.median(times["bwrap"])
     print(f"  sbx / bwrap      {ratio:7.2f}x  (goal: within 3x)")
+    ranges = statistics.median(times["sbx"]) - statistics.median(times["sbx single-id"])
+    print(f"  id ranges cost   {ranges * 1000:7.2f} ms per run (sbx minus sbx single-id)")
     print(f"  sbx command: {' '.join(commands['sbx'][:-3])}")
     return 0
 

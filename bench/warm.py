@@ -336,6 +336,8 @@ class Bench:
         self.sbx = args.sbx.split() if args.sbx else [sys.executable, "-m", "sandbox"]
         self.batch_env = dict(os.environ, PYTHONPATH=str(REPO))
         self.log_dir = args.log_dir
+        # sbx writes output only to regular files (a device path is refused): a scratch file stands in for /dev/null
+        self.sink = os.path.join(self.log_dir, "batch-output")
         self.cleanup: list[Callable[[], None]] = []
 
     def close(self) -> None:
@@ -403,7 +405,7 @@ class Bench:
             print("  note: `sbx batch` held each result until more input came; the bench writes "
                   f"{4 * batch.jobs} invalid lines after each run's line to push it out")
         null = self.spawner.null_w
-        lines = {name: {"argv": argv, "stdout": os.devnull, "stderr": os.devnull}
+        lines = {name: {"argv": argv, "stdout": self.sink, "stderr": self.sink}
                  for name, argv in self.payloads.items()}
 
         def warm(argv: list[str]) -> float:
@@ -523,7 +525,7 @@ class Bench:
         variants: dict[str, Callable[[float], int]] = {}
         if self.bwrap:
             variants["2 bwrap loops"] = threads(bwrap_one)
-        variants["sbx batch -j 2"] = lambda s: batch.window({"argv": argv, "stdout": os.devnull}, s)
+        variants["sbx batch -j 2"] = lambda s: batch.window({"argv": argv, "stdout": self.sink}, s)
         variants["sbx API, 2 threads"] = threads(api_one)
         totals = {name: (0, 0.0, 0.0) for name in variants}
         for _ in range(2):

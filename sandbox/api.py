@@ -15,8 +15,11 @@ profiles, compiled seccomp filters, resolved images (their store lock held),
 the delegated cgroup, and sandboxes prepared ahead for the shapes it has
 run (see pool.py).  Every run still gets its own user, pid, mount, ipc, uts,
 cgroup and net namespaces, a fresh writable layer and /tmp, and a fresh run
-cgroup.  Profiles and images are read once per Runner: make a new Runner to
-see changes to them.
+cgroup.  Profiles are read once per Runner: make a new Runner to see changes
+to them.  An image's record is checked at each run (one stat): an image
+imported again under its name is used from the next run on.  A prepared
+sandbox serves a run only while every host path it bound (volumes, the box,
+image layers) still names the object it bound (pool.py).
 
 Thread safety: `Runner.run` may be called from several threads at once.
 Signals are the caller's business: the API installs no handlers.
@@ -33,7 +36,7 @@ import os
 import threading
 
 from .box import MODES as BOX_MODES
-from .box import MOUNT_POINT, Box, BoxError
+from .box import Box, BoxError
 from .errors import SbxError, SetupError, UsageError
 from .result import Result
 from .spec import Spec
@@ -74,17 +77,20 @@ class Runner:
         self.root = root
         self.warn: Callable[[str], None] = warn if warn is not None else (lambda line: None)
         self.lock = threading.Lock()
-        self.settings: dict[tuple[str | None, tuple[str, ...]], dict[str, object]] = {}
-        self.specs: dict[tuple[object, ...], Spec] = {}
+        self.settings: dict[tuple[str | None, bool], dict[str, object]] = {}
+        self.specs: dict[tuple[object, ...], tuple[Spec, tuple[tuple[str, str | None], ...]]] = {}  # and its images
         self.programs: dict[SeccompSpec, bytes | None] = {}
         self.images: dict[tuple[str, str | None], ImageInfo] = {}
+        # Each image's record file, held open (O_PATH) as it was read: (path, fd, (st_dev, st_ino)).
+        self.records: dict[tuple[str, str | None], tuple[str, int, tuple[int, int]]] = {}
+        self.retired: dict[tuple[str, str | None], int] = {}  # an image's lock until its new record is read
         self.delegations: dict[str | None, Delegation | None] = {}
         self.pool: Pool | None = None
         self.closed = False
         if warm:
             from .pool import Pool
 
-            self.pool = Pool(depth, self._inputs, self._adopted)
+            self.pool = Pool(depth, self._inputs)
 
     def __enter__(self) -> Runner:
         return self
@@ -100,10 +106,13 @@ class Runner:
             self.closed = True
         if self.pool is not None:
             self.pool.close()
-        for info in self.images.values():
-            if info.lock_fd >= 0:
-                os.close(info.lock_fd)
+        for fd in (*(info.lock_fd for info in self.images.values()), *(r[1] for r in self.records.values()),
+                   *self.retired.values()):
+            if fd >= 0:
+                os.close(fd)
         self.images.clear()
+        self.records.clear()
+        self.retired.clear()
 
     # -- building a run ----------------------------------------------------------------------
 
@@ -114,7 +123,8 @@ class Runner:
         """The Spec a run with these arguments would use (raises UsageError/ProfileError).
 
         Specs are remembered by their arguments (a judge repeats the same few), so files
-        named by volumes are checked when a Spec is first built, and mounted at each run.
+        named by volumes are checked when a Spec is first built, and mounted at each run;
+        one whose image was imported again since is built again.
         """
         try:
             key: tuple[object, ...] | None = (
@@ -126,20 +136,28 @@ class Runner:
         if key is not None:
             with self.lock:
                 cached = self.specs.get(key)
-            if cached is not None:
-                return cached
-        spec = self._build_spec(argv, profile, options, limits, env, volumes, workdir, image, network, box, box_mode)
+            if cached is not None and self._images_current(cached[1]):
+                return cached[0]
+        used: list[tuple[str, str | None]] = []
+
+        def images(name: str, root: str | None) -> ImageInfo:
+            used.append((name, root))
+            self._images_current(((name, root),))  # forgets it if imported again since
+            return self._image(name, root)
+
+        spec = self._build_spec(argv, profile, options, limits, env, volumes, workdir, image, network, box, box_mode,
+                                images)
         if key is not None:
             with self.lock:
                 if len(self.specs) >= SPEC_CACHE:
                     del self.specs[next(iter(self.specs))]
-                self.specs[key] = spec
+                self.specs[key] = (spec, tuple(used))
         return spec
 
     def _build_spec(self, argv: Sequence[str], profile: str | None | object, options: Sequence[str],
                     limits: Mapping[str, object] | None, env: Mapping[str, str] | None, volumes: Sequence[str],
                     workdir: str | None, image: str | None, network: str | None, box: Box | None,
-                    box_mode: str) -> Spec:
+                    box_mode: str, images: Callable[[str, str | None], ImageInfo]) -> Spec:
         from . import cli, compose
 
         profile_name = self.profile if profile is _UNSET else profile
@@ -147,7 +165,8 @@ class Runner:
         if rest:
             raise UsageError(f"options: unexpected argument {rest[0]!r} (the command goes in argv)")
         name = raw.pop("profile", profile_name)
-        settings = compose.merge(self._profile(name if isinstance(name, str) else None),
+        project = raw.pop("project_profiles", False) is True  # options=["--project-profiles"]
+        settings = compose.merge(self._profile(name if isinstance(name, str) else None, project),
                                  cli.flag_settings(raw, self.cwd, self.environ))
         extra: dict[str, object] = {}
         if limits:
@@ -171,7 +190,7 @@ class Runner:
         settings = compose.merge(settings, extra)
         if box is not None:
             settings = box.settings(settings, box_mode, workdir="sandbox.workdir" in raw or workdir is not None)
-        return compose.build(settings, list(argv), self.cwd, self.environ, images=self._image)
+        return compose.build(settings, list(argv), self.cwd, self.environ, images=images)
 
     def run(self, argv: Sequence[str], *, stdin: Stdin = None, stdout: Output = None, stderr: Output = None,
             capture_limit: int = 16 << 20, box: Box | str | None = None, box_mode: str = "rw",
@@ -181,6 +200,7 @@ class Runner:
         stdin: bytes (fed to the run), a path, an fd (duplicated), or None for /dev/null.
         stdout/stderr: a path (created or truncated, never through a symlink), an fd
         (duplicated), or None to capture into Result.stdout/stderr (up to capture_limit each).
+        The run never gets a file of yours itself: sbx feeds and drains pipes (see stdio.py).
         box: a Box or box name: its work directory at /box (box_mode rw, ro, or overlay for a
         writable view whose changes are discarded), the default workdir; the box's lock is
         held for the run (box_wait=False: BoxBusy instead of waiting).  cpu: pin the run to it.
@@ -200,14 +220,15 @@ class Runner:
         try:
             if box is not None:
                 box_fd = box.lock(box_wait)
-            return self.execute(spec, streams, cpu=cpu, box=box)
+            return self.execute(spec, streams, cpu=cpu)
         finally:
             streams.close()
             if box_fd >= 0:
                 os.close(box_fd)
 
-    def execute(self, spec: Spec, streams: Streams, cpu: int | None = None, box: Box | None = None) -> Result:
-        """Run a Spec (as built by spec()) with these streams; they are closed once sent."""
+    def execute(self, spec: Spec, streams: Streams, cpu: int | None = None) -> Result:
+        """Run a Spec (as built by spec()) with these streams; they are closed once sent.  A box's
+        lock is the caller's to hold (run() does)."""
         from . import supervise
 
         if self.closed:
@@ -215,7 +236,7 @@ class Runner:
         try:
             program = self._program(spec)
             delegation = self._delegation(spec.cgroup)
-            prepared = self._take(spec, box)
+            prepared = self._take(spec)
             if prepared is None:
                 prepared = self._prepare(supervise.shape_of(spec))
             try:
@@ -258,32 +279,62 @@ class Runner:
 
     # -- what a Runner keeps -----------------------------------------------------------------
 
-    def _profile(self, name: str | None) -> dict[str, object]:
+    def _profile(self, name: str | None, project: bool) -> dict[str, object]:
         from . import cli
 
-        key = (name, ())
+        key = (name, project)
         with self.lock:
             cached = self.settings.get(key)
         if cached is None:
-            cached = cli.profile_settings(name, self.cwd, self.environ)
+            cached = cli.profile_settings(name, self.cwd, self.environ, project, self.warn)
             with self.lock:
                 self.settings[key] = cached
         return cached
 
     def _image(self, name: str, root: str | None) -> ImageInfo:
+        key = (name, root)
         with self.lock:
-            info = self.images.get((name, root))
+            info = self.images.get(key)
         if info is None:
-            from .image import resolve
-
-            info = resolve(name, root)
+            info, record = _resolve_image(name, root)
             with self.lock:
-                if (name, root) in self.images:  # another thread won
-                    os.close(info.lock_fd)
-                    info = self.images[(name, root)]
+                if key in self.images:  # another thread won
+                    spare = (info.lock_fd, record[1])
+                    info = self.images[key]
                 else:
-                    self.images[(name, root)] = info
+                    self.images[key] = info
+                    self.records[key] = record
+                    spare = (self.retired.pop(key, -1), -1)  # the new lock holds the layers now
+            for fd in spare:
+                if fd >= 0:
+                    os.close(fd)
         return info
+
+    def _images_current(self, used: tuple[tuple[str, str | None], ...]) -> bool:
+        """Whether each image a Spec was built on still has the record it was read from (one stat
+        each); one imported again since is forgotten, so the Spec is built again."""
+        for key in used:
+            with self.lock:
+                record = self.records.get(key)
+            if record is not None and record[1] >= 0:
+                try:
+                    st = os.stat(record[0])
+                    if (st.st_dev, st.st_ino) == record[2]:
+                        continue
+                except OSError:
+                    pass
+            with self.lock:  # another thread may have got here first: close only what we took out
+                info = self.images.pop(key, None)
+                taken = self.records.pop(key, None)
+                spare = -1
+                if info is not None:
+                    spare = self.retired.pop(key, -1)
+                    self.retired[key] = info.lock_fd  # until the new record's lock is held
+            for fd in (spare, -1 if taken is None else taken[1]):
+                if fd >= 0:
+                    os.close(fd)
+            return False
+        return True
 
     def _program(self, spec: Spec) -> bytes | None:
         with self.lock:
@@ -310,17 +361,14 @@ class Runner:
             self.delegations[explicit] = delegation
         return delegation
 
-    def _take(self, spec: Spec, box: Box | None) -> Prepared | None:
+    def _take(self, spec: Spec) -> Prepared | None:
+        """A sandbox the pool prepared, if its binds (volumes, the box, image layers) are still
+        of the objects their paths name now (pool.Pool.take)."""
         if self.pool is None or spec.tty:
             return None
         from .supervise import shape_of
 
-        shape = shape_of(spec)
-        prepared = self.pool.take(shape)
-        if prepared is not None and box is not None and prepared.box_identity != box.identity():
-            prepared.discard()  # the box was removed and made again since: not the same directory
-            return None
-        return prepared
+        return self.pool.take(shape_of(spec))
 
     def _prepare(self, shape: Spec) -> Prepared:
         """A sandbox of this shape, started now (by the zygote when warm)."""
@@ -328,23 +376,12 @@ class Runner:
             return self.pool.spawn(shape)
         from .supervise import Prepared
 
-        prepared = Prepared.start(shape, *self._inputs(shape))
-        self._adopted(prepared)
-        return prepared
+        return Prepared.start(shape, *self._inputs(shape))
 
     def _inputs(self, shape: Spec) -> tuple[bytes | None, str | None]:
         from .supervise import egress_rules
 
         return self._program(shape), egress_rules(shape)
-
-    def _adopted(self, prepared: Prepared) -> None:
-        for mount in prepared.shape.mounts:
-            if mount.target == MOUNT_POINT and mount.source is not None:
-                try:
-                    st = os.stat(mount.source, follow_symlinks=False)
-                    prepared.box_identity = (st.st_dev, st.st_ino)
-                except OSError:
-                    pass
 
 
 def run(argv: Sequence[str], **kwargs: object) -> Result:
@@ -354,6 +391,51 @@ def run(argv: Sequence[str], **kwargs: object) -> Result:
                                       if k in kwargs}
     with Runner(warm=False, **runner_args) as runner:  # type: ignore[arg-type]
         return runner.run(argv, **kwargs)  # type: ignore[arg-type]
+
+
+def _resolve_image(name: str, root: str | None) -> tuple[ImageInfo, tuple[str, int, tuple[int, int]]]:
+    """The image, and its record file held open (O_PATH) with its (st_dev, st_ino).
+
+    The record is read again once held, so the file held is the one read: records are
+    replaced by renaming a new file over them, and a held file's inode number is never
+    given to another, so a later stat of the path that finds it means nothing was imported
+    since.  fd -1 when no stable record could be held (a run then reads it again).
+    """
+    from .frozen import replace
+    from .image import resolve
+    from .image.store import Store
+
+    info = resolve(name, root)
+    fd = -1
+    try:
+        for _ in range(3):
+            store = Store(root, create=False)
+            for path in (store.record_path(info.name, ".run"), store.record_path(info.name)):
+                try:
+                    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+                    break
+                except FileNotFoundError:
+                    fd = -1
+            if fd < 0:
+                return info, ("", -1, (0, 0))
+            again = resolve(name, root, hold=False)
+            held = os.fstat(fd)
+            try:
+                st = os.stat(path)
+                same = (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
+            except OSError:
+                same = False
+            if same and (again.name, again.id, again.layer_dirs) == (info.name, info.id, info.layer_dirs):
+                return info, (path, fd, (held.st_dev, held.st_ino))
+            os.close(fd)
+            fd = -1
+            info = replace(again, lock_fd=info.lock_fd)
+    except BaseException:
+        for spare in (fd, info.lock_fd):
+            if spare >= 0:
+                os.close(spare)
+        raise
+    return info, ("", -1, (0, 0))
 
 
 def _limit_settings(limits: Mapping[str, object]) -> dict[str, object]:
@@ -384,6 +466,7 @@ _STREAMS = ("stdin", "stdout", "stderr")
 
 
 def _streams(stdin: object, stdout: object, stderr: object, capture_limit: int) -> Streams:
+    from . import stdio
     from .interact import Owned
     from .supervise import Streams
 
@@ -393,18 +476,13 @@ def _streams(stdin: object, stdout: object, stderr: object, capture_limit: int) 
         for index, value in enumerate((stdin, stdout, stderr)):
             if value is None:
                 if index == 0:
-                    opened.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+                    opened.append(stdio.empty_input())
                     fds.append(opened[-1])
                 else:
                     fds.append(None)
             elif isinstance(value, bytes) and index == 0:
-                fd = os.memfd_create("sbx-stdin", os.MFD_CLOEXEC)
-                opened.append(fd)
-                view = memoryview(value)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.lseek(fd, 0, os.SEEK_SET)
-                fds.append(fd)
+                opened.append(stdio.sealed_bytes(value))  # the payload may read, seek, map it, not change it
+                fds.append(opened[-1])
             elif isinstance(value, Owned):
                 value.taken = True
                 opened.append(value)
@@ -417,12 +495,11 @@ def _streams(stdin: object, stdout: object, stderr: object, capture_limit: int) 
                                      f"({exc.strerror})") from None
                 fds.append(opened[-1])
             elif isinstance(value, (str, os.PathLike)):
-                flags = os.O_RDONLY if index == 0 else os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-                try:
-                    opened.append(os.open(value, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY, 0o644))
-                except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
-                    raise UsageError(f"{_STREAMS[index]}: cannot open {os.fspath(value)!r}: "
-                                     f"{getattr(exc, 'strerror', None) or exc}") from None
+                from .hostfile import open_input, open_output
+
+                # UsageError for a bad path; outputs: no symlink in any component, regular files only.
+                opener = open_input if index == 0 else open_output
+                opened.append(opener(value, _STREAMS[index]))
                 fds.append(opened[-1])
             else:
                 raise UsageError(f"{_STREAMS[index]}: {value!r} is not bytes, a path or a file descriptor")

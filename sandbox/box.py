@@ -3,15 +3,17 @@
 A box is `ROOT/boxes/NAME/` holding `work/` (mounted at /box inside) and
 `lock`.  A run in a box holds the lock exclusively for as long as it runs,
 and removing a box takes it too, so two runs never share a box at once and
-a box is never removed under a run.  Everything in `work/` belongs to the
-caller: root inside maps to the caller outside.
+a box is never removed under a run.  What runs make in `work/` belongs to the
+caller, or with subordinate ids to the ids the payload ran as: removal then
+runs as root of a user namespace mapping the caller's ranges (idmap.run_ranged).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 
-from .errors import SbxError
+from .errors import SbxError, SetupError
 from .frozen import dataclass
 
 TYPE_CHECKING = False
@@ -70,7 +72,10 @@ class Box:
             raise BoxError(f"box {name!r} already exists") from None
         except OSError as exc:
             raise BoxError(f"cannot create box {name!r} in {parent}: {exc.strerror}") from None
-        os.mkdir(path + "/work", 0o755)
+        # 0777: the payload, a subordinate id with id ranges, writes here as "other", and so does
+        # the caller; the 0700 box directory keeps everyone else out (SECURITY.md, "Identity").
+        os.mkdir(path + "/work")
+        os.chmod(path + "/work", 0o777)
         os.close(os.open(path + "/lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         return cls(name, path)
 
@@ -119,16 +124,19 @@ class Box:
             out["sandbox.workdir"] = MOUNT_POINT
         return out
 
-    def identity(self) -> tuple[int, int]:
-        """The work directory's (st_dev, st_ino): a prepared sandbox is only good for the same one."""
-        st = os.stat(self.work, follow_symlinks=False)
-        return st.st_dev, st.st_ino
-
     def remove(self, wait: bool = False) -> None:
-        """Delete the box and everything in it (never following links the runs made)."""
+        """Delete the box and everything in it, never following a link the runs made.
+
+        With subordinate ids (a payload's files belong to them) the tree is removed as root
+        of a user namespace that maps the caller's ranges; else as the caller.
+        """
         fd = self.lock(wait)
         try:
-            _remove_tree(self.work)
+            parent = os.open(self.path, _DIR_FLAGS)
+            try:
+                _remove_ranged(parent, "work")
+            finally:
+                os.close(parent)
             os.unlink(self.path + "/lock")
             os.rmdir(self.path)
         except OSError as exc:
@@ -137,24 +145,99 @@ class Box:
             os.close(fd)
 
 
-def _remove_tree(path: str) -> None:
-    """rmtree that also removes what a run made unwritable (chmod 0 directories)."""
-    import shutil
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _remove_ranged(parent_fd: int, name: str) -> None:
+    """remove_tree(), from inside the caller's id ranges where it has them."""
+    from . import idmap
+
+    ranges = idmap.available()
+    if ranges is not None:
+        try:
+            idmap.run_ranged(ranges, lambda: remove_tree(parent_fd, name))
+            return
+        except SetupError:
+            pass  # no namespace after all: as the caller, which suffices for the caller's own files
+    remove_tree(parent_fd, name)
+
+
+def remove_tree(parent_fd: int, name: str) -> None:
+    """Remove `name` in the directory `parent_fd` and everything under it; never follows a link.
+
+    Each directory is opened relative to its parent with O_NOFOLLOW, and left through ".."
+    only after checking that ".." is the directory it was entered from.  One directory is
+    open at a time and the walk is a loop, so no depth exhausts fds or the stack.  What a
+    run made unsearchable or unwritable (chmod 000, 0500) is made 0700 first.
+    """
     import stat
 
-    def retry(function: object, failed: str, _exc: object) -> None:
-        # Make the parent (and a directory itself) writable and searchable, never through a link.
-        for target in (os.path.dirname(failed), failed):
-            try:
-                st = os.lstat(target)
-            except FileNotFoundError:
+    try:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=parent_fd)
+        return
+    fd = _open_dir(parent_fd, name)
+    try:
+        # One frame per directory from `name` down to the current one: its identity, its
+        # name in its parent, the subdirectories still to remove.
+        frames = [(_identity(fd), name, _clear(fd))]
+        while len(frames) > 1 or frames[0][2]:
+            _, own, pending = frames[-1]
+            if pending:
+                sub = pending.pop()
+                child = _open_dir(fd, sub)
+                os.close(fd)
+                fd = child
+                frames.append((_identity(fd), sub, _clear(fd)))
                 continue
-            if stat.S_ISDIR(st.st_mode):
-                os.chmod(target, 0o700)
-        if function in (os.rmdir, os.unlink, os.remove):
-            function(failed)
-        else:
-            shutil.rmtree(failed, onerror=retry)
+            frames.pop()
+            up = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = up
+            if _identity(fd) != frames[-1][0]:
+                raise OSError(errno.ESTALE, f"{own} moved while it was being removed")
+            os.rmdir(own, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent_fd)
 
-    if os.path.lexists(path):
-        shutil.rmtree(path, onerror=retry)
+
+def _identity(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def _open_dir(parent_fd: int, name: str) -> int:
+    """The directory `name` opened for reading, made searchable and writable by its owner."""
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except PermissionError:
+        # chmod 000: chmod it through an O_PATH fd of the directory itself (never a link).
+        path_fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+        try:
+            os.chmod(f"/proc/self/fd/{path_fd}", 0o700)
+            fd = os.open(".", _DIR_FLAGS, dir_fd=path_fd)
+        finally:
+            os.close(path_fd)
+    if os.fstat(fd).st_mode & 0o700 != 0o700:
+        try:
+            os.fchmod(fd, 0o700)  # to unlink its entries and open its subdirectories
+        except PermissionError:
+            pass  # root of a ranged namespace needs no permission bits; an unlink says what failed
+    return fd
+
+
+def _clear(fd: int) -> list[str]:
+    """Unlink every entry of the directory `fd` but subdirectories; return their names."""
+    with os.scandir(fd) as scan:
+        entries = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in scan]
+    subdirs = []
+    for name, is_dir in entries:
+        if is_dir:
+            subdirs.append(name)
+        else:
+            os.unlink(name, dir_fd=fd)
+    return subdirs

@@ -21,11 +21,15 @@ if TYPE_CHECKING:
     from .result import Result
     from .spec import Spec
 
+    Reports = tuple[int | None, int | None]  # --result, --meta: an fd of ours, STDOUT, or None
+
 # (flags, setting key, metavar or None for a switch, repeatable, help)
 Option = tuple[tuple[str, ...], str, "str | None", bool, str]
 
 RUN_OPTIONS: tuple[Option, ...] = (
     (("--profile",), "profile", "NAME", False, "profile name or TOML file (default: 'default')"),
+    (("--project-profiles",), "project_profiles", None, False,
+     "let profile names resolve in ./.sbx/profiles/ first (the project's, restricted: SECURITY.md)"),
     (("-v", "--volume"), "volume", "SRC:DST[:MODE]", True,
      "bind SRC at DST; MODE ro (default), rw, or overlay (writable, changes discarded)"),
     (("--tmpfs",), "tmpfs", "DST[:size=N]", True, "mount a fresh tmpfs at DST"),
@@ -194,7 +198,7 @@ def flag_settings(raw: Mapping[str, object], cwd: str, environ: Mapping[str, str
     env: list[tuple[str, str]] = []
     mounts = []
     for key, value in raw.items():
-        if key == "profile":
+        if key in ("profile", "project_profiles"):
             continue
         if key == "volume":
             mounts += [compose.parse_volume(v, cwd) for v in value]  # type: ignore[attr-defined]
@@ -233,17 +237,26 @@ def _pass_fd(text: str) -> int:
         raise UsageError(f"--pass-fd: {text} is not an open file descriptor") from None
     if fd <= 2:
         raise UsageError(f"--pass-fd: {fd} is always passed (stdin, stdout, stderr)")
+    from .stdio import pass_fd_refusal
+
+    # What is never passed, refused now; a regular file only once the run's ids are known (supervise).
+    why = pass_fd_refusal(fd, regular_files=True)
+    if why is not None:
+        raise UsageError(f"--pass-fd {fd}: {why}")
     return fd
 
 
-def profile_settings(name: str | None, cwd: str, environ: Mapping[str, str]) -> dict[str, object]:
-    try:
-        from . import profile
-    except ImportError:  # pragma: no cover - profiles land separately
-        if name not in (None, "default"):
-            raise UsageError(f"profile {name!r} not found") from None
-        return {}
-    return dict(profile.resolve(name, cwd=cwd, environ=environ).settings)  # ProfileError is a UsageError
+def profile_settings(name: str | None, cwd: str, environ: Mapping[str, str], project: bool = False,
+                     warn: Callable[[str], None] | None = None) -> dict[str, object]:
+    """`project`: --project-profiles; `warn` gets the line saying a project profile was ignored."""
+    from . import profile
+
+    # ProfileError is a UsageError
+    return dict(profile.resolve(name, cwd=cwd, environ=environ, project=project, warn=warn or _warn).settings)
+
+
+def _warn(line: str) -> None:
+    sys.stderr.write(f"sbx: warning: {line}\n")
 
 
 def build_spec(args: list[str], cwd: str, environ: Mapping[str, str], box: Box | None = None,
@@ -257,7 +270,8 @@ def build_spec(args: list[str], cwd: str, environ: Mapping[str, str], box: Box |
         if key in raw:
             raise UsageError(f"--{key[4:].replace('_', '-')} is only for 'sbx run'")
     profile_name = raw.get("profile")
-    base = profile_settings(profile_name if isinstance(profile_name, str) else None, cwd, environ)
+    base = profile_settings(profile_name if isinstance(profile_name, str) else None, cwd, environ,
+                            project=raw.get("project_profiles") is True)
     settings = compose.merge(base, flag_settings(raw, cwd, environ))
     if box is not None:
         settings = box.settings(settings, box_mode, workdir="sandbox.workdir" in raw)
@@ -286,16 +300,21 @@ def cmd_run(args: list[str], box: Box | None = None, box_mode: str = "rw") -> in
             except OSError:
                 pass  # no systemd-run after all: the degraded path, with its warning
     raw = parse_run_args(args)[0]
-    if isinstance(raw.get("run.commit"), str):  # keep the writable layer and save it as an image
-        from .image import commit
-        from .image.cli import enter_ranges
+    reports = open_reports(spec)  # before anything runs: a bad path is exit 125 with nothing started
+    try:
+        if isinstance(raw.get("run.commit"), str):  # keep the writable layer and save it as an image
+            from .image import commit
+            from .image.cli import enter_ranges
 
-        enter_ranges()  # the new layer may hold files of other ids: read and store it as their root
+            enter_ranges()  # the new layer may hold files of other ids: read and store it as their root
 
-        result = commit.run(spec, str(raw["run.commit"]), raw.get("run.image_root"), supervise.run)  # type: ignore[arg-type]
-    else:
-        result = supervise.run(spec)
-    write_reports(spec, result)
+            result = commit.run(spec, str(raw["run.commit"]), raw.get("run.image_root"),  # type: ignore[arg-type]
+                                supervise.run)
+        else:
+            result = supervise.run(spec)
+        write_reports(reports, result)
+    finally:
+        close_reports(reports)
     if result.message:
         sys.stderr.write(f"sbx: {'error: ' if result.verdict == 'XX' else ''}{result.message}\n")
     return result.status
@@ -307,21 +326,47 @@ def _interactive(args: list[str]) -> bool:
     return "run.interactor" in parse_run_args(args)[0]
 
 
-def write_reports(spec: Spec, result: Result, json_text: Callable[[], str] | None = None) -> None:
-    """--result and --meta; `json_text` replaces the result's own JSON."""
-    for path, text in ((spec.result, json_text or result.to_json), (spec.meta, result.to_meta)):
-        if path is None:
+STDOUT = -1  # a report fd that stands for "-": sbx's own stdout
+
+
+def open_reports(spec: Spec) -> Reports:
+    """--result and --meta, opened now as the caller (see hostfile); write_reports fills them after the run."""
+    from .hostfile import open_output
+
+    def one(flag: str, path: str | None) -> int | None:
+        return None if path is None else STDOUT if path == "-" else open_output(path, flag)
+
+    result = one("--result", spec.result)
+    try:
+        return result, one("--meta", spec.meta)
+    except BaseException:
+        close_reports((result, None))
+        raise
+
+
+def close_reports(reports: Reports) -> None:
+    for fd in set(reports):
+        if fd is not None and fd >= 0:
+            os.close(fd)
+
+
+def write_reports(reports: Reports, result: Result, json_text: Callable[[], str] | None = None) -> None:
+    """--result and --meta, through the fds opened before the run (never by path: the payload may have
+    changed what the path names); `json_text` replaces the result's own JSON.  The fds stay open."""
+    for flag, fd, text in zip(("--result", "--meta"), reports, (json_text or result.to_json, result.to_meta)):
+        if fd is None:
             continue
-        if path == "-":
+        if fd == STDOUT:
             sys.stdout.write(text())
             continue
+        data = text().encode()
         try:
-            # Never through a link: a sandbox with a rw bind could have planted one where we write.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-            with os.fdopen(fd, "w") as f:
-                f.write(text())
+            os.ftruncate(fd, 0)  # whatever was written to the file meanwhile goes
+            offset = 0
+            while offset < len(data):
+                offset += os.pwrite(fd, data[offset:], offset)
         except OSError as exc:
-            raise SbxError(f"cannot write {path}: {exc.strerror}") from None
+            raise SbxError(f"cannot write {flag}: {exc.strerror}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -134,8 +134,8 @@ def _workdir(settings: Mapping[str, object], mounts: tuple[Mount, ...], cwd: str
     return str(settings.get("run.image_workdir", "/"))
 
 
-def _id(settings: Mapping[str, object], key: str) -> int:
-    value = settings.get(key, 0)
+def _id(settings: Mapping[str, object], key: str, default: int) -> int:
+    value = settings.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ID:
         raise UsageError(f"{key.split('.')[-1]}: {value!r} is not an id from 0 to {MAX_ID}")
     return value
@@ -155,7 +155,15 @@ def build(settings: Mapping[str, object], argv: list[str], cwd: str, environ: Ma
         raise UsageError(f"network mode {network!r} is not supported (choose one of: {', '.join(NETWORK_MODES)}, nat)")
     net_fields = _network(network, settings)
     image = str(settings.get("sandbox.image", "host"))
-    uid, gid = _id(settings, "sandbox.uid"), _id(settings, "sandbox.gid")
+    # With subordinate ids the payload is a uid that owns no host file (idmap.PAYLOAD_ID unless
+    # --uid/--gid say otherwise); without them it is the caller, root inside by default.
+    from . import idmap
+
+    ranged = idmap.for_payload(environ) is not None
+    # A run whose writable layer becomes an image (--commit) changes the image as a build step
+    # does, as root inside; its layer, not the host, is what it writes.
+    default_id = idmap.PAYLOAD_ID if ranged and "run.commit" not in settings else 0
+    uid, gid = _id(settings, "sandbox.uid", default_id), _id(settings, "sandbox.gid", default_id)
     tty = bool(settings.get("run.tty", False))
     env = {"PATH": DEFAULT_PATH, "HOME": "/root" if uid == 0 else "/home/sbx", "LANG": "C.UTF-8"}
     image_fields: dict[str, object] = {}
@@ -169,7 +177,8 @@ def build(settings: Mapping[str, object], argv: list[str], cwd: str, environ: Ma
         if not argv:
             raise UsageError(f"no command given, and image {image!r} has none (Entrypoint/Cmd)")
         env.update(info.env)
-        image_fields = {"layers": info.layer_dirs, "image_lock": info.lock_fd, "id_ranges": info.ranges}
+        image_fields = {"layers": info.layer_dirs, "image_lock": info.lock_fd}
+        ranged = ranged or info.ranges  # its files' owners need the ranges (spawn says if they are gone)
         if "sandbox.workdir" not in settings and info.workdir:
             settings = {**settings, "run.image_workdir": info.workdir}
     if tty and "TERM" in environ:
@@ -198,6 +207,7 @@ def build(settings: Mapping[str, object], argv: list[str], cwd: str, environ: Ma
         network=network,
         **net_fields,  # type: ignore[arg-type]
         tty=tty,
+        id_ranges=ranged,
         limits=limits,
         seccomp=seccomp,
         **image_fields,  # type: ignore[arg-type]

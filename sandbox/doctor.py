@@ -114,7 +114,34 @@ def findings() -> list[Finding]:
                               "read-only binds instead of copy-on-write overlays, and -v SRC:DST:overlay is "
                               "refused; /, /tmp, /etc, new paths and rw binds stay writable and size-limited",
                               "Linux >= 6.6 gives tmpfs user xattrs"))
-    return result + _cgroup() + _helpers()
+    return result + [_identity()] + _cgroup() + _helpers()
+
+
+def _identity() -> Finding:
+    """Which identity the payload gets (idmap.py; SECURITY.md, "Identity")."""
+    from . import idmap
+
+    ranges = idmap.for_payload(os.environ)
+    if ranges is not None:
+        host_uid = ranges.uid_start + idmap.PAYLOAD_ID - 1
+        return Finding("payload identity", "ok", f"id ranges: the payload is uid {idmap.PAYLOAD_ID} inside, "
+                       f"{host_uid} on the host (subordinate ids {ranges.uid_start}-"
+                       f"{ranges.uid_start + ranges.count - 1}), which owns none of your files")
+    if os.environ.get("SBX_ID_RANGES") == "0":
+        why = "SBX_ID_RANGES=0 asks for the single mapping"
+    elif os.getuid() == 0:
+        why = "this root's user namespace does not map the ids sbx would use"
+    else:
+        why = "no subordinate ids for you in /etc/subuid and /etc/subgid, or no newuidmap/newgidmap"
+    import pwd
+
+    try:
+        name = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        name = str(os.getuid())
+    return Finding("payload identity", "warn", f"single mapping ({why}): the payload is you on the host, so an "
+                   "rw bind is its to chmod, replace or plant files in; --strict refuses rw binds",
+                   f"apt-get install uidmap; usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {name}")
 
 
 def _cgroup() -> list[Finding]:
@@ -152,6 +179,13 @@ def _helpers() -> list[Finding]:
         path = which(tool) or next((p for p in NFT_PATHS if tool == "nft" and os.access(p, os.X_OK)), None)
         found.append(Finding(tool, "ok" if path else "warn", path or f"not installed: needed for {purpose}",
                              "" if path else f"apt-get install {package}"))
+    from .net import NetError, check_tun
+
+    try:
+        check_tun()
+        found.append(Finding("/dev/net/tun", "ok", "this user may open it (--network pasta)"))
+    except NetError as exc:
+        found.append(Finding("/dev/net/tun", "warn", str(exc), "as root: chmod 0666 /dev/net/tun (what udev sets)"))
     import ctypes.util
 
     lib = ctypes.util.find_library("seccomp")

@@ -15,8 +15,12 @@ Two ways to write such maps for a new namespace:
   see enter()): directly, since root there holds CAP_SETUID and CAP_SETGID
   over every id it maps.
 
-sbx never maps ranges for real root: as root, files keep the caller's
-single mapping (SECURITY.md: run sbx as an unprivileged user).
+The same ranges give the payload its identity (SECURITY.md, "Identity"):
+with ranges, root inside is still the caller (init builds the root as it),
+but the payload runs as inside id PAYLOAD_ID, a subordinate id that owns no
+host file, as isolate's box user and podman's --userns=auto do.  Real root
+maps root's own /etc/subuid range if it has one, else ROOT_RANGE.  Image
+files extracted by real root keep the single mapping (all root's).
 """
 
 from __future__ import annotations
@@ -26,7 +30,15 @@ import os
 from .errors import SetupError
 from .frozen import dataclass
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 MAX_COUNT = 65535  # inside ids 1..65535: what images use
+PAYLOAD_ID = 1000  # the payload's inside uid and gid where ranges are mapped (the user "sbx")
+# Real root without an /etc/subuid entry: ids systemd leaves unused (above its container
+# range 524288..1879048191, below its foreign-image range at 2147352576).
+ROOT_RANGE = 1879048192
 
 
 @dataclass(frozen=True)
@@ -115,6 +127,42 @@ def available() -> IdRanges | None:
     return IdRanges(uid, gid, users[0], groups[0], MAX_COUNT)
 
 
+def _mapped(path: str, start: int, count: int) -> bool:
+    """Whether ids start..start+count-1 are all mapped in this process's user namespace."""
+    try:
+        with open(path) as f:
+            rows = [tuple(int(x) for x in line.split()) for line in f.read().splitlines()]
+    except (OSError, ValueError):
+        return False
+    return any(inside <= start and start + count <= inside + length for inside, _outside, length in rows)
+
+
+def _root_ranges() -> IdRanges | None:
+    """Real root's ranges: its /etc/subuid and /etc/subgid entries, else ROOT_RANGE; written
+    directly (root may map any ids it has), if this namespace maps them at all (a container's
+    root often has only 65536 ids)."""
+    users = _subordinate("/etc/subuid", "root", 0) or (ROOT_RANGE, MAX_COUNT)
+    groups = _subordinate("/etc/subgid", "root", 0) or (ROOT_RANGE, MAX_COUNT)
+    if not (_mapped("/proc/self/uid_map", users[0], MAX_COUNT) and _mapped("/proc/self/gid_map", groups[0], MAX_COUNT)):
+        return None
+    return IdRanges(0, 0, users[0], groups[0], MAX_COUNT, direct=True)
+
+
+def for_payload(environ: Mapping[str, str]) -> IdRanges | None:
+    """The ranges a run maps so its payload owns nothing on the host, or None (the single
+    mapping: the payload is the caller).  SBX_ID_RANGES=0 asks for the single mapping."""
+    if environ.get("SBX_ID_RANGES") == "0":
+        return None
+    return for_run()
+
+
+def for_run() -> IdRanges | None:
+    """The ranges a sandbox of this process maps when its Spec says id_ranges."""
+    if os.getuid() == 0 and not inside_count():
+        return _root_ranges()
+    return available()
+
+
 def write_maps(pid: int, ranges: IdRanges) -> None:
     """Give process `pid`, which has just unshared its user namespace, these ranges."""
     if ranges.direct:
@@ -126,20 +174,40 @@ def write_maps(pid: int, ranges: IdRanges) -> None:
         except OSError as exc:
             raise SetupError(f"cannot map the id ranges: {exc.strerror}") from None
         return
-    import subprocess
-
-    for helper, ident, start in (("newuidmap", ranges.uid, ranges.uid_start),
-                                 ("newgidmap", ranges.gid, ranges.gid_start)):
-        path = _helper(helper)
-        if path is None:
-            raise SetupError(f"cannot map the id ranges: {helper} is missing (Debian package uidmap)")
-        argv = [path, str(pid), "0", str(ident), "1", "1", str(start), str(ranges.count)]
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, check=False)
-        if done.returncode != 0:
-            detail = done.stderr.decode(errors="replace").strip().splitlines()
-            raise SetupError(f"cannot map the id ranges: {helper} failed"
-                             + (f": {detail[-1]}" if detail else ""))
+    # Both helpers at once, by posix_spawn: `subprocess` alone costs a cold run milliseconds.
+    started = []
+    try:
+        for helper, ident, start in (("newuidmap", ranges.uid, ranges.uid_start),
+                                     ("newgidmap", ranges.gid, ranges.gid_start)):
+            path = _helper(helper)
+            if path is None:
+                raise SetupError(f"cannot map the id ranges: {helper} is missing (Debian package uidmap)")
+            argv = [path, str(pid), "0", str(ident), "1", "1", str(start), str(ranges.count)]
+            err_r, err_w = os.pipe()
+            try:
+                child = os.posix_spawn(path, argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"},
+                                       file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                                                     (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                                                     (os.POSIX_SPAWN_DUP2, err_w, 2)])
+            except OSError as exc:
+                os.close(err_r)
+                raise SetupError(f"cannot map the id ranges: cannot run {helper}: {exc.strerror}") from None
+            finally:
+                os.close(err_w)
+            started.append((helper, child, err_r))
+    finally:
+        failure = None
+        for helper, child, err_r in started:
+            detail = b""
+            while chunk := os.read(err_r, 4096):
+                detail = (detail + chunk)[-4096:]
+            os.close(err_r)
+            _, wstatus = os.waitpid(child, 0)
+            if wstatus != 0 and failure is None:
+                lines = detail.decode(errors="replace").strip().splitlines()
+                failure = f"cannot map the id ranges: {helper} failed" + (f": {lines[-1]}" if lines else "")
+        if failure is not None:
+            raise SetupError(failure)
 
 
 def enter(ranges: IdRanges) -> None:
@@ -186,3 +254,83 @@ def enter(ranges: IdRanges) -> None:
         _, wstatus = os.waitpid(child, 0)
         status = os.waitstatus_to_exitcode(wstatus) if os.WIFEXITED(wstatus) else 128 + os.WTERMSIG(wstatus)
     os._exit(status)
+
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+def run_ranged(ranges: IdRanges, fn: Callable[[], None]) -> None:
+    """Call `fn` as root of a new user namespace mapping `ranges`, in a forked child; wait for it.
+
+    Root there holds CAP_DAC_OVERRIDE and CAP_FOWNER over every mapped id, so `fn` can
+    remove or change files that the caller's subordinate ids own (what a payload made).
+    Only the user namespace is new: files, mounts and fds are the caller's.  `fn` runs in
+    the child: what it needs must be imported or opened before this call.  SetupError when
+    the namespace cannot be made or mapped (`fn` did not run); an OSError that `fn` raised
+    comes back as OSError(errno, strerror), anything else as SbxError.
+    """
+    import signal as _signal
+
+    from . import linux
+    from .errors import SbxError
+
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    child = os.fork()
+    if child == 0:  # never returns: every path ends in os._exit
+        code, report = 1, b""
+        try:
+            os.close(ready_r)
+            os.close(go_w)
+            os.close(err_r)
+            linux.prctl(linux.PR_SET_PDEATHSIG, _signal.SIGKILL)
+            linux.unshare(linux.CLONE_NEWUSER)
+            os.write(ready_w, b"U")
+            if os.read(go_r, 1) == b"G":  # else the parent could not map us: it says why
+                fn()
+                code = 0
+        except OSError as exc:
+            report = f"{exc.errno or 0}\0{exc.strerror or exc}".encode(errors="replace")
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, never raised in a fork
+            report = f"0\0{type(exc).__name__}: {exc}".encode(errors="replace")
+        finally:
+            try:
+                os.write(err_w, report[:4000])
+            finally:
+                os._exit(code)
+    os.close(ready_w)
+    os.close(go_r)
+    os.close(err_w)
+    mapped, failure = False, None
+    try:
+        try:
+            if os.read(ready_r, 1) == b"U":
+                write_maps(child, ranges)
+                os.write(go_w, b"G")
+                mapped = True
+        except SetupError as exc:
+            failure = exc
+        finally:
+            os.close(go_w)
+            os.close(ready_r)
+        report = b""
+        while chunk := os.read(err_r, 4096):  # EOF when the child exits
+            report += chunk
+    finally:
+        os.close(err_r)
+        _, wstatus = os.waitpid(child, 0)
+    number, _, text = report.decode(errors="replace").partition("\0")
+    if failure is not None:
+        raise failure
+    if not mapped:
+        raise SetupError(f"cannot make a user namespace for the id ranges: {text or 'the helper died'}")
+    if os.WIFSIGNALED(wstatus):
+        raise SbxError(f"the ranged helper died of signal {os.WTERMSIG(wstatus)}")
+    if os.waitstatus_to_exitcode(wstatus) == 0:
+        return
+    if number.isdigit() and int(number):
+        raise OSError(int(number), text)
+    raise SbxError(text or "the ranged helper failed")

@@ -27,7 +27,7 @@ else:
 import os
 import resource
 
-from . import linux, rootfs, seccomp
+from . import linux, proctitle, rootfs, seccomp
 from . import payload as payload_mod
 from .errors import EXIT_SBX, SbxError
 from .handoff import Handoff
@@ -65,6 +65,7 @@ def enter(spec: Spec, handoff: Handoff, supervisor: int) -> None:
     try:
         linux.prctl(linux.PR_SET_PDEATHSIG, _signal.SIGKILL)
         linux.set_name("sbx-entry")
+        proctitle.scrub("sbx-entry")  # the caller's argv and environment: init is forked from here
         if os.getppid() != supervisor:
             os._exit(EXIT_SBX)
         # Only this sandbox's own fds: in a supervisor running several sandboxes at once, a copy
@@ -130,6 +131,7 @@ def init(spec: Spec, handoff: Handoff) -> None:
         linux.prctl(linux.PR_SET_PDEATHSIG, _signal.SIGKILL)
         linux.prctl(linux.PR_SET_DUMPABLE, 0)  # the payload must not ptrace or read init's memory
         linux.set_name("sbx-init")
+        proctitle.scrub("sbx-init")  # /proc/1/cmdline: readable by the payload
         linux.sethostname(spec.hostname)
         if spec.network != "host":
             _loopback_up()

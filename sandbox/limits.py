@@ -60,8 +60,16 @@ def plan(spec: Spec, delegation: Delegation | None, unenforced: tuple[str, ...])
                             f"sandbox: {why}")
         else:
             problems.append(f"{flag} is not enforced: {why}")
+    rw = [m for m in spec.mounts if m.mode == "rw" and m.source is not None]
+    if rw and not spec.id_ranges:
+        problems.append(f"-v {rw[0].source}:{rw[0].target}:rw" + (f" (and {len(rw) - 1} more rw binds)" if len(rw) > 1 else "")
+                        + ": without subordinate ids the payload is you on the host, and may chmod, replace "
+                        "or plant anything there (see 'sbx doctor' to add a range)")
     if problems and spec.limits.strict:
         raise UsageError(problems[0] + "; refusing to run under --strict")
+    if rw and spec.id_ranges and spec.uid == 0:
+        problems.append("--uid 0 with an rw bind: the payload is root inside, which is you on the host, and "
+                        "may chmod, replace or plant anything there")
     if spec.network == "host":
         problems.append("--network host: the sandbox shares the host's network namespace; services on the "
                         "host's loopback and abstract unix sockets are reachable")

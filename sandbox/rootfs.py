@@ -51,14 +51,32 @@ def staging_dir() -> str:
     raise SetupError("no directory to build the sandbox in (tried /tmp, /mnt, /var/tmp)")
 
 
+# Inodes of a tmpfs: without nr_inodes the kernel allows about one per two pages of RAM (millions),
+# each ~1 KiB of kernel memory (inode, dentry; since 6.6 user xattrs too) that no byte limit and, without
+# cgroups, nothing else counts, and empty files take no data pages.  So every tmpfs sbx mounts gets
+# one inode per INODE_BYTES of its size (slab at most about a quarter of the byte limit), never fewer
+# than MIN_INODES (an overlay's upper and work dirs, whiteouts, a small --tmpfs) nor more than
+# MAX_INODES (size 0, "unlimited", included).  Fixed small mounts (/dev) pass their own count.
+INODE_BYTES = 4096
+MIN_INODES = 1024
+MAX_INODES = 1 << 20
+DEV_INODES = 64  # /dev: a dozen device binds and links, pts and shm mount points
+
+
+def inode_cap(size: int) -> int:
+    """nr_inodes for a tmpfs of `size` bytes (0: no byte limit)."""
+    if size <= 0:
+        return MAX_INODES
+    return max(MIN_INODES, min(MAX_INODES, size // INODE_BYTES))
+
+
 def tmpfs(size: int, mode: str, attrs: int, nr_inodes: int | None = None) -> int:
-    """A detached tmpfs mount; returns its mount fd."""
+    """A detached tmpfs mount; returns its mount fd.  Inodes: `nr_inodes`, else inode_cap(size)."""
     fd = linux.fsopen("tmpfs")
     try:
         linux.fsconfig(fd, "size", str(size))
         linux.fsconfig(fd, "mode", mode)
-        if nr_inodes is not None:
-            linux.fsconfig(fd, "nr_inodes", str(nr_inodes))
+        linux.fsconfig(fd, "nr_inodes", str(inode_cap(size) if nr_inodes is None else nr_inodes))
         linux.fsconfig(fd, None)
         return linux.fsmount(fd, attrs)
     finally:
@@ -233,9 +251,29 @@ class Root:
     def skeleton(self) -> None:
         """The directories every sandbox has; an image's own are left as they are."""
         for name in ("root", "home", "run", "var", "var/tmp", "tmp", "proc", "dev"):
-            self.mkdir("/" + name, 0o700 if name == "root" else 0o755)
+            self.mkdir("/" + name, {"root": 0o700, "var/tmp": 0o1777}.get(name, 0o755))
         if self.spec.uid != 0:
             self.mkdir("/home/sbx")
+            self.give_payload("/home/sbx")
+        if self.owned_by_payload():
+            # The writable layer's top is the payload's to add to, as /tmp is (sticky: what sbx
+            # put there stays); the image's own files keep their owners, as under docker's USER.
+            os.chmod(f"/proc/self/fd/{self.rootfd}", 0o1777)
+
+    def owned_by_payload(self) -> bool:
+        """Whether the payload is a mapped id of its own (id ranges); in the single mapping
+        every file sbx makes is already its own."""
+        return self.spec.id_ranges and (self.spec.uid != 0 or self.spec.gid != 0)
+
+    def give_payload(self, inside: str) -> None:
+        """Make a directory sbx provides the payload's own (see owned_by_payload)."""
+        if not self.owned_by_payload():
+            return
+        fd = self.target(inside)
+        try:
+            os.chown(f"/proc/self/fd/{fd}", self.spec.uid, self.spec.gid)
+        finally:
+            os.close(fd)
 
     def prepare(self, lowers: list[str], sources: list[tuple[int, bool] | None]) -> str:
         """sbx's own writes on an image (/etc, mount points, workdir) into a layer of their own; its path.
@@ -373,8 +411,8 @@ class Root:
 
     def dev(self) -> None:
         spec = self.spec
-        attach(tmpfs(65536, "0755", linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV | linux.MOUNT_ATTR_NOEXEC),
-               self.target("/dev"))
+        attach(tmpfs(65536, "0755", linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV | linux.MOUNT_ATTR_NOEXEC,
+                     nr_inodes=DEV_INODES), self.target("/dev"))
         for name in DEVICES:
             inside = "/dev/" + name
             self.touch(inside)
@@ -440,6 +478,8 @@ class Root:
             os.close(mount_fd)
             raise
         attach(mount_fd, target)
+        if mount.mode == "overlay":
+            self.give_payload(mount.target)  # its top, in the disposable upper; the host's stays as it is
 
 
 def resolve(rootfd: int, inside: str, is_dir: bool) -> int:

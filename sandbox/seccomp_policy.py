@@ -25,7 +25,13 @@ In both, on the native architecture:
   EACCES (glibc's NSS probes nscd with an AF_UNIX socket; Java does it at
   start), so neither kills a solution under the `grader` profile;
 - every non-native ABI (i386 via `int $0x80`, x32 via the 0x40000000 bit)
-  gets the "bad arch" action: killed (action kill) or ENOSYS.
+  gets the "bad arch" action: killed (action kill) or ENOSYS; that covers
+  i386's `socketcall`, whose arguments sit in memory BPF cannot read;
+- `socket` and `socketpair` may name only the socket families of an
+  allow-list (unix, inet, inet6, and netlink with NETLINK_ROUTE only; see
+  "Socket families" below); any other gets EAFNOSUPPORT whatever the action,
+  as from a kernel built without it.  A fixed BPF prelude checks that in
+  front of libseccomp's program.
 
 Actions: `errno` -> EPERM for denied syscalls (ENOSYS for syscalls a strict
 policy does not list), `kill` -> SECCOMP_RET_KILL_PROCESS (turned into a
@@ -54,13 +60,22 @@ hands libseccomp per syscall one action only):
 - a conditional `deny` adds a deny rule under `default`; under `strict` it
   is an error (list the allowed forms in `allow` instead);
 - a conditional `allow` adds an allow rule under `strict`; under `default`
-  it may only lift a built-in argument rule exactly (for example
-  `socket(arg0 == AF_NETLINK, arg2 == NETLINK_AUDIT)`), else it is an error.
+  it may only lift a built-in argument rule exactly, else it is an error;
+- the socket family allow-list is lifted only by naming a family:
+  `socket(arg0 == AF_VSOCK)`, `socket(arg0 == AF_NETLINK, arg2 ==
+  NETLINK_SOCK_DIAG)` (per syscall: `socketpair(...)` likewise), never by an
+  unconditional `allow = ["socket"]`.  Under `default` a conditional allow
+  of `socket`/`socketpair` must have exactly that form; under `strict` any
+  allow entry pinning arg0 (and arg2) to a value adds that family (protocol),
+  and the entry's other conditions are the libseccomp rule's.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+
+from .frozen import dataclass
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -177,7 +192,6 @@ AF_INET6 = 10
 AF_NETLINK = 16
 AF_PACKET = 17
 NETLINK_ROUTE = 0
-NETLINK_MAX = 32  # MAX_LINKS: the kernel rejects protocols >= 32
 
 CONSTANTS: dict[str, int] = {
     "AF_UNIX": AF_UNIX,
@@ -278,14 +292,6 @@ COMPAT_ERRNO: dict[str, int] = {
 # PER_LINUX32, 0x20000 = UNAME26, 0xffffffff = query.
 PERSONALITY_OK = (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)
 
-# Netlink protocols `socket(AF_NETLINK, ...)` may open under `default`.
-# NETLINK_ROUTE only: glibc's getaddrinfo(AI_ADDRCONFIG), if_nameindex(),
-# Go's net.Interfaces() and `ip addr` use it, and in the sandbox's own
-# network namespace, without capabilities, it only reads.  Everything else
-# (audit, netfilter, xfrm, generic, uevents, sock_diag...) is denied: that
-# is where the netlink CVEs were.
-NETLINK_OK = (NETLINK_ROUTE,)
-
 # --------------------------------------------------------------------------
 # The strict policy: an allow-list
 
@@ -335,6 +341,10 @@ ALLOW_STRICT: tuple[str, ...] = (
     "getpid", "getppid", "gettid", "getuid", "geteuid", "getgid", "getegid",
     "getresuid", "getresgid", "getgroups", "getpgrp", "getpgid", "getsid",
     "setsid", "setpgid", "capget", "uname", "sysinfo", "getrusage",
+    # Switching among the ids it already has (busybox and some runtimes drop "privileges" at
+    # start when not uid 0): without capabilities, and with no_new_privs, nothing more.
+    "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid",
+    "setfsuid", "setfsgid",
     "getrlimit", "setrlimit", "prlimit64", "getpriority", "setpriority",
     "getcpu", "getrandom", "sched_yield", "sched_getaffinity",
     "sched_setaffinity", "sched_getparam", "sched_getscheduler",
@@ -355,6 +365,119 @@ IOCTL_STRICT = (
 )
 
 STRICT_COMPAT_ERRNO: dict[str, int] = dict(COMPAT_ERRNO, socket=EACCES)
+
+# --------------------------------------------------------------------------
+# Socket families: an allow-list in both policies.  SECURITY REVIEW: this
+# block is the whole list; diff it.
+#
+# `socket` and `socketpair` may name only SOCKET_FAMILIES_OK, and netlink
+# only with a NETLINK_OK protocol.  Anything else, every family a future
+# kernel adds included, gets EAFNOSUPPORT whatever the action (what a kernel
+# built without the family says, so programs fall back quietly).  Checked
+# on the low 32 bits the kernel reads (the arguments are ints) by the fixed
+# prelude in front of libseccomp's program (`prelude`).  Refusing the family
+# before the kernel sees it also keeps the payload from making the kernel
+# autoload a protocol module (`net-pf-N`, `net-pf-16-proto-N`), a well-worn
+# road to rarely used, rarely audited code.  A type of SOCK_PACKET is
+# refused for every family: the kernel turns (AF_INET, SOCK_PACKET) into
+# AF_PACKET.  The network modes need nothing more: `none` has loopback
+# only, `pasta` relays TCP, UDP and ICMP (inet, inet6), and `host` keeps
+# the same list (vsock, bluetooth and the rest would be the host's own).
+# i386's `socketcall`, whose arguments BPF cannot read, is out with the
+# whole i386 ABI (the "bad arch" action).
+EAFNOSUPPORT = 97
+SOCK_PACKET = 10
+SOCK_TYPE_MASK = 0xF
+
+SOCKET_FAMILIES_OK: dict[int, str] = {
+    AF_UNIX: "AF_UNIX",  # local IPC; abstract names are per network namespace
+    AF_INET: "AF_INET",
+    AF_INET6: "AF_INET6",
+    AF_NETLINK: "AF_NETLINK",  # NETLINK_OK protocols only
+}
+
+# NETLINK_ROUTE only: glibc's getaddrinfo(AI_ADDRCONFIG) and if_nameindex(),
+# Go's net.Interfaces() and `ip` use it; it sees the sandbox's own network
+# namespace, and changes nothing without CAP_NET_ADMIN (the payload has none).
+NETLINK_OK: tuple[int, ...] = (NETLINK_ROUTE,)
+
+# Netlink protocols left out (numbers in CONSTANTS), and why:
+#   SOCK_DIAG (4): `ss` uses it, and falls back to /proc/net; a past local
+#     root (CVE-2013-1763), and under `--network host` a list of the host's
+#     sockets with their owners.  Lift it with
+#     socket(arg0 == AF_NETLINK, arg2 == NETLINK_SOCK_DIAG) if a tool needs it.
+#   NETFILTER (12): nf_tables, the source of the best-known unprivileged
+#     user namespace roots (CVE-2022-1015, CVE-2023-32233, CVE-2024-1086).
+#   GENERIC (16): the door to dozens of subsystems (nl80211, wireguard,
+#     team, taskstats, ...), each its own attack surface.
+#   XFRM (6), FIB_LOOKUP (10): IPsec and routing internals (CVEs in both).
+#   AUDIT (9), SELINUX (7), CONNECTOR (11), KOBJECT_UEVENT (15): the host's
+#     audit log, security events, process events and device hot-plug
+#     events: host state, not the sandbox's.
+#   USERSOCK (2), FIREWALL (3), NFLOG (5), ISCSI (8), IP6_FW (13),
+#     DNRTMSG (14), SCSITRANSPORT (18), ECRYPTFS (19), RDMA (20),
+#     CRYPTO (21), SMC (22): drivers and subsystems a payload has no use for.
+
+# Families left out, and why.  Their numbers are the same on every
+# architecture; the kernel knows 0..45 (AF_MAX = 46 in 6.18).
+SOCKET_FAMILIES_OUT: tuple[tuple[int, str, str], ...] = (
+    (0, "AF_UNSPEC", "not a family for socket()"),
+    (3, "AF_AX25", "amateur radio; use-after-free CVEs; an autoloaded module"),
+    (4, "AF_IPX", "obsolete (removed in 4.18)"),
+    (5, "AF_APPLETALK", "obsolete; CVEs"),
+    (6, "AF_NETROM", "amateur radio; use-after-free CVEs"),
+    (7, "AF_BRIDGE", "no sockets (only netlink messages use the number)"),
+    (8, "AF_ATMPVC", "ATM hardware; CVEs"),
+    (9, "AF_X25", "obsolete; CVEs"),
+    (11, "AF_ROSE", "amateur radio; CVEs"),
+    (12, "AF_DECnet", "obsolete (removed in 6.1)"),
+    (13, "AF_NETBEUI", "never implemented"),
+    (14, "AF_SECURITY", "never implemented"),
+    (15, "AF_KEY", "PF_KEYv2 IPsec key management: a host's security associations; info-leak CVEs"),
+    (17, "AF_PACKET", "raw frames: sniffing and spoofing on the sandbox's interfaces; "
+                      "local roots (CVE-2016-8655, CVE-2017-7308, CVE-2020-14386)"),
+    (18, "AF_ASH", "never implemented"),
+    (19, "AF_ECONET", "obsolete (removed in 3.5)"),
+    (20, "AF_ATMSVC", "ATM hardware"),
+    (21, "AF_RDS", "reliable datagrams, an autoloaded module with local roots (CVE-2010-3904, CVE-2019-11815)"),
+    (22, "AF_SNA", "never implemented"),
+    (23, "AF_IRDA", "obsolete (removed in 4.17)"),
+    (24, "AF_PPPOX", "PPPoE/L2TP/PPTP tunnels; use-after-free CVEs"),
+    (25, "AF_WANPIPE", "never in mainline"),
+    (26, "AF_LLC", "802.2 LLC; CVEs"),
+    (27, "AF_IB", "InfiniBand addressing (rdma_cm), no sockets"),
+    (28, "AF_MPLS", "no sockets (routing by netlink)"),
+    (29, "AF_CAN", "CAN bus; race CVEs (CVE-2021-3609)"),
+    (30, "AF_TIPC", "cluster IPC, an autoloaded module; remote and local CVEs (CVE-2021-43267, CVE-2022-0435)"),
+    (31, "AF_BLUETOOTH", "the host's adapters (init network namespace only); BleedingTooth (CVE-2020-12351)"),
+    (32, "AF_IUCV", "s390 hypervisor communication"),
+    (33, "AF_RXRPC", "AFS RPC; CVEs"),
+    (34, "AF_ISDN", "ISDN hardware"),
+    (35, "AF_PHONET", "Nokia modems"),
+    (36, "AF_IEEE802154", "low-power radio hardware"),
+    (37, "AF_CAIF", "ST-Ericsson modems"),
+    (38, "AF_ALG", "the kernel's crypto API: a large surface with many CVEs; user-space crypto needs none of it"),
+    (39, "AF_NFC", "NFC hardware; use-after-free CVEs"),
+    (40, "AF_VSOCK", "VM sockets are not isolated by network namespaces: under --network none the "
+                     "payload would share the host's vsock port space (on a VM guest, the hypervisor's side)"),
+    (41, "AF_KCM", "kernel connection multiplexor; CVEs"),
+    (42, "AF_QIPCRTR", "Qualcomm modems"),
+    (43, "AF_SMC", "shared-memory communication over RDMA; CVEs"),
+    (44, "AF_XDP", "raw frames on an interface's queues"),
+    (45, "AF_MCTP", "management controllers"),
+)
+SOCKET_CALLS = ("socket", "socketpair")
+
+CONSTANTS.update({name: nr for nr, name, _ in SOCKET_FAMILIES_OUT})
+
+
+@dataclass(frozen=True)
+class FamilyFilter:
+    """What one of SOCKET_CALLS may name: families, and netlink protocols
+    (None: every protocol, when a profile allows AF_NETLINK outright)."""
+
+    families: tuple[int, ...]
+    netlink: tuple[int, ...] | None
 
 # --------------------------------------------------------------------------
 # Conditions and rules
@@ -466,12 +589,16 @@ def _errno_action(n: int) -> str:
     return f"errno:{n}"
 
 
-def resolve(spec: SeccompSpec, names: dict[str, int]) -> tuple[str, dict[str, tuple[str, list[Conds] | None]]]:
+Resolved = tuple[str, "dict[str, tuple[str, list[Conds] | None]]", "dict[str, FamilyFilter]"]
+
+
+def resolve(spec: SeccompSpec, names: dict[str, int]) -> Resolved:
     """Apply the spec's lists to the base policy.
 
-    Returns (default action, {syscall: (action, conditions or None)}), with
-    symbolic actions.  `names` are the syscalls of the native architecture;
-    entries for syscalls that do not exist there are dropped after checking.
+    Returns (default action, {syscall: (action, conditions or None)},
+    {socket call: FamilyFilter}), with symbolic actions.  `names` are the
+    syscalls of the native architecture; entries for syscalls that do not
+    exist there are dropped after checking.
     """
     rules: dict[str, tuple[str, list[Conds] | None]] = {}
     strict = spec.policy == "strict"
@@ -490,20 +617,13 @@ def resolve(spec: SeccompSpec, names: dict[str, int]) -> tuple[str, dict[str, tu
             rules[n] = (VIOLATION, None)
         rules["clone"] = (VIOLATION, [((0, MASKED_EQ, f, f),) for f in CLONE_NS_FLAGS])
         rules["ioctl"] = (VIOLATION, [((1, MASKED_EQ, LOW32, TIOCSTI),), ((1, MASKED_EQ, LOW32, TIOCLINUX),)])
-        rules["socket"] = (
-            VIOLATION,
-            [
-                ((0, MASKED_EQ, LOW32, AF_NETLINK), (2, MASKED_EQ, LOW32, p))
-                for p in range(NETLINK_MAX)
-                if p not in NETLINK_OK
-            ],
-        )
         rules["personality"] = (VIOLATION, [((0, MASKED_EQ, m, d),) for m, d in personality_deny_masks()])
         for n, e in COMPAT_ERRNO.items():
             rules[n] = (_errno_action(e), None)
 
     allow = [parse_entry(e, "seccomp.allow", deny=False) for e in spec.allow]
     deny = [parse_entry(e, "seccomp.deny", deny=True) for e in spec.deny]
+    sockets = family_filters(allow, strict)
     uncond_allow = {n for n, c in allow if not c}
     for n, c in deny:
         if not c and n in uncond_allow:
@@ -557,7 +677,59 @@ def resolve(spec: SeccompSpec, names: dict[str, int]) -> tuple[str, dict[str, tu
         elif cur[1] is not None and conds not in cur[1]:
             cur[1].append(conds)
 
-    return default, {n: r for n, r in rules.items() if n in names}
+    return default, {n: r for n, r in rules.items() if n in names}, {n: f for n, f in sockets.items() if n in names}
+
+
+def family_filters(allow: list[tuple[str, Conds]], strict: bool) -> dict[str, FamilyFilter]:
+    """The socket family allow-list of each of SOCKET_CALLS, widened by the
+    allow entries that name a family (see the module docstring)."""
+    out: dict[str, FamilyFilter] = {}
+    for call in SOCKET_CALLS:
+        families = set(SOCKET_FAMILIES_OK)
+        netlink: set[int] | None = set(NETLINK_OK)
+        for name, conds in allow:
+            if name != call or not conds:
+                continue
+            named = _named_family(conds, strict)
+            if named is None:
+                if strict:
+                    continue  # allowed for the families already on the list only
+                raise PolicyError(
+                    f"seccomp.allow: {name}({', '.join(cond_text(c) for c in conds)}): under policy \"default\" "
+                    f"{name} is allowed for a family, nothing narrower: {name}(arg0 == AF_VSOCK) or "
+                    f"{name}(arg0 == AF_NETLINK, arg2 == NETLINK_SOCK_DIAG)"
+                )
+            family, protocol = named
+            families.add(family)
+            if family == AF_NETLINK:
+                if protocol is None:
+                    netlink = None
+                elif netlink is not None:
+                    netlink.add(protocol)
+        out[call] = FamilyFilter(tuple(sorted(families)), None if netlink is None else tuple(sorted(netlink)))
+    return out
+
+
+def _named_family(conds: Conds, strict: bool) -> tuple[int, int | None] | None:
+    """(family, netlink protocol or None) when `conds` pin arg0 (and for
+    netlink maybe arg2) to one 32-bit value; under `default` nothing else
+    may be in `conds`."""
+
+    def pinned(arg: int) -> int | None:
+        for a, op, x, y in conds:
+            if a == arg and op == EQ and x <= LOW32:
+                return x
+            if a == arg and op == MASKED_EQ and x == LOW32:
+                return y
+        return None
+
+    family = pinned(0)
+    if family is None:
+        return None
+    protocol = pinned(2) if family == AF_NETLINK else None
+    if not strict and len(conds) != 1 + (protocol is not None):
+        return None
+    return family, protocol
 
 
 def _lift(cur: tuple[str, list[Conds] | None], conds: Conds) -> tuple[str, list[Conds]] | None:
@@ -645,7 +817,7 @@ def compile_bpf(spec: SeccompSpec, machine: str) -> bytes:
     """Build the filter with libseccomp and return the raw BPF program."""
     mod = bindings()
     names = native_names(mod, machine)
-    default, rules = resolve(spec, names)
+    default, rules, sockets = resolve(spec, names)
     f = mod.SyscallFilter(_action(mod, default, spec.action))
     badarch = int(mod.KILL_PROCESS) if spec.action == "kill" else int(mod.ERRNO(ENOSYS))
     f.set_attr(mod.Attr.ACT_BADARCH, badarch)
@@ -672,7 +844,9 @@ def compile_bpf(spec: SeccompSpec, machine: str) -> bytes:
         body = os.pread(fd, 1 << 20, 0)
     finally:
         os.close(fd)
-    return _stub(machine, REVIEWED_MAX.get(machine) or _libseccomp_max(mod)) + body
+    arch = AUDIT_ARCH.get(machine) or int(mod.system_arch())
+    reviewed_max = REVIEWED_MAX.get(machine) or _libseccomp_max(mod)
+    return prelude(machine, arch, reviewed_max, {names[n]: f for n, f in sockets.items()}) + body
 
 
 def native_names(mod: Any | None, machine: str) -> dict[str, int]:
@@ -693,47 +867,90 @@ def _libseccomp_max(mod: Any) -> int:
     return max(native_names(mod, "?").values())
 
 
-def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
-    return code.to_bytes(2, "little") + bytes((jt, jf)) + k.to_bytes(4, "little")
-
-
 _LD_W_ABS = 0x20
+_ALU_AND_K = 0x54
+_JA = 0x05
 _JEQ_K = 0x15
 _JGT_K = 0x25
 _JGE_K = 0x35
 _RET_K = 0x06
 SECCOMP_RET_ERRNO = 0x00050000
 
+# An instruction with symbolic jump targets (labels; None: the next one),
+# or a label: a name alone.
+_Insn = tuple[int, int, "str | None", "str | None"]
 
-def _stub(machine: str, reviewed_max: int) -> bytes:
-    """Syscall numbers above reviewed_max on the native arch -> ENOSYS.
 
-    Falls through to libseccomp's program (which checks the arch again and
-    sends x32 numbers, which have bit 30 set, to the bad-arch action).
+def _assemble(code: list[_Insn | str]) -> bytes:
+    """Resolve labels (forward jumps only, as BPF has) and encode."""
+    where: dict[str, int] = {}
+    n = 0
+    for item in code:
+        if isinstance(item, str):
+            where[item] = n
+        else:
+            n += 1
+    out = []
+    pc = 0
+    for item in code:
+        if isinstance(item, str):
+            continue
+        op, k, jt, jf = item
+        offs = [0 if label is None else where[label] - pc - 1 for label in (jt, jf)]
+        if op == _JA:
+            k, offs = offs[0], [0, 0]
+        if not all(0 <= o <= 255 for o in offs):
+            raise PolicyError("seccomp: too many socket family entries for the filter's prelude")
+        out.append(op.to_bytes(2, "little") + bytes(offs) + k.to_bytes(4, "little"))
+        pc += 1
+    return b"".join(out)
+
+
+def _low32(arg: int) -> int:
+    """Offset of argument `arg`'s low 32 bits in struct seccomp_data."""
+    return 16 + 8 * arg + (4 if sys.byteorder == "big" else 0)
+
+
+def prelude(machine: str, arch: int, reviewed_max: int, sockets: dict[int, FamilyFilter]) -> bytes:
+    """The BPF run before libseccomp's program, on the native arch only.
+
+    Syscall numbers above reviewed_max -> ENOSYS.  The socket calls
+    (`sockets`: syscall number -> filter) -> EAFNOSUPPORT for a family (or
+    netlink protocol) off their list, or a type of SOCK_PACKET.  Everything
+    else falls through to libseccomp's program ("lib"), which checks the
+    arch again and sends other ABIs, and x32 numbers (bit 30 set), to the
+    bad-arch action.
     """
-    arch = AUDIT_ARCH.get(machine)
-    if arch is None:
-        return b""
+    eaf = SECCOMP_RET_ERRNO | EAFNOSUPPORT
+    code: list[_Insn | str] = [
+        (_LD_W_ABS, 4, None, None),  # A = arch
+        (_JEQ_K, arch, None, "lib"),
+        (_LD_W_ABS, 0, None, None),  # A = nr
+    ]
     if machine == "x86_64":
-        return b"".join(
-            (
-                _insn(_LD_W_ABS, 0, 0, 4),  # 0: A = arch
-                _insn(_JEQ_K, 0, 4, arch),  # 1: native? else -> 6
-                _insn(_LD_W_ABS, 0, 0, 0),  # 2: A = nr
-                _insn(_JGE_K, 2, 0, X32_SYSCALL_BIT),  # 3: x32 -> 6
-                _insn(_JGT_K, 0, 1, reviewed_max),  # 4: newer -> 5, else 6
-                _insn(_RET_K, 0, 0, SECCOMP_RET_ERRNO | ENOSYS),  # 5
-            )
-        )
-    return b"".join(
-        (
-            _insn(_LD_W_ABS, 0, 0, 4),  # 0: A = arch
-            _insn(_JEQ_K, 0, 3, arch),  # 1: native? else -> 5
-            _insn(_LD_W_ABS, 0, 0, 0),  # 2: A = nr
-            _insn(_JGT_K, 0, 1, reviewed_max),  # 3: newer -> 4, else 5
-            _insn(_RET_K, 0, 0, SECCOMP_RET_ERRNO | ENOSYS),  # 4
-        )
-    )
+        code.append((_JGE_K, X32_SYSCALL_BIT, "lib", None))
+    code.append((_JGT_K, reviewed_max, "enosys", None))
+    for nr in sorted(sockets):
+        code.append((_JEQ_K, nr, f"sock{nr}", None))
+    code.append((_JA, 0, "lib", None))
+    for nr, f in sorted(sockets.items()):
+        code += [
+            f"sock{nr}",
+            (_LD_W_ABS, _low32(1), None, None),  # A = type
+            (_ALU_AND_K, SOCK_TYPE_MASK, None, None),
+            (_JEQ_K, SOCK_PACKET, f"eaf{nr}", None),
+            (_LD_W_ABS, _low32(0), None, None),  # A = family
+        ]
+        for family in f.families:
+            netlink = family == AF_NETLINK and f.netlink is not None
+            code.append((_JEQ_K, family, f"netlink{nr}" if netlink else "lib", None))
+        code += [f"eaf{nr}", (_RET_K, eaf, None, None)]
+        if AF_NETLINK in f.families and f.netlink is not None:
+            code += [f"netlink{nr}", (_LD_W_ABS, _low32(2), None, None)]  # A = protocol
+            code += [(_JEQ_K, p, "lib", None) for p in f.netlink]
+            code.append((_RET_K, eaf, None, None))
+    code += ["enosys", (_RET_K, SECCOMP_RET_ERRNO | ENOSYS, None, None), "lib"]
+    return _assemble(code)
 
 
 def known_anywhere(name: str) -> bool:
@@ -753,8 +970,12 @@ def pfc(spec: SeccompSpec, machine: str) -> str:
     """libseccomp's pseudo-code of the filter (debugging, `sbx seccomp show`)."""
     mod = bindings()
     names = native_names(mod, machine)
-    default, rules = resolve(spec, names)
+    default, rules, sockets = resolve(spec, names)
     lines = [f"# default: {default}; newer than {REVIEWED_MAX.get(machine)}: ENOSYS"]
+    for name, f in sorted(sockets.items()):
+        netlink = "any" if f.netlink is None else ", ".join(map(str, f.netlink))
+        lines.append(f"# {name}: families {', '.join(map(str, f.families))} (netlink protocols {netlink}), "
+                     f"not SOCK_PACKET; others: EAFNOSUPPORT")
     for name in sorted(rules):
         sym, conds_list = rules[name]
         if conds_list is None:

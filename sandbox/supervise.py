@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from .cgroup import CgroupStats, Delegation, RunCgroup
     from .idmap import IdRanges
     from .net import UserNet
+    from typing import Any
+
+    from .stdio import Pumps
 else:
     import _signal  # `signal` itself imports enum: ~4 ms at start-up
 
@@ -25,13 +28,10 @@ import time
 
 from . import init as init_mod
 from . import limits as limits_mod
-from .errors import EXIT_SBX, SbxError, SetupError
+from .errors import EXIT_SBX, SbxError, SetupError, UsageError
 from .handoff import RELEASE, Command, Handoff
 from .result import Result
 from .spec import Spec
-
-CHUNK = 65536
-
 
 class _Reports:
     """Init's report lines, read straight from the pipe (no io buffering layers)."""
@@ -60,75 +60,12 @@ class _Reports:
                 return line
 
 
-class _Output:
-    """Copies the payload's stdout and stderr to their destinations, counting bytes against a limit.
-
-    A destination of None captures instead: the bytes are kept (up to `capture_limit`
-    each) for the Result.
-    """
-
-    def __init__(self, limit: int | None, capture_limit: int) -> None:
-        self.limit = limit
-        self.capture_limit = capture_limit
-        self.total = 0
-        self.exceeded = False
-        self.pipes: dict[int, int | None] = {}  # read end -> destination (None: capture)
-        self.captured: dict[int, bytearray] = {}  # 1, 2 -> bytes
-        self.stream: dict[int, int] = {}  # read end -> 1 or 2
-
-    def pipe(self, destination: int | None, stream: int) -> int:
-        """A pipe whose read end we drain into `destination`; returns the payload's write end."""
-        read_end, write_end = os.pipe()
-        self.pipes[read_end] = destination
-        self.stream[read_end] = stream
-        if destination is None:
-            self.captured[stream] = bytearray()
-        return write_end
-
-    def pump(self, fd: int) -> bool:
-        """Copy what is readable; False at EOF (the pipe is then closed)."""
-        data = os.read(fd, CHUNK)
-        if not data:
-            os.close(fd)
-            del self.pipes[fd]
-            return False
-        if self.limit is not None:
-            room = self.limit - self.total
-            if len(data) > room:
-                data, self.exceeded = data[: max(room, 0)], True
-        self.total += len(data)
-        destination = self.pipes[fd]
-        if destination is None:
-            kept = self.captured[self.stream[fd]]
-            kept += data[: max(self.capture_limit - len(kept), 0)]
-            return True
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(destination, view):]
-            except BrokenPipeError:
-                break  # our reader went away; keep counting, stop copying
-        return True
-
-    def drain(self) -> None:
-        for fd in list(self.pipes):
-            while self.pump(fd):
-                pass
-
-    def close(self) -> None:
-        for fd in self.pipes:
-            os.close(fd)
-        self.pipes.clear()
-
-    def bytes_of(self, stream: int) -> bytes | None:
-        kept = self.captured.get(stream)
-        return None if kept is None else bytes(kept)
-
-
 class Streams:
     """A run's stdin, stdout and stderr as fds sbx owns; None for stdout/stderr means capture.
 
-    The fds are closed with close(); fds 0-2 of sbx itself are never closed.
+    These are the caller's: the payload gets them only where they are no host file (see stdio.py),
+    else pipes sbx feeds or drains.  The fds are closed with close(); fds 0-2 of sbx itself are
+    never closed.
     """
 
     def __init__(self, stdin: int = 0, stdout: int | None = 1, stderr: int | None = 2,
@@ -150,20 +87,21 @@ class Streams:
 
 
 def open_streams(spec: Spec) -> Streams:
-    """The spec's --stdin/--stdout/--stderr files, opened here, outside, never following a final symlink."""
+    """The spec's --stdin/--stdout/--stderr files, opened here, outside, before the sandbox is built:
+    outputs with no symlink in any component and only as regular files, nothing blocking (see hostfile)."""
+    from .hostfile import open_input, open_output
+
     fds = [0, 1, 2]
-    for index, path, flags in ((0, spec.stdin, os.O_RDONLY),
-                               (1, spec.stdout, os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
-                               (2, spec.stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
+    for index, path, flag in ((0, spec.stdin, "--stdin"), (1, spec.stdout, "--stdout"), (2, spec.stderr, "--stderr")):
         if path is None:
             continue
         try:
-            fds[index] = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY, 0o644)
-        except OSError as exc:
+            fds[index] = open_input(path, flag) if index == 0 else open_output(path, flag)
+        except SbxError:
             for fd in fds[:index]:
                 if fd > 2:
                     os.close(fd)
-            raise SbxError(f"cannot open {path}: {exc.strerror}") from None
+            raise
     return Streams(fds[0], fds[1], fds[2])
 
 
@@ -218,6 +156,7 @@ def execute(spec: Spec, streams: Streams, program: bytes | None, delegation: Del
             if prepared is not None:
                 prepared.discard()
             raise SetupError(str(exc)) from None
+    terminals = _save_terminals(spec, streams)
     try:
         enforced, warnings = limits_mod.plan(spec, delegation, () if cgroup is None else cgroup.unenforced)
         for line in warnings:
@@ -242,6 +181,20 @@ def execute(spec: Spec, streams: Streams, program: bytes | None, delegation: Del
                 cgroup.remove()
             except CgroupError as exc:
                 warn(f"run cgroup left behind: {exc}")
+        if terminals:
+            from .stdio import restore_terminals
+
+            restore_terminals(terminals)
+
+
+def _save_terminals(spec: Spec, streams: Streams) -> list[tuple[int, list[Any]]]:
+    """With -t the payload shares the caller's terminal: its settings, to put back however the run ends
+    (a payload killed in raw mode without echo).  Without -t no terminal reaches it (stdio.py)."""
+    if not spec.tty:
+        return []
+    from .stdio import save_terminals
+
+    return save_terminals((0, 1, 2, streams.stdin, *(fd for fd in (streams.stdout, streams.stderr) if fd is not None)))
 
 
 def sandbox_spec(spec: Spec, enforced: dict[str, bool]) -> Spec:
@@ -359,7 +312,8 @@ class Prepared:
         self.init_pid = 0
         self.usernet: UserNet | None = None
         self.reaped = False
-        self.box_identity: tuple[int, int] | None = None  # set by whoever prepares it for a box
+        # What the host paths it bound named as it was built (pool.identity_of); None: unchecked.
+        self.identity: tuple[tuple[int, int, int] | None, ...] | None = None
         self.pidfd = -1  # adopted: the entry process is not our child
 
     @classmethod
@@ -425,25 +379,18 @@ class Prepared:
     def run(self, spec: Spec, inner: Spec, streams: Streams, cgroup: RunCgroup | None,
             enforced: dict[str, bool], cpu: int | None = None) -> Result:
         """Send the command and supervise the run; `inner` is sandbox_spec(spec, enforced)."""
-        output = _Output(spec.limits.output, streams.capture_limit)
-        stdout, stderr = streams.stdout, streams.stderr
-        ends: list[int] = []
-        # Pumped by us: both streams when their bytes are counted, else only captured ones.
-        if spec.limits.output is not None or stdout is None:
-            stdout = output.pipe(stdout, 1)
-            ends.append(stdout)
-        if spec.limits.output is not None or stderr is None:
-            stderr = output.pipe(stderr, 2)
-            ends.append(stderr)
+        from . import stdio
+
+        _check_pass_fds(spec, self.shape)
+        pumps = stdio.Pumps(spec.limits.output, streams.capture_limit)
         listener = -1
         try:
+            given = pumps.wire(streams.stdin, streams.stdout, streams.stderr, spec.tty)
             command = Command(spec.argv, spec.env, rlimits_of(inner), spec.pass_fds)
-            self.send(command, (streams.stdin, stdout, stderr, *spec.pass_fds))
+            self.send(command, (*given, *spec.pass_fds))
             # The payload has its copies: ours would hold a pipe open (an interactor's, say).
-            streams.close(keep=[fd for fd in output.pipes.values() if fd is not None])
-            for fd in ends:
-                os.close(fd)
-            ends = []
+            pumps.sent()
+            streams.close(keep=pumps.keep())
             os.close(self.command_w)
             self.command_w = -1
             self.ready()
@@ -483,28 +430,26 @@ class Prepared:
                 os.close(self.release_w)
                 self.release_w = -1
                 exec_error = _await_exec(self.exec_r)
-                watch = _Watch(spec, cgroup, baseline, start, listener, output, payload)
+                watch = _Watch(spec, cgroup, baseline, start, listener, pumps, payload)
                 report, cause = watch.wait(self.reports)
                 if cause:
                     _kill_payload(cgroup, payload)
                     report = self.reports.next()
                 wall = time.monotonic() - start
-                output.drain()
+                pumps.finish()
                 stats = None if cgroup is None or baseline is None else cgroup.stats().since(baseline)
         except BaseException:
             self.kill()
             raise
         finally:
-            for fd in ends:
-                os.close(fd)
-            output.close()
+            pumps.close()
             if listener >= 0:
                 os.close(listener)
-        result = _result(spec, report, wall, cause, exec_error, stats, output.total, enforced)
-        if output.captured:
+        result = _result(spec, report, wall, cause, exec_error, stats, pumps.total, enforced)
+        if streams.stdout is None or streams.stderr is None:
             from .frozen import replace
 
-            result = replace(result, stdout=output.bytes_of(1), stderr=output.bytes_of(2))
+            result = replace(result, stdout=pumps.captured(1), stderr=pumps.captured(2))
         return result
 
     def kill(self) -> None:
@@ -581,10 +526,11 @@ def spawn(shape: Spec, program: bytes | None, nft: str | None) -> tuple[int, tup
     if shape.id_ranges:
         from . import idmap
 
-        ranges = idmap.available()
+        ranges = idmap.for_run()
         if ranges is None:
-            raise SetupError(f"image {shape.image!r} keeps its files' owners, which needs subordinate ids "
-                             "(/etc/subuid and /etc/subgid) and newuidmap/newgidmap (Debian package uidmap)")
+            raise SetupError("this run maps id ranges (its payload's own ids, or an image whose files keep "
+                             "their owners), which needs subordinate ids (/etc/subuid and /etc/subgid) and "
+                             "newuidmap/newgidmap (Debian package uidmap)")
     report_r, report_w = os.pipe()
     release_r, release_w = os.pipe()
     exec_r, exec_w = os.pipe()
@@ -667,6 +613,20 @@ def _start_usernet(spec: Spec, target: int) -> UserNet:
     except net.NetError as exc:
         raise SetupError(str(exc)) from None
     return usernet
+
+
+def _check_pass_fds(spec: Spec, shape: Spec) -> None:
+    """--pass-fd descriptors, checked as they are sent: a regular file only where the payload is a
+    subordinate id that owns no host file (id ranges, and not --uid 0 / --gid 0, which are you)."""
+    if not spec.pass_fds:
+        return
+    from .stdio import pass_fd_refusal
+
+    regular = shape.id_ranges and spec.id_ranges and spec.uid != 0 and spec.gid != 0
+    for fd in spec.pass_fds:
+        why = pass_fd_refusal(fd, regular)
+        if why is not None:
+            raise UsageError(f"--pass-fd {fd}: {why}")
 
 
 def _kill_payload(cgroup: RunCgroup | None, payload: int) -> None:
@@ -777,13 +737,13 @@ class _Watch:
     """
 
     def __init__(self, spec: Spec, cgroup: RunCgroup | None, baseline: CgroupStats | None, start: float,
-                 listener: int, output: _Output, payload: int) -> None:
+                 listener: int, pumps: Pumps, payload: int) -> None:
         self.spec = spec
         self.cgroup = cgroup
         self.baseline_usec = 0 if baseline is None else baseline.cpu_usec
         self.deadline = None if spec.limits.wall_time is None else start + spec.limits.wall_time
         self.listener = listener
-        self.output = output
+        self.pumps = pumps
         self.cpu_limit = spec.limits.time
         self.stat_path = f"/proc/{payload}/stat"
         self.ncpus = 1.0
@@ -843,11 +803,18 @@ class _Watch:
 
         poller = select.poll()
         poller.register(reports.fd, select.POLLIN)
-        for fd in self.output.pipes:
-            poller.register(fd, select.POLLIN)
         if self.listener >= 0:
             poller.register(self.listener, select.POLLIN)
+        pumped: dict[int, int] = {}  # what the pumps want polled now (it changes as they go)
         while True:
+            wanted = self.pumps.interest()
+            if wanted != pumped:
+                for fd in pumped.keys() - wanted.keys():
+                    poller.unregister(fd)
+                for fd, mask in wanted.items():
+                    if pumped.get(fd) != mask:
+                        poller.register(fd, mask)  # registers, or modifies
+                pumped = wanted
             timeout = self.next_timeout()
             events = poller.poll(None if timeout is None else timeout + 0.5)
             cause = self.expired()
@@ -860,13 +827,13 @@ class _Watch:
                         return None, cause
                     if not event & select.POLLIN:
                         poller.unregister(fd)  # no filtered task left
-                elif fd in self.output.pipes:
-                    if not self.output.pump(fd):
-                        poller.unregister(fd)
-                    elif self.output.exceeded:
+                elif fd == reports.fd:
+                    if not reports.fill():
+                        return reports.pop(), ""
+                elif fd in pumped:
+                    self.pumps.on(fd, event)
+                    if self.pumps.exceeded:
                         return None, "output"
-                elif not reports.fill():
-                    return reports.pop(), ""
             line = reports.pop()
             if line is not None:
                 return line, ""

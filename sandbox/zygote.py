@@ -88,11 +88,12 @@ def main() -> None:
     """The zygote process: argv = [sock fd, the Runner's pid]."""
     import signal as _signal
 
-    from . import linux
+    from . import linux, proctitle
 
     sock_fd, parent = int(sys.argv[1]), int(sys.argv[2])
     linux.prctl(linux.PR_SET_PDEATHSIG, _signal.SIGKILL)
     linux.set_name("sbx-zygote")
+    proctitle.scrub("sbx-zygote")  # the Runner's environment; each entry process scrubs its copy too
     if os.getppid() != parent:
         os._exit(1)  # the Runner is already gone
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # the Runner decides; we die with it

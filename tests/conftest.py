@@ -5,12 +5,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SBX = [sys.executable, "-m", "sandbox"]
+# SBX_TEST_INSTALLED=1 (test.sh's unprivileged stage): test the package installed from a wheel
+# into this interpreter's environment, never the checkout (that tree has no sandbox/ then).
+INSTALLED = os.environ.get("SBX_TEST_INSTALLED") == "1"
+# Where sbx finds its shipped profiles (sandbox/profile.py shipped_dir()).
+SHIPPED_PROFILES = Path(sys.prefix, "share", "sbx", "profiles") if INSTALLED else REPO / "profiles"
+# The directory holding the package `sandbox`: for PYTHONPATH where site is off (python -S).
+PACKAGE_PARENT = Path(sysconfig.get_paths()["purelib"]) if INSTALLED else REPO
 
 
 def sbx(*args: str, timeout: float = 60, check: bool = False, **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -18,7 +26,10 @@ def sbx(*args: str, timeout: float = 60, check: bool = False, **kwargs: object) 
     env = kwargs.pop("env", None)
     if env is None:
         env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO)
+    if INSTALLED:
+        env.pop("PYTHONPATH", None)
+    else:
+        env["PYTHONPATH"] = str(REPO)
     result = subprocess.run([*SBX, *args], capture_output=True, text=True, timeout=timeout, env=env,
                             **kwargs)  # type: ignore[call-overload]
     if check and result.returncode != 0:
@@ -54,3 +65,14 @@ def host_processes(*markers: str) -> list[tuple[int, str]]:
             continue
         found += [(int(name), m) for m in markers if m in argv]
     return found
+
+
+def ranged(environ: dict[str, str] | None = None) -> bool:
+    """Whether runs here map id ranges (the payload is inside uid 1000, a subordinate id)."""
+    from sandbox import idmap
+
+    return idmap.for_payload(os.environ if environ is None else environ) is not None
+
+
+# The single mapping (the payload is the caller, root inside by default): tests of that mode.
+SINGLE = {**os.environ, "SBX_ID_RANGES": "0"}

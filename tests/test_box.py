@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from sandbox import BoxBusy, BoxError, Result, Runner, SbxError
+from sandbox import idmap
 
 from conftest import REPO, SBX, sbx
 
@@ -103,8 +104,13 @@ def test_files_persist_between_runs(store: Path) -> None:
     first = box(store, "run", "--root", str(store), "keep", "--", "sh", "-c",
                 "pwd; echo one > a.txt; mkdir -p d/e; echo two > d/e/b.txt")
     assert first.returncode == 0 and first.stdout == "/box\n", first.stderr
-    assert (work / "a.txt").read_text() == "one\n"  # the caller's files: root inside is the caller
-    assert (work / "d" / "e" / "b.txt").stat().st_uid == os.getuid()
+    assert (work / "a.txt").read_text() == "one\n"
+    # The payload's files: a subordinate id under id ranges, else the caller (root inside)
+    from sandbox import idmap
+
+    ranges = idmap.for_payload(os.environ)
+    owner = os.getuid() if ranges is None else ranges.uid_start + idmap.PAYLOAD_ID - 1
+    assert (work / "d" / "e" / "b.txt").stat().st_uid == owner
     second = box(store, "run", "keep", "--", "sh", "-c", "cat a.txt d/e/b.txt; rm a.txt")
     assert second.returncode == 0 and second.stdout == "one\ntwo\n", second.stderr
     assert not (work / "a.txt").exists()
@@ -335,3 +341,133 @@ def test_api_busy_box(store: Path) -> None:
             os.close(w)
         assert len(outcome) == 1 and isinstance(outcome[0], Result) and outcome[0].verdict == "OK", outcome
         assert not Path(made.path).exists()
+
+
+# -- removal of what subordinate ids own (issue #12) ------------------------------------------
+
+RANGES = idmap.available()
+PAYLOAD_UID = 1000  # an inside id: with ranges, subordinate id uid_start + 999 outside
+
+
+def outside_dir(tmp_path: Path) -> Path:
+    """A directory of the caller's that links in a box point at: removal must leave it as it is."""
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "precious").write_text("keep\n")
+    (outside / "sub" / "also").write_text("keep too\n")
+    (outside / "sub").chmod(0o500)
+    return outside
+
+
+def outside_state(outside: Path) -> list[tuple[str, int, int]]:
+    return sorted((str(p.relative_to(outside)), p.lstat().st_mode, p.lstat().st_uid) for p in outside.rglob("*"))
+
+
+def payload_tree(work: Path, outside: Path) -> None:
+    """What a payload leaves: nested dirs with files, links pointing outside, a 0755 dir it owns with files
+    in it, dirs it made unsearchable (000) or read-only (0500)."""
+    (work / "a" / "b" / "c").mkdir(parents=True)
+    (work / "a" / "b" / "c" / "f").write_text("f\n")
+    (work / "a" / "g").write_text("g\n")
+    (work / "locked" / "inner").mkdir(parents=True)
+    (work / "locked" / "inner" / "h").write_text("h\n")
+    (work / "locked" / "inner" / "out").symlink_to(outside)
+    (work / "a" / "out").symlink_to(outside)
+    (work / "a" / "b" / "sub").symlink_to(outside / "sub")
+    (work / "a" / "b" / "precious").symlink_to(outside / "precious")
+    (work / "out").symlink_to(outside)
+
+
+def own_as_payload(work: Path) -> int:
+    """Give the tree to the payload's id (what a run does once the payload runs as a subordinate id)
+    and make some of it unsearchable or read-only; the owner's host uid.  With ranges the chown
+    happens as root of a ranged namespace (idmap.run_ranged); as real root directly."""
+    def chown_all(uid: int) -> None:
+        for path in work.rglob("*"):  # lists links but never walks through them; work/ stays the caller's
+            os.chown(path, uid, uid, follow_symlinks=False)
+        (work / "a").chmod(0o755)
+        (work / "a" / "b").chmod(0o500)
+        (work / "locked" / "inner").chmod(0)
+        (work / "locked").chmod(0)
+
+    if RANGES is not None:
+        idmap.run_ranged(RANGES, lambda: chown_all(PAYLOAD_UID))
+        return RANGES.uid_start + PAYLOAD_UID - 1
+    assert os.getuid() == 0, "needs subordinate ids or root"
+    chown_all(54321)
+    return 54321
+
+
+ranged_or_root = pytest.mark.skipif(RANGES is None and os.getuid() != 0,
+                                    reason="needs subordinate ids (/etc/subuid, as sbxtest) or root")
+
+
+@ranged_or_root
+@pytest.mark.parametrize("how", ["cli", "api"])
+def test_rm_removes_what_the_payload_owns_and_never_follows_links(store: Path, tmp_path: Path, how: str) -> None:
+    outside = outside_dir(tmp_path)
+    before = outside_state(outside)
+    work = create(store, "owned")
+    payload_tree(work, outside)
+    owner = own_as_payload(work)
+    assert owner != os.getuid()
+    assert (work / "a").lstat().st_uid == owner and (work / "a" / "out").lstat().st_uid == owner
+    if os.getuid() != 0:
+        # the control: as the caller, the payload's files cannot be removed (the EPERM of issue #12)
+        with pytest.raises(PermissionError):
+            os.unlink(work / "a" / "g")
+        with pytest.raises(PermissionError):
+            os.rmdir(work / "locked" / "inner")
+    else:
+        assert RANGES is None  # real root: today's path, as the caller (root's capabilities suffice)
+    if how == "cli":
+        removed = box(store, "rm", "owned")
+        assert (removed.returncode, removed.stdout, removed.stderr) == (0, "", "")
+    else:
+        with Runner(root=str(store)) as runner:
+            runner.remove_box("owned")
+    assert not (store / "boxes" / "owned").exists()
+    assert outside_state(outside) == before
+    assert (outside / "precious").read_text() == "keep\n" and (outside / "sub" / "also").read_text() == "keep too\n"
+    assert box(store, "ls").stdout == ""
+
+
+@pytest.mark.timeout(120)
+def test_rm_a_deep_tree(store: Path) -> None:
+    """Deeper than Python's recursion limit and than the fds a process may hold: still removed."""
+    work = create(store, "deep")
+    fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for level in range(1200):
+            os.mkdir("d", dir_fd=fd)
+            if level % 400 == 0:
+                os.close(os.open("f", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
+            deeper = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = deeper
+        os.fchmod(fd, 0)
+    finally:
+        os.close(fd)
+    removed = box(store, "rm", "deep")
+    assert removed.returncode == 0, removed.stderr
+    assert not (store / "boxes" / "deep").exists()
+
+
+@pytest.mark.skipif(RANGES is None, reason="needs subordinate ids (/etc/subuid, as sbxtest)")
+def test_run_ranged_runs_as_root_of_the_ranges_and_reports_errors(tmp_path: Path) -> None:
+    assert RANGES is not None
+    r, w = os.pipe()
+    try:
+        def report() -> None:
+            with open("/proc/self/uid_map") as f:
+                os.write(w, f"{os.getuid()} {f.read().split()}".encode())
+
+        idmap.run_ranged(RANGES, report)
+        assert os.read(r, 4096).decode() == f"0 {RANGES.uid_map().split()}"
+    finally:
+        os.close(r)
+        os.close(w)
+    with pytest.raises(FileNotFoundError):
+        idmap.run_ranged(RANGES, lambda: os.unlink(tmp_path / "missing"))
+    with pytest.raises(SbxError, match="ValueError: bad"):
+        idmap.run_ranged(RANGES, lambda: (_ for _ in ()).throw(ValueError("bad")))

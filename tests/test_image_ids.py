@@ -135,7 +135,7 @@ def test_owners_are_kept_where_id_ranges_are_available(tmp_path: Path) -> None:
                        "home/user": (ranges.uid_start + 999, ranges.gid_start + 999),
                        "srv": (os.getuid(), ranges.gid_start + 49)}, outside
     # Inside, the owners are the archive's; root holds no capabilities, so the owner writes.
-    result = sbx("run", "--root", str(store), "--image", "owners", "--", "sh", "-c",
+    result = sbx("run", "--root", str(store), "--image", "owners", "--uid", "0", "--gid", "0", "--", "sh", "-c",
                  "stat -c '%u:%g %a %n' /home/user /srv /srv/big; id -u")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:4] == ["1000:1000 750 /home/user", "0:50 750 /srv", "0:0 640 /srv/big",
@@ -149,7 +149,7 @@ def test_owners_are_kept_where_id_ranges_are_available(tmp_path: Path) -> None:
 
     with Runner(root=str(store)) as runner:
         for _ in range(2):
-            warm = runner.run(["stat", "-c", "%u:%g", "/home/user"], image="owners")
+            warm = runner.run(["stat", "-c", "%u:%g", "/home/user"], image="owners", options=["--gid", "0"])
             assert warm.verdict == "OK" and warm.stdout == b"1000:1000\n", warm
     # rm and prune remove files that other ids own, too
     for args in (["rm", "owners"], ["prune"]):

@@ -66,7 +66,8 @@ def run(store: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_busybox_runs_with_uid_0_and_writes_discarded(store: Path) -> None:
-    result = run(store, "--image", "busybox", "--", "sh", "-c", "id -u; echo x > /bin/new && cat /bin/new; rm /bin/ls && echo rm-ok")
+    result = run(store, "--image", "busybox", "--uid", "0", "--gid", "0", "--", "sh", "-c",
+                 "id -u; echo x > /bin/new && cat /bin/new; rm /bin/ls && echo rm-ok")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["0", "x", "rm-ok"]
     again = run(store, "--image", "busybox", "--", "sh", "-c", "test -e /bin/new && echo LEFT; test -e /bin/ls && echo ls-back")

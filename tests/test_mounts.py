@@ -19,6 +19,10 @@ pytestmark = pytest.mark.timeout(60)
 
 TAG = f"sbx-test-{os.getpid()}"
 
+# Root inside, which is the caller on the host: these tests are about what binds do with the
+# caller's own files (tests/test_identity.py covers the payload's default id under id ranges).
+AS_CALLER = ("--uid", "0", "--gid", "0")
+
 
 def errors(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if not line.startswith("sbx: warning:")]
@@ -126,7 +130,7 @@ def test_read_only_bind_is_recursive(src: Path) -> None:
 
 def test_rw_bind_writes_reach_the_host(src: Path) -> None:
     result = sh("echo inside > /data/new && echo more >> /data/f && mkdir /data/d", "-v", f"{src}:/data:rw",
-                timeout=20)
+                *AS_CALLER, timeout=20)
     assert result.returncode == 0, result.stderr
     assert (src / "new").read_text() == "inside\n"
     assert (src / "f").read_text() == "host\nmore\n"
@@ -135,7 +139,7 @@ def test_rw_bind_writes_reach_the_host(src: Path) -> None:
 
 
 def test_rw_bind_deletes_reach_the_host(src: Path) -> None:
-    result = sh("rm /data/f", "-v", f"{src}:/data:rw", timeout=20)
+    result = sh("rm /data/f", "-v", f"{src}:/data:rw", *AS_CALLER, timeout=20)
     assert result.returncode == 0, result.stderr
     assert not (src / "f").exists()
 
@@ -143,7 +147,7 @@ def test_rw_bind_deletes_reach_the_host(src: Path) -> None:
 def test_overlay_bind_is_writable_but_discarded(src: Path) -> None:
     before = snapshot(src)
     result = sh("echo inside > /data/new && echo more >> /data/f && rm -f /data/f2 && cat /data/f /data/new",
-                "-v", f"{src}:/data:overlay", timeout=20)
+                "-v", f"{src}:/data:overlay", *AS_CALLER, timeout=20)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "host\nmore\ninside\n"
     assert snapshot(src) == before
@@ -162,12 +166,13 @@ def test_file_bind(tmp_path: Path) -> None:
     conf = tmp_path / "app.conf"
     conf.write_text("setting=1\n")
     result = sh("cat /etc/app.conf; test -f /etc/app.conf && echo is-file; echo x >> /etc/app.conf",
-                "-v", f"{conf}:/etc/app.conf", timeout=20)
+                "-v", f"{conf}:/etc/app.conf", *AS_CALLER, timeout=20)
     assert result.stdout == "setting=1\nis-file\n", result.stderr
     assert result.returncode != 0 and "Read-only file system" in result.stderr
     assert conf.read_text() == "setting=1\n"
 
-    result = sh("echo setting=2 > /opt/deep/app.conf", "-v", f"{conf}:/opt/deep/app.conf:rw", timeout=20)
+    result = sh("echo setting=2 > /opt/deep/app.conf", "-v", f"{conf}:/opt/deep/app.conf:rw", *AS_CALLER,
+                timeout=20)
     assert result.returncode == 0, result.stderr
     assert conf.read_text() == "setting=2\n"
 
@@ -327,7 +332,7 @@ DIRS = ("/", "/tmp", "/etc", "/root", "/var/tmp", "/home", "/dev/shm")
 
 def test_writes_are_discarded() -> None:
     write = "; ".join(f"echo x > {d.rstrip('/')}/{TAG} && echo ok" for d in DIRS)
-    first = sh(write, timeout=20)
+    first = sh(write, *AS_CALLER, timeout=20)
     assert (first.returncode, first.stdout) == (0, "ok\n" * len(DIRS)), first.stderr
     check = "; ".join(f"test -e {d.rstrip('/')}/{TAG} && echo still-there {d}" for d in DIRS) + "; true"
     second = sh(check, timeout=20)
@@ -368,7 +373,7 @@ def test_disk_limit_is_per_run() -> None:
 
 def test_usr_bin_write_depends_on_privilege() -> None:
     path = f"/usr/bin/{TAG}"
-    result = sh(f"echo x > {path} && cat {path}", timeout=20)
+    result = sh(f"echo x > {path} && cat {path}", *AS_CALLER, timeout=20)
     if os.getuid() != 0:
         # root inside is the caller outside: the host root's files and dirs are not writable
         assert result.returncode != 0

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ranged
+
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = sorted(path.stem for path in (REPO / "profiles").glob("*.toml"))
 
@@ -72,7 +74,8 @@ def test_grader_environment_is_exactly_the_profiles(tmp_path: Path) -> None:
     result = sbx(tmp_path, "--profile", "grader", "--", "/usr/bin/env")
     assert result.returncode == 0, result.stderr
     assert sorted(result.stdout.splitlines()) == [
-        "HOME=/root",  # sbx's base for uid 0; the profile sets PATH and LANG
+        # sbx's base: the payload's home (uid 1000 under id ranges, else root); the profile sets PATH and LANG
+        "HOME=/home/sbx" if ranged({}) else "HOME=/root",
         "LANG=C.UTF-8",
         "PATH=/usr/local/bin:/usr/bin:/bin",
     ]
@@ -102,4 +105,5 @@ def test_a_bad_profile_runs_nothing_and_exits_125(tmp_path: Path) -> None:
 def test_a_missing_profile_runs_nothing_and_exits_125(tmp_path: Path) -> None:
     result = sbx(tmp_path, "--profile", "nope", "--", "/bin/echo", "ok")
     assert result.returncode == 125 and result.stdout == ""
-    assert result.stderr.startswith("sbx: error: profile 'nope' not found; looked in ./.sbx/profiles, ")
+    # The trusted search path only: ./.sbx/profiles/ is searched only with --project-profiles.
+    assert result.stderr.startswith(f"sbx: error: profile 'nope' not found; looked in {tmp_path}/xdg/sbx/profiles, ")

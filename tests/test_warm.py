@@ -30,6 +30,10 @@ def runner(tmp_path: Path) -> object:
         yield r
 
 
+# Root inside (the caller on the host): for what only root inside may write (/etc, /root).
+AS_ROOT = ["--uid", "0", "--gid", "0"]
+
+
 def wait_prepared(runner: Runner, **spec_args: object) -> None:
     """Until the pool holds a prepared sandbox of this run's shape (the next run takes it)."""
     assert runner.pool is not None
@@ -63,12 +67,13 @@ DIRS = ("/tmp", "/root", "/var/tmp", "/", "/dev/shm", "/home", "/etc", "/usr/bin
 
 def test_files_written_by_one_run_are_gone_in_the_next(runner: Runner) -> None:
     script = " ; ".join(f"echo secret > {d.rstrip('/')}/sbx-warm-marker && echo wrote {d}" for d in DIRS)
-    first = runner.run(["sh", "-c", script + "; true"])
+    # As root inside, which may write the most (/root, /etc); the same shape serves both runs.
+    first = runner.run(["sh", "-c", script + "; true"], options=AS_ROOT)
     wrote = [line.split(" ", 1)[1] for line in out(first) if line.startswith("wrote ")]
     assert {"/tmp", "/root", "/var/tmp", "/", "/dev/shm"} <= set(wrote), (first.stdout, first.stderr)
-    wait_prepared(runner)
+    wait_prepared(runner, options=AS_ROOT)
     check = " ; ".join(f"test -e {d.rstrip('/')}/sbx-warm-marker && echo FOUND {d}" for d in DIRS)
-    second = sh(runner, check + "; ls -A /tmp /var/tmp /dev/shm; true")
+    second = sh(runner, check + "; ls -A /tmp /var/tmp /dev/shm; true", options=AS_ROOT)
     assert not [line for line in out(second) if line.startswith("FOUND")], second.stdout
     assert out(second) == ["/dev/shm:", "", "/tmp:", "", "/var/tmp:"], second.stdout
 
@@ -77,12 +82,12 @@ def test_a_deleted_host_file_stays_in_the_lower_layer(runner: Runner) -> None:
     """Run 1 removes and replaces files of its root (through the writable layer where it may: rootless,
     the host's root-owned /usr cannot be changed at all); run 2 sees the originals."""
     first = runner.run(["sh", "-c", "rm -f /etc/passwd && echo forged > /etc/passwd; rm -f /usr/bin/env 2>/dev/null; "
-                                    "cat /etc/passwd; test -e /usr/bin/env || echo ENV-GONE"])
+                                    "cat /etc/passwd; test -e /usr/bin/env || echo ENV-GONE"], options=AS_ROOT)
     assert first.stdout is not None and first.stdout.startswith(b"forged\n"), first
     if os.getuid() == 0:
         assert first.stdout == b"forged\nENV-GONE\n"  # a whiteout in run 1's layer
-    wait_prepared(runner)
-    second = sh(runner, "head -c 5 /etc/passwd; echo; test -x /usr/bin/env && echo ENV-THERE")
+    wait_prepared(runner, options=AS_ROOT)
+    second = sh(runner, "head -c 5 /etc/passwd; echo; test -x /usr/bin/env && echo ENV-THERE", options=AS_ROOT)
     assert out(second) == ["root:", "ENV-THERE"]
 
 

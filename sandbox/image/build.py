@@ -33,7 +33,7 @@ from ..frozen import dataclass, replace
 from . import commit, containerfile
 from .containerfile import ContainerfileError, Instruction
 from .errors import ImageError
-from .extract import RESOLVE, RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, remove_tree, remove_tree_at
+from .extract import RESOLVE, RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, Limits, remove_tree, remove_tree_at
 from .store import Record, Store
 
 TYPE_CHECKING = False
@@ -57,6 +57,8 @@ class Options:
     network: str = "none"
     profile: str = "build"
     disk: int | None = None
+    limits: Limits = Limits()  # ADD of a compressed archive: its expansion caps
+    profile_settings: tuple[tuple[str, object], ...] | None = None  # `profile`, resolved (else read per step)
 
 
 def build(store: Store, options: Options, log: Callable[[str], None]) -> Record:
@@ -317,10 +319,13 @@ class Builder:
         from .. import compose, profile
 
         cwd = os.getcwd()
-        try:
-            settings = dict(profile.resolve(self.options.profile, cwd=cwd, environ=os.environ).settings)
-        except profile.ProfileError as exc:
-            raise UsageError(str(exc)) from None
+        if self.options.profile_settings is not None:
+            settings = dict(self.options.profile_settings)
+        else:
+            try:
+                settings = dict(profile.resolve(self.options.profile, cwd=cwd, environ=os.environ).settings)
+            except profile.ProfileError as exc:
+                raise UsageError(str(exc)) from None
         settings.update({"sandbox.image": "host", "network.mode": self.options.network})
         if self.options.disk is not None:
             settings["sandbox.disk"] = self.options.disk
@@ -446,7 +451,7 @@ class Builder:
         base = os.path.basename(source.rstrip("/")) or "file"
         if add and _is_archive(top, source):
             os.close(_make_dirs(root, dest_parts, self.where, dirs))
-            _extract(top, os.path.join(root, *dest_parts), self.where)
+            _extract(top, os.path.join(root, *dest_parts), self.where, self.options.limits)
             return
         if into:
             parent_parts, name = dest_parts, base
@@ -644,18 +649,23 @@ def _is_archive(top: int, source: str) -> bool:
     return source.endswith(ARCHIVE_SUFFIXES) or head[257:262] == b"ustar"
 
 
-def _extract(top: int, dest: str, where: str) -> None:
+def _extract(top: int, dest: str, where: str, limits: Limits) -> None:
+    """ADD of a local archive, under the expansion caps of an import (one layer's)."""
     from . import blob, extract, tar
+    from .errors import TooLarge
 
     fd = os.open(f"/proc/self/fd/{top}", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        read, close = blob.decompressor(lambda n: os.read(fd, n))
+        cap = limits.cap(os.fstat(fd).st_size)
+        stream = blob.LayerStream(lambda n: os.read(fd, n), 1 << 40, cap[0], "archive")
         try:
-            extract.extract(tar.TarReader(read), dest)
+            extract.extract(tar.TarReader(stream.read), dest, replace(limits, max_bytes=cap[0]))
+        except TooLarge:
+            raise extract.expansion_error(f"{where}: ADD", cap) from None
         except ImageError as exc:
             raise ImageError(f"{where}: ADD: {exc}") from None
         finally:
-            close()
+            stream.close()
     finally:
         os.close(fd)
 

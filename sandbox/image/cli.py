@@ -13,6 +13,7 @@ from ..errors import EXIT_SBX, SbxError, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from . import extract
     from .store import Store
 
 USAGE = """usage: sbx image [--root DIR] COMMAND ...
@@ -20,18 +21,24 @@ USAGE = """usage: sbx image [--root DIR] COMMAND ...
 Manage the local image store (default $XDG_DATA_HOME/sbx, or $SBX_ROOT).
 
 commands:
-  pull [--platform OS/ARCH[/VARIANT]] [--insecure] [--username USER --password-stdin] [-q] REF
+  pull [--platform OS/ARCH[/VARIANT]] [--insecure] [--username USER --password-stdin] [LIMITS] [-q] REF
                          pull from a registry (Docker Hub for short names; HTTP
                          for localhost/127.0.0.1 and --insecure, else HTTPS;
                          credentials also from $SBX_REGISTRY_AUTH=user:pass)
-  import [--name NAME] [--platform OS/ARCH[/VARIANT]] [-q] FILE|DIR|-
+  import [--name NAME] [--platform OS/ARCH[/VARIANT]] [LIMITS] [-q] FILE|DIR|-
                          import a docker archive (docker save) or an OCI layout
                          (directory or tar; plain, gzip or zstd; '-' for stdin)
+                         LIMITS, against decompression bombs: --max-ratio N (a
+                         layer may expand to N times its compressed size, or
+                         16M if more; default 100, 0: off), --max-layer-size
+                         SIZE (default 8G), --max-size SIZE (all the layers of
+                         one import or pull; default 16G)
   build -t NAME [-f FILE] [--build-arg NAME=VALUE]... [--no-cache] [--network none|pasta]
-        [--profile NAME] [--disk SIZE] [-q] [CONTEXT]
+        [--profile NAME] [--disk SIZE] [LIMITS] [-q] [CONTEXT]
                          build from a Containerfile (default CONTEXT/Containerfile,
                          else Dockerfile; CONTEXT defaults to .); each RUN runs in a
-                         sandbox of the 'build' profile, without network by default
+                         sandbox of the 'build' profile, without network by default;
+                         LIMITS bound what ADD extracts from an archive
   ls [-q]                list images (-q: names only)
   inspect NAME...        the stored records, as JSON
   rm NAME...             forget images (their layers go at the next prune)
@@ -40,12 +47,13 @@ commands:
 """
 
 REPEATABLE = ("--build-arg",)
+LIMIT_OPTIONS = ("--max-ratio", "--max-layer-size", "--max-size")
 
 # command -> (options taking a value, switches)
 COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "pull": (("--platform", "--username"), ("-q", "--quiet", "--insecure", "--password-stdin")),
-    "import": (("--name", "--platform"), ("-q", "--quiet")),
-    "build": (("-t", "--tag", "-f", "--file", "--build-arg", "--network", "--profile", "--disk"),
+    "pull": (("--platform", "--username", *LIMIT_OPTIONS), ("-q", "--quiet", "--insecure", "--password-stdin")),
+    "import": (("--name", "--platform", *LIMIT_OPTIONS), ("-q", "--quiet")),
+    "build": (("-t", "--tag", "-f", "--file", "--build-arg", "--network", "--profile", "--disk", *LIMIT_OPTIONS),
               ("-q", "--quiet", "--no-cache")),
     "ls": ((), ("-q", "--quiet")),
     "list": ((), ("-q", "--quiet")),
@@ -145,6 +153,11 @@ def main(args: list[str]) -> int:
 
 def run(args: list[str]) -> int:
     command, options, positional, root = parse(args)
+    profile_settings = None
+    if command == "build":
+        # Read as the caller, before the ranged namespace: there the host root's files (the
+        # shipped profiles) are nobody's, and the profile owner check would refuse them.
+        profile_settings = _build_profile(options)
     if command in ("pull", "import", "build", "rm", "prune"):
         enter_ranges()
     from .store import Store
@@ -156,7 +169,7 @@ def run(args: list[str]) -> int:
     if command == "import":
         return cmd_import(store, options, positional, quiet)
     if command == "build":
-        return cmd_build(store, options, positional, quiet)
+        return cmd_build(store, options, positional, quiet, profile_settings)
     if command in ("ls", "list"):
         _arity(command, positional, 0, 0)
         return cmd_ls(store, quiet)
@@ -178,9 +191,35 @@ def _arity(command: str, positional: list[str], low: int, high: int | None) -> N
         raise UsageError(f"'sbx image {command}': wrong number of arguments (see 'sbx image --help')")
 
 
+def import_limits(options: Options) -> extract.Limits:
+    """The expansion caps of --max-ratio, --max-layer-size and --max-size (the rest: extract.Limits's defaults)."""
+    from ..frozen import replace
+    from ..units import parse_size
+    from . import extract
+
+    limits = extract.Limits()
+    ratio = options.get("--max-ratio")
+    if isinstance(ratio, str):
+        if not (ratio.isascii() and ratio.isdigit()) or len(ratio) > 9:
+            raise UsageError(f"--max-ratio {ratio!r}: expected a whole number (0: no ratio limit)")
+        limits = replace(limits, max_ratio=int(ratio))
+    for flag, key in (("--max-layer-size", "max_bytes"), ("--max-size", "max_image")):
+        value = options.get(flag)
+        if isinstance(value, str):
+            try:
+                size = parse_size(value)
+            except ValueError as exc:
+                raise UsageError(f"{flag}: {exc}") from None
+            if size <= 0:
+                raise UsageError(f"{flag}: must be more than 0")
+            limits = replace(limits, **{key: size})
+    return limits
+
+
 def cmd_import(store: Store, options: Options, positional: list[str], quiet: bool) -> int:
     from . import oci
     _arity("import", positional, 1, 1)
+    limits = import_limits(options)
     name = options.get("--name")
     platform = options.get("--platform")
 
@@ -190,13 +229,25 @@ def cmd_import(store: Store, options: Options, positional: list[str], quiet: boo
 
     records = oci.import_images(store, positional[0], name=name if isinstance(name, str) else None,
                                 platform=oci.parse_platform(platform) if isinstance(platform, str) else None,
-                                log=log)
+                                limits=limits, log=log)
     for record in records:
         sys.stdout.write(f"{short_name(str(record['name']))} {str(record['id'])[7:19]}\n")
     return 0
 
 
-def cmd_build(store: Store, options: Options, positional: list[str], quiet: bool) -> int:
+def _build_profile(options: Options) -> tuple[tuple[str, object], ...]:
+    from .. import profile
+
+    name = options.get("--profile")
+    try:
+        return profile.resolve(name if isinstance(name, str) else "build", cwd=os.getcwd(),
+                               environ=os.environ).settings
+    except profile.ProfileError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_build(store: Store, options: Options, positional: list[str], quiet: bool,
+              profile_settings: tuple[tuple[str, object], ...] | None = None) -> int:
     from . import build
     _arity("build", positional, 0, 1)
 
@@ -231,7 +282,8 @@ def cmd_build(store: Store, options: Options, positional: list[str], quiet: bool
     record = build.build(store, build.Options(
         file=file, tag=tag, context=context, build_args=build.parse_build_args(build_args, os.environ),
         no_cache=bool(options.get("--no-cache")), network=value("--network") or "none",
-        profile=value("--profile") or "build", disk=disk_bytes), log)
+        profile=value("--profile") or "build", disk=disk_bytes, limits=import_limits(options),
+        profile_settings=profile_settings), log)
     sys.stdout.write(f"{short_name(str(record['name']))} {str(record['id'])[7:19]}\n")
     return 0
 
@@ -239,6 +291,7 @@ def cmd_build(store: Store, options: Options, positional: list[str], quiet: bool
 def cmd_pull(store: Store, options: Options, positional: list[str], quiet: bool) -> int:
     from . import oci, pull
     _arity("pull", positional, 1, 1)
+    limits = import_limits(options)
     platform = options.get("--platform")
     username = options.get("--username")
     credentials = pull.credentials_from_env()
@@ -258,7 +311,8 @@ def cmd_pull(store: Store, options: Options, positional: list[str], quiet: bool)
     record = pull.pull(store, positional[0],
                        platform=oci.parse_platform(platform) if isinstance(platform, str) else None,
                        insecure=bool(options.get("--insecure")), credentials=credentials,
-                       progress="quiet" if quiet else "tty" if sys.stderr.isatty() else "lines", log=log)
+                       progress="quiet" if quiet else "tty" if sys.stderr.isatty() else "lines", log=log,
+                       limits=limits)
     sys.stdout.write(f"{short_name(str(record['name']))} {str(record['id'])[7:19]}\n")
     return 0
 
