@@ -78,6 +78,11 @@ if [ "$(id -u)" = 0 ]; then
     echo "== tests as $test_user (rootless), sbx installed from $(basename "$wheel")"
     su "$test_user" -s /bin/bash -c "cd '$wheel_stage/tree' && SBX_TEST_INSTALLED=1 '$wheel_venv/bin/python' -m pytest $*" \
       || status=$?
+    # The same user without subordinate ids (the payload is the caller): the containment battery
+    # and the identity, stdio and report tests, which check that mode's own guarantees.
+    echo "== containment tests as $test_user (rootless) without id ranges (SBX_ID_RANGES=0)"
+    su "$test_user" -s /bin/bash -c "cd '$wheel_stage/tree' && SBX_ID_RANGES=0 SBX_TEST_INSTALLED=1 '$wheel_venv/bin/python' -m pytest -q tests/test_attacks.py tests/test_identity.py tests/test_host_stdio.py tests/test_host_reports.py tests/test_profiles_run.py tests/test_isolation.py tests/test_mounts.py" \
+      || status=$?
   else
     echo "== the wheel did not build or install: the rootless stage did not run"
     status=1

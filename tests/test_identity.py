@@ -21,7 +21,7 @@ def _ranges() -> tuple[int, int]:
     """(host uid, host gid) of the payload's default inside ids under id ranges."""
     ranges = idmap.for_payload(os.environ)
     if ranges is None:
-        if os.environ.get("CI"):
+        if os.environ.get("CI") and os.environ.get("SBX_ID_RANGES") != "0":
             pytest.fail("CI must give the test user subordinate ids (/etc/subuid, uidmap)")
         pytest.skip("no subordinate ids for this user: add a range to test the ranged mode")
     return ranges.uid_start + idmap.PAYLOAD_ID - 1, ranges.gid_start + idmap.PAYLOAD_ID - 1
