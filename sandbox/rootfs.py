@@ -15,9 +15,14 @@ and the kept upper, so the upper holds only what the payload changed.  Before Li
 an overlay in a user namespace needs for opaque directories and whiteouts; then
 they are read-only binds instead (correct, size-limited, but not writable).
 
-User-given targets are resolved with openat2(RESOLVE_IN_ROOT), so a symlink can
-never send a mount outside the new root, and every mount is moved onto a file
-descriptor rather than a path.
+Every path inside the new root is resolved from the root's fd with
+openat2(RESOLVE_IN_ROOT), or from the fd of a mount sbx just made (/proc, /dev),
+never as a host path STAGING/root/...: an image's symlinks (an absolute /dev, a
+/proc of `../..`) are then resolved inside the root and can never send a link,
+a write or a mount outside it.  Every mount is moved onto a file descriptor
+rather than a path.  The top-level directories sbx mounts over (/proc, /dev,
+/tmp) are made real directories first, and an /etc that is not one is refused
+(see mount_points()).
 """
 
 from __future__ import annotations
@@ -42,6 +47,14 @@ PROC_MASKED_DIRS = ("acpi", "scsi", "asound")
 STAGING_CANDIDATES = ("/tmp", "/mnt", "/var/tmp")
 RO = linux.MOUNT_ATTR_RDONLY | linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV
 PATH_FLAGS = os.O_PATH | os.O_CLOEXEC
+# Inside a mount sbx itself just made: one plain name, no symlink, no other mount.
+RESOLVE_NO_XDEV, RESOLVE_NO_SYMLINKS, RESOLVE_BENEATH = 0x01, 0x04, 0x08
+BENEATH = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV
+# Top-level directories sbx covers with a mount of its own: whatever an image has there is hidden
+# anyway, so a symlink or a file in their place is replaced by an empty directory in the writable layer.
+COVERED = ("proc", "dev", "tmp")
+# sbx writes into the image's own /etc (hosts, resolv.conf): one that is not a directory is refused.
+KEPT = ("etc",)
 
 
 def staging_dir() -> str:
@@ -105,10 +118,13 @@ def overlay(lowers: list[str], upper: str, work: str, attrs: int) -> int:
         os.close(fd)
 
 
-def clone_tree(path: str, attrs: int, recursive: bool = True) -> int:
-    """A detached recursive bind of a host path with mount attributes set on every submount."""
+def clone_tree(path: str, attrs: int, recursive: bool = True, dirfd: int = -100) -> int:
+    """A detached recursive bind of a host path (or of `path` under `dirfd`, a symlink there not
+    followed) with mount attributes set on every submount."""
     flags = linux.OPEN_TREE_CLONE | (linux.AT_RECURSIVE if recursive else 0)
-    fd = linux.open_tree(-100, path, flags)  # AT_FDCWD
+    if dirfd != -100:  # AT_FDCWD
+        flags |= linux.AT_SYMLINK_NOFOLLOW
+    fd = linux.open_tree(dirfd, path, flags)
     try:
         if attrs:
             linux.mount_setattr(fd, attrs, recursive)
@@ -124,6 +140,11 @@ def attach(mount_fd: int, target_fd: int) -> None:
     finally:
         os.close(mount_fd)
         os.close(target_fd)
+
+
+def beneath(dirfd: int, name: str) -> int:
+    """An O_PATH fd for `name` in the mount whose root is `dirfd` (no symlink, no other mount)."""
+    return linux.openat2(dirfd, name, os.O_PATH, BENEATH)
 
 
 def supports_user_xattrs(path: str) -> bool:
@@ -149,9 +170,7 @@ class Root:
         self.cow = False
 
     # -- paths inside the new root, resolved there: an image's symlinks cannot lead out --------
-
-    def path(self, inside: str) -> str:
-        return self.root + inside
+    # (never self.root + inside: that host path follows the image's symlinks out of the root)
 
     def target(self, inside: str, is_dir: bool = True) -> int:
         return resolve(self.rootfd, inside, is_dir)
@@ -179,6 +198,9 @@ class Root:
                 os.unlink(name, dir_fd=parent)
             except FileNotFoundError:
                 pass
+            except IsADirectoryError:
+                raise SetupError(f"image {self.spec.image}: {inside} is a directory: sbx cannot set up the "
+                                 "sandbox on it") from None
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
                          dir_fd=parent)
         finally:
@@ -230,7 +252,10 @@ class Root:
         else:
             attach(clone_tree(self.root, 0, recursive=False), os.open(self.root, PATH_FLAGS))
         self.rootfd = os.open(self.root, PATH_FLAGS | os.O_DIRECTORY)
-        if not layers:
+        if layers:
+            # With a kept upper, prepare() fixed them below it; the upper may bring one back: refuse.
+            self.mount_points(replace=upper < 0)
+        else:
             for name in HOST_DIRS:
                 self.host_dir(name)
         if upper < 0:  # else prepare() did this, below the kept upper
@@ -287,6 +312,7 @@ class Root:
         layer = f"{self.base}/layers/{self.layers}/upper"
         self.rootfd = os.open(self.root, PATH_FLAGS | os.O_DIRECTORY)
         try:
+            self.mount_points(replace=True)
             self.etc(image=True)
             self.skeleton()
             for inside in ("/tmp", "/proc", "/dev"):
@@ -301,6 +327,33 @@ class Root:
         linux.umount2(self.root, linux.MNT_DETACH)
         return layer
 
+    def mount_points(self, replace: bool) -> None:
+        """Make the image's /proc, /dev, /tmp real directories (in the writable layer: the image's
+        own lowers stay as they are), or refuse it; refuse an /etc that is not a directory.
+
+        Followed, even inside the root, such a link would put sbx's mounts somewhere else
+        than where the payload looks (a /proc whose masks miss, a /tmp under another path).
+        """
+        for name in (*COVERED, *KEPT):
+            try:
+                info = os.stat(name, dir_fd=self.rootfd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                continue
+            if replace and name in COVERED:
+                try:
+                    os.unlink(name, dir_fd=self.rootfd)
+                    os.mkdir(name, 0o755, dir_fd=self.rootfd)
+                    continue
+                except OSError:
+                    pass  # the overlay cannot hide it (no whiteouts here): refuse, below
+            if stat.S_ISLNK(info.st_mode):
+                what = f"a symlink (to {os.readlink(name, dir_fd=self.rootfd)})"
+            else:
+                what = "not a directory"
+            raise SetupError(f"image {self.spec.image}: /{name} is {what}: sbx cannot set up the sandbox on it")
+
     def pivot(self) -> None:
         os.chdir(self.root)
         linux.pivot_root(".", ".")
@@ -313,7 +366,7 @@ class Root:
         host = "/" + name
         try:
             if os.path.islink(host):
-                os.symlink(os.readlink(host), self.path(host))
+                os.symlink(os.readlink(host), name, dir_fd=self.rootfd)
                 return
             if not os.path.isdir(host):
                 return
@@ -375,7 +428,11 @@ class Root:
         host = "/etc/" + name
         try:
             if os.path.islink(host):
-                os.symlink(os.readlink(host), self.path(host))
+                parent = self.target("/etc")
+                try:
+                    os.symlink(os.readlink(host), name, dir_fd=parent)
+                finally:
+                    os.close(parent)
                 return
             is_dir = os.path.isdir(host)
         except OSError:
@@ -395,33 +452,56 @@ class Root:
             mount_fd = linux.fsmount(fd, linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV | linux.MOUNT_ATTR_NOEXEC)
         finally:
             os.close(fd)
-        attach(mount_fd, self.target("/proc"))
+        # The masks go on the proc just mounted, reached from its own fd: no path the image
+        # could redirect (mount_points() made /proc a directory; this holds even if it were not).
+        proc = os.dup(mount_fd)
+        try:
+            attach(mount_fd, self.target("/proc"))
+            self.proc_masks(proc)
+        finally:
+            os.close(proc)
+
+    @staticmethod
+    def proc_masks(proc: int) -> None:
+        def kind(name: str) -> int:
+            try:
+                return stat.S_IFMT(os.stat(name, dir_fd=proc, follow_symlinks=False).st_mode)
+            except FileNotFoundError:
+                return 0
+
         for name in PROC_READONLY:
-            inside = "/proc/" + name
-            if os.path.lexists(self.path(inside)):
-                attach(clone_tree(self.path(inside), RO | linux.MOUNT_ATTR_NOEXEC), self.target(inside))
+            if kind(name):
+                attach(clone_tree(name, RO | linux.MOUNT_ATTR_NOEXEC, dirfd=proc), beneath(proc, name))
         for name in PROC_MASKED_FILES:
-            inside = "/proc/" + name
-            if os.path.lexists(self.path(inside)):
-                attach(clone_tree("/dev/null", RO | linux.MOUNT_ATTR_NOEXEC, recursive=False), self.target(inside))
+            if kind(name):
+                attach(clone_tree("/dev/null", RO | linux.MOUNT_ATTR_NOEXEC, recursive=False), beneath(proc, name))
         for name in PROC_MASKED_DIRS:
-            inside = "/proc/" + name
-            if os.path.isdir(self.path(inside)):
-                attach(tmpfs(4096, "0555", RO | linux.MOUNT_ATTR_NOEXEC, nr_inodes=1), self.target(inside))
+            if kind(name) == stat.S_IFDIR:
+                attach(tmpfs(4096, "0555", RO | linux.MOUNT_ATTR_NOEXEC, nr_inodes=1), beneath(proc, name))
 
     def dev(self) -> None:
-        spec = self.spec
-        attach(tmpfs(65536, "0755", linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV | linux.MOUNT_ATTR_NOEXEC,
-                     nr_inodes=DEV_INODES), self.target("/dev"))
+        mount_fd = tmpfs(65536, "0755", linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV | linux.MOUNT_ATTR_NOEXEC,
+                         nr_inodes=DEV_INODES)
+        # Everything in /dev is made from the fd of this fresh tmpfs, never by a path.
+        dev = os.dup(mount_fd)
+        try:
+            attach(mount_fd, self.target("/dev"))
+            self.dev_tree(dev)
+        finally:
+            os.close(dev)
+
+    def dev_tree(self, dev: int) -> None:
         for name in DEVICES:
-            inside = "/dev/" + name
-            self.touch(inside)
-            attach(clone_tree(inside, linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NOEXEC, recursive=False),
-                   self.target(inside))
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                             dir_fd=dev))
+            attach(clone_tree("/dev/" + name, linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NOEXEC, recursive=False),
+                   beneath(dev, name))  # the host's device node
         for link, dest in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
                            ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx")):
-            os.symlink(dest, self.path("/dev/" + link))
-        self.mkdir("/dev/pts")
+            os.symlink(dest, link, dir_fd=dev)
+        os.mkdir("pts", 0o755, dir_fd=dev)
+        os.mkdir("shm", 0o755, dir_fd=dev)
+        os.chmod("shm", 0o1777, dir_fd=dev)  # umask narrowed it
         fd = linux.fsopen("devpts")
         try:
             linux.fsconfig(fd, "newinstance")
@@ -431,10 +511,9 @@ class Root:
             mount_fd = linux.fsmount(fd, linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NOEXEC)
         finally:
             os.close(fd)
-        attach(mount_fd, self.target("/dev/pts"))
-        self.mkdir("/dev/shm", 0o1777)
+        attach(mount_fd, beneath(dev, "pts"))
         attrs = linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV | linux.MOUNT_ATTR_NOEXEC
-        attach(tmpfs(spec.shm_size, "1777", attrs), self.target("/dev/shm"))
+        attach(tmpfs(self.spec.shm_size, "1777", attrs), beneath(dev, "shm"))
 
     # -- binds and tmpfs from -v / --tmpfs / profiles ------------------------------
 
@@ -460,7 +539,7 @@ class Root:
         attrs = linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV
         if mount.mode == "tmpfs":
             size = mount.size if mount.size is not None else self.spec.tmp_size
-            attach(tmpfs(size, "1777", attrs), resolve(rootfd, mount.target, is_dir=True))
+            attach(tmpfs(size, "1777", attrs), self.mount_target(rootfd, mount.target, is_dir=True))
             return
         if source is None:
             return  # an optional source that does not exist
@@ -473,13 +552,23 @@ class Root:
         else:
             mount_fd = os.dup(fd)
         try:
-            target = resolve(rootfd, mount.target, is_dir=is_dir)
+            target = self.mount_target(rootfd, mount.target, is_dir=is_dir)
         except BaseException:
             os.close(mount_fd)
             raise
         attach(mount_fd, target)
         if mount.mode == "overlay":
             self.give_payload(mount.target)  # its top, in the disposable upper; the host's stays as it is
+
+
+    def mount_target(self, rootfd: int, inside: str, is_dir: bool) -> int:
+        """resolve(), refusing the root itself: an image's link there (`/data -> /`) would put the
+        mount over the whole tree, and pivot_root into it."""
+        fd = resolve(rootfd, inside, is_dir)
+        if os.path.samestat(os.fstat(fd), os.fstat(rootfd)):
+            os.close(fd)
+            raise SetupError(f"image {self.spec.image}: {inside} leads to the sandbox's root: sbx cannot mount on it")
+        return fd
 
 
 def resolve(rootfd: int, inside: str, is_dir: bool) -> int:

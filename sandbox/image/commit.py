@@ -272,6 +272,8 @@ def run(spec: Spec, name: str, root: str | None, run_spec: Callable[[Spec], Resu
     scratch = new_upper(store)
     try:
         result = run_spec(replace(spec, upper=scratch))
+        if result.verdict == "XX":
+            return result  # the sandbox was never set up (or died): nothing of the run's to save
         saved = save_layer(store, os.path.join(scratch, "upper"), spec.disk)
         if saved is not None:
             layers.append(saved[0])
