@@ -206,6 +206,7 @@ def test_io_write_throttled(work: Path) -> None:
     """--io-write-bps on a rw bind of a disk-backed directory: io.max on the disk behind it."""
     io_dir = work / "io"
     io_dir.mkdir()
+    io_dir.chmod(0o777)  # the payload is a subordinate id under id ranges: "other" must write
     st_dev = os.stat(io_dir).st_dev
     devices = cgroup.devices_behind([str(io_dir)])
     if not devices:
