@@ -11,7 +11,7 @@ import os
 
 from .errors import UsageError
 from .seccomp import SeccompSpec
-from .spec import BIND_MODES, NETWORK_MODES, Limits, Mount, Spec
+from .spec import BIND_MODES, NETWORK_MODES, LandlockSpec, Limits, Mount, Spec
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LIMIT_KEYS = ("memory", "cpus", "cpuset", "pids", "time", "wall_time", "output", "file_size", "open_files",
               "stack", "io_read_bps", "io_write_bps", "strict")
 SECCOMP_KEYS = ("policy", "allow", "deny", "action")
+LANDLOCK_KEYS = ("enabled", "write", "noexec", "tcp_bind", "tcp_connect")
 MAX_ID = 65535
 
 
@@ -195,6 +196,7 @@ def build(settings: Mapping[str, object], argv: list[str], cwd: str, environ: Ma
     seccomp = SeccompSpec(**{k: settings[f"seccomp.{k}"] for k in SECCOMP_KEYS  # type: ignore[arg-type]
                              if f"seccomp.{k}" in settings})
     optional = {field: settings[key] for key, field in _OPTIONAL_FIELDS if key in settings}
+    landlock = _landlock(settings, environ)
     return Spec(
         argv=tuple(argv),
         env=tuple(env.items()),
@@ -210,6 +212,7 @@ def build(settings: Mapping[str, object], argv: list[str], cwd: str, environ: Ma
         id_ranges=ranged,
         limits=limits,
         seccomp=seccomp,
+        landlock=landlock,
         **image_fields,  # type: ignore[arg-type]
         **optional,  # type: ignore[arg-type]
     )
@@ -220,6 +223,19 @@ _OPTIONAL_FIELDS = (("sandbox.disk", "disk"), ("sandbox.tmp_size", "tmp_size"), 
                     ("io.stdin", "stdin"), ("io.stdout", "stdout"), ("io.stderr", "stderr"),
                     ("io.result", "result"), ("io.meta", "meta"),
                     ("run.cgroup", "cgroup"))
+
+
+def _landlock(settings: Mapping[str, object], environ: Mapping[str, str]) -> LandlockSpec:
+    """[landlock] keys; SBX_LANDLOCK=N uses at most ABI N (0: as on a kernel without Landlock)."""
+    fields: dict[str, object] = {k: settings[f"landlock.{k}"] for k in LANDLOCK_KEYS if f"landlock.{k}" in settings}
+    if "landlock.noexec" in settings:
+        fields["noexec"] = tuple(sandbox_path(p, "landlock.noexec") for p in _names(settings["landlock.noexec"]))
+    cap = environ.get("SBX_LANDLOCK")
+    if cap is not None:
+        if not cap.isdigit() or len(cap) > 3:
+            raise UsageError(f"SBX_LANDLOCK={cap!r}: expected a Landlock ABI version (0: do not use Landlock)")
+        fields["abi_cap"] = int(cap)
+    return LandlockSpec(**fields)  # type: ignore[arg-type]
 
 
 def _names(value: object) -> tuple[str, ...]:

@@ -114,7 +114,26 @@ def findings() -> list[Finding]:
                               "read-only binds instead of copy-on-write overlays, and -v SRC:DST:overlay is "
                               "refused; /, /tmp, /etc, new paths and rw binds stay writable and size-limited",
                               "Linux >= 6.6 gives tmpfs user xattrs"))
-    return result + [_identity()] + _cgroup() + _helpers()
+    return result + [_identity(), _landlock()] + _cgroup() + _helpers()
+
+
+def _landlock() -> Finding:
+    """The second fence (landlock.py; SECURITY.md, "Landlock"): which ABI, and what it lacks."""
+    from . import landlock
+
+    kernel = landlock.abi()
+    cap = os.environ.get("SBX_LANDLOCK", "")
+    version = min(kernel, int(cap)) if cap.isdigit() else kernel
+    abi = f"ABI {version}" + (f" (the kernel's {kernel}, capped by SBX_LANDLOCK={cap})" if version < kernel else "")
+    if version < 1:
+        return Finding("landlock", "warn", f"not available{abi[5:]}: runs go without the second fence on files, "
+                       "TCP ports and host sockets (each run says so)", "Linux >= 5.13 with landlock in lsm= at boot")
+    missing = [what for need, what in ((4, "TCP port rules (ABI 4, Linux 6.7)"),
+                                       (6, "abstract unix socket and signal scopes (ABI 6, Linux 6.12)"))
+               if version < need]
+    if missing:
+        return Finding("landlock", "warn", f"{abi}: no " + ", no ".join(missing), "a newer kernel")
+    return Finding("landlock", "ok", f"{abi}: files, TCP ports, abstract unix socket and signal scopes")
 
 
 def _identity() -> Finding:

@@ -14,6 +14,7 @@ else:
 import os
 import resource
 
+from . import landlock
 from . import linux
 from . import seccomp
 from .errors import EXIT_NOEXEC, EXIT_NOTFOUND, EXIT_SBX
@@ -58,6 +59,68 @@ def _drop_privileges(last_cap: int, ids: tuple[int, int] | None = None) -> None:
         os.setresuid(ids[0], ids[0], ids[0])
     linux.clear_capabilities()
     linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+
+
+SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")
+DEVICE_RW = landlock.FS_READ_FILE | landlock.FS_WRITE_FILE | landlock.FS_TRUNCATE
+
+
+def _fence(spec: Spec) -> None:
+    """Landlock on ourselves (SECURITY.md, "Landlock"): after the pivot, so only the sandbox's own
+    tree is named; after no_new_privs, which it needs.  Its failure fails the run (fail closed);
+    a kernel without it was noted by the supervisor (landlock.notes)."""
+    version = landlock.effective_abi(spec.landlock)
+    if version >= 1:
+        landlock.apply(_rules(spec), version)
+
+
+def _rules(spec: Spec) -> landlock.Rules:
+    """Read everywhere; execute everywhere but beneath `noexec`; write on the whole (disposable)
+    root, or under write = "scratch" only beneath the scratch places, home and writable mounts; device
+    ioctls in /dev only; TCP ports as listed; abstract unix sockets and signals scoped (ABI 6)."""
+    ls = spec.landlock
+    paths: list[tuple[str, int]] = [("/", landlock.FS_READ), ("/dev", landlock.FS_IOCTL_DEV)]
+    # Where an image's symlink leads too (its /tmp may be a link to the tmpfs sbx mounted there).
+    # /dev is a noexec mount: with exceptions to make, leave it out rather than list its entries.
+    noexec = ls.noexec and (*ls.noexec, *(os.path.realpath(p) for p in ls.noexec), "/dev")
+    paths += [(path, landlock.FS_EXECUTE) for path in _outside("/", noexec)]
+    if ls.write == "root":
+        paths.append(("/", landlock.FS_WRITE))
+    else:
+        # The user's home as sbx makes it (the environment is the command's, not yet known here).
+        home = "/root" if spec.uid == 0 else "/home/sbx"
+        writable = {*SCRATCH, home, *(m.target for m in spec.mounts if m.mode != "ro")}
+        paths += [(path, landlock.FS_WRITE) for path in sorted(writable)]
+        paths += [(f"/dev/{name}", DEVICE_RW) for name in landlock.DEVICES]
+        paths.append(("/dev/pts", DEVICE_RW))
+    net = 0
+    allowed: dict[int, int] = {}
+    if ls.tcp_bind is not None:
+        net |= landlock.NET_BIND_TCP
+        published = (p.sandbox_port for p in spec.publish if p.proto == "tcp")
+        for port in (*ls.tcp_bind, *published):
+            allowed[port] = allowed.get(port, 0) | landlock.NET_BIND_TCP
+    if ls.tcp_connect is not None:
+        net |= landlock.NET_CONNECT_TCP
+        for port in ls.tcp_connect:
+            allowed[port] = allowed.get(port, 0) | landlock.NET_CONNECT_TCP
+    return landlock.Rules(fs=landlock.FS_ALL_KNOWN, net=net, scoped=landlock.SCOPE_ALL, paths=tuple(paths),
+                          ports=tuple(sorted(allowed.items())))
+
+
+def _outside(path: str, excluded: tuple[str, ...]) -> list[str]:
+    """The fewest paths that cover the tree at `path` but nothing at or beneath `excluded`
+    (Landlock only adds rights: to keep one subtree out, name its siblings instead)."""
+    if path in excluded:
+        return []
+    prefix = path.rstrip("/") + "/"
+    if not any(e.startswith(prefix) for e in excluded):
+        return [path]
+    try:
+        names = sorted(os.listdir(path))
+    except OSError:
+        return []  # unreadable: no rule, less access
+    return [p for name in names for p in _outside(prefix + name, excluded)]
 
 
 def _set_rlimits(rlimits: tuple[tuple[int, int, int], ...]) -> None:
@@ -173,6 +236,7 @@ def main(spec: Spec, handoff: Handoff, last_cap: int) -> None:
                 _enter_nested_userns(spec.uid, spec.gid)
         os.chdir(spec.workdir)
         _drop_privileges(last_cap, ids)
+        _fence(spec)
         _close_fds([exec_w, release_r, channel_w, handoff.command_r])
         command = _read_command(handoff.command_r)
         if command is None:

@@ -21,7 +21,7 @@ import stat
 
 from .frozen import dataclass
 from .profile import BUILTIN, DEFAULT, Profile, ProfileError, project_dir, search_path
-from .spec import MOUNT_MODES, Limits, Mount, Spec
+from .spec import LANDLOCK_WRITE, MOUNT_MODES, Limits, Mount, Spec
 from .units import format_duration, format_size, parse_duration, parse_size
 
 TYPE_CHECKING = False
@@ -324,6 +324,25 @@ def _syscalls(deny: bool) -> _Convert:
     return run
 
 
+def _is_sandbox_path(text: str) -> bool:
+    return text.startswith("/") and ".." not in text.split("/")
+
+
+def _ports(value: object) -> object:
+    """TCP ports: integers (or their digits as strings, as `show` writes them)."""
+    allowed = "an array of TCP ports from 0 to 65535 such as [80, 443]"
+    if not isinstance(value, list):
+        raise _Bad(allowed)
+    ports = []
+    for item in value:
+        if isinstance(item, str) and item.isdigit() and len(item) <= 5:
+            item = int(item)
+        if not isinstance(item, int) or isinstance(item, bool) or not 0 <= item <= 65535:
+            raise _Bad(allowed, item)
+        ports.append(item)
+    return tuple(sorted(set(ports)))
+
+
 def _env(value: object) -> object:
     """A table NAME = "value", or podman-style ["NAME=value", ...]."""
     allowed = 'a table such as { LANG = "C.UTF-8" } or an array of "NAME=value"'
@@ -392,6 +411,13 @@ _SCHEMA: dict[str, dict[str, tuple[_Convert, str]]] = {
         "allow": (_syscalls(deny=False), ""),
         "deny": (_syscalls(deny=True), ""),
         "action": (_choice(SECCOMP_ACTIONS), ""),
+    },
+    "landlock": {
+        "enabled": (_bool, ""),
+        "write": (_choice(LANDLOCK_WRITE), ""),
+        "noexec": (_list('an array of absolute paths inside the sandbox such as ["/tmp"]', _is_sandbox_path), ""),
+        "tcp_bind": (_ports, ""),
+        "tcp_connect": (_ports, ""),
     },
 }
 _TOP_KEYS = ("description", "extends", *_SCHEMA, "mount")
@@ -729,6 +755,8 @@ _PROJECT_REFUSED = {
     ("network.mode", "nat"): ("it could carry your files away", "pass --network nat yourself"),
     ("seccomp.policy", "none"): ("it would widen the kernel the sandbox can attack", _OWN),
     ("seccomp.action", "log"): ("it would let denied system calls through", _OWN),
+    ("landlock.enabled", False): ("it would take down a fence around the sandbox", _OWN),
+    ("landlock.write", "root"): ("it would let the sandbox write where its profile keeps it from", _OWN),
 }
 
 
@@ -736,10 +764,14 @@ def _check_project(f: _File, layer: _Layer) -> None:
     """The rule for ./.sbx/ profiles (SECURITY.md), for keys other than mounts."""
     for (key, value), (why, instead) in _PROJECT_REFUSED.items():
         if layer.values.get(key) == value:
-            refused = f"'{key}' cannot be \"{value}\" in a profile from ./.sbx/"
+            refused = f"'{key}' cannot be {_shown(value)} in a profile from ./.sbx/"
             raise _fail(f, f"{refused}: {why} ({_SECURITY}); {instead}")
     if layer.values.get("network.publish"):
         raise _fail(f, f"'network.publish' cannot be set in a profile from ./.sbx/ ({_SECURITY}); use -p")
+    for key in ("landlock.noexec", "landlock.tcp_bind", "landlock.tcp_connect"):
+        if key in layer.values:  # the list replaces the one of the profile it extends: it could only widen
+            raise _fail(f, f"'{key}' cannot be set in a profile from ./.sbx/: it would replace the list of the "
+                        f"profile it extends ({_SECURITY}); use a profile of your own")
     if layer.values.get("seccomp.allow"):
         raise _fail(
             f,

@@ -29,6 +29,7 @@ class Result:
     output_bytes: int = 0
     limits_enforced: tuple[tuple[str, bool], ...] = ()
     message: str = ""
+    fences: tuple[tuple[str, bool], ...] = ()  # protections beyond the namespaces: ("landlock", held)
     stdout: bytes | None = None
     stderr: bytes | None = None
 
@@ -51,6 +52,7 @@ class Result:
             "output_bytes": self.output_bytes,
             "limits_enforced": dict(self.limits_enforced),
             "message": self.message,
+            "fences": dict(self.fences),
         }
 
     def to_json(self) -> str:

@@ -15,6 +15,7 @@ MiB = 1024 * 1024
 BIND_MODES = ("ro", "rw", "overlay")
 MOUNT_MODES = BIND_MODES + ("tmpfs",)
 NETWORK_MODES = ("none", "host", "pasta")
+LANDLOCK_WRITE = ("root", "scratch")
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,25 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class LandlockSpec:
+    """The Landlock fence the payload puts on itself (payload.py; SECURITY.md, "Landlock").
+
+    `write`: "root", anywhere in the disposable root the mounts make writable; "scratch", only
+    /tmp, /var/tmp, /dev/shm, the home sbx makes (/root, or /home/sbx for another uid) and the
+    rw, overlay and tmpfs mounts.  `noexec`: sandbox
+    paths nothing may be executed from.  `tcp_bind`/`tcp_connect`: the only TCP ports allowed
+    (None: any).  `abi_cap`: use at most this ABI (SBX_LANDLOCK=N; 0 acts as a kernel without).
+    """
+
+    enabled: bool = True
+    write: str = "root"
+    noexec: tuple[str, ...] = ()
+    tcp_bind: tuple[int, ...] | None = None
+    tcp_connect: tuple[int, ...] | None = None
+    abi_cap: int | None = None
+
+
+@dataclass(frozen=True)
 class Spec:
     """A complete run.  `env` is the payload's whole environment."""
 
@@ -96,6 +116,7 @@ class Spec:
     pass_fds: tuple[int, ...] = ()
     limits: Limits = Limits()
     seccomp: SeccompSpec = SeccompSpec()
+    landlock: LandlockSpec = LandlockSpec()
     stdin: str | None = None
     stdout: str | None = None
     stderr: str | None = None

@@ -50,6 +50,11 @@ TYPES: dict[str, type] = {
     "seccomp.allow": tuple,
     "seccomp.deny": tuple,
     "seccomp.action": str,
+    "landlock.enabled": bool,
+    "landlock.write": str,
+    "landlock.noexec": tuple,
+    "landlock.tcp_bind": tuple,
+    "landlock.tcp_connect": tuple,
     "mounts": tuple,
 }
 
@@ -687,6 +692,10 @@ def test_project_profile_cannot_pass_secrets(env: Env) -> None:
         ('[seccomp]\npolicy = "none"\n', "'seccomp.policy' cannot be \"none\" in a profile from ./.sbx/: "),
         ('[seccomp]\naction = "log"\n', "'seccomp.action' cannot be \"log\" in a profile from ./.sbx/: "),
         ('[seccomp]\nallow = ["ptrace"]\n', "'seccomp.allow' cannot be set in a profile from ./.sbx/: "),
+        ('[landlock]\nenabled = false\n', "'landlock.enabled' cannot be false in a profile from ./.sbx/: "),
+        ('[landlock]\nwrite = "root"\n', "'landlock.write' cannot be \"root\" in a profile from ./.sbx/: "),
+        ('[landlock]\nnoexec = []\n', "'landlock.noexec' cannot be set in a profile from ./.sbx/: "),
+        ('[landlock]\ntcp_connect = [443]\n', "'landlock.tcp_connect' cannot be set in a profile from ./.sbx/: "),
     ],
 )
 def test_project_profile_cannot_widen_what_the_sandbox_reaches(env: Env, text: str, start: str) -> None:
