@@ -124,6 +124,22 @@ def _loopback_up() -> None:
         sock.close()
 
 
+# The supervisor sends init this signal when it counts a run's memory (no cgroup): from then on a
+# SysV segment ends with its last attacher (shm_rmid_forced), so every segment is in some process's
+# memory, where the census sees it; otherwise one left unattached would be counted by nothing.
+SHM_RMID_FORCED = _signal.SIGRTMIN + 1
+
+
+def _open_shm_rmid_forced() -> int:
+    """This IPC namespace's shm_rmid_forced, opened through the host's /proc while we still see it
+    (ours will have /proc/sys read-only); root of the namespace may write its own IPC sysctls since
+    Linux 5.19.  -1 where it cannot be opened."""
+    try:
+        return os.open("/proc/sys/kernel/shm_rmid_forced", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
+
+
 def init(spec: Spec, handoff: Handoff) -> None:
     """Pid 1 of the new pid namespace."""
     report_w = handoff.report_w
@@ -141,6 +157,7 @@ def init(spec: Spec, handoff: Handoff) -> None:
             net.apply_rules(handoff.nft)
         with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
             last_cap = int(f.read())
+        shm_rmid_forced = _open_shm_rmid_forced()
         root = rootfs.Root(spec)
         root.build()
         root.pivot()
@@ -157,10 +174,10 @@ def init(spec: Spec, handoff: Handoff) -> None:
             os.close(fd)
     except BaseException as exc:
         _fail(report_w, exc)
-    _supervise_payload(spec, payload, report_w)
+    _supervise_payload(spec, payload, report_w, shm_rmid_forced)
 
 
-def _supervise_payload(spec: Spec, payload: int, report_w: int) -> None:
+def _supervise_payload(spec: Spec, payload: int, report_w: int, shm_rmid_forced: int = -1) -> None:
     def forward(signum: int, _frame: object) -> None:
         try:
             os.kill(-payload, signum)  # the payload's session, when it has one
@@ -170,6 +187,13 @@ def _supervise_payload(spec: Spec, payload: int, report_w: int) -> None:
             except OSError:
                 pass
 
+    def force_shm_removal(_signum: int, _frame: object) -> None:
+        try:
+            os.write(shm_rmid_forced, b"1")
+        except OSError:
+            pass
+
+    _signal.signal(SHM_RMID_FORCED, force_shm_removal if shm_rmid_forced >= 0 else _signal.SIG_IGN)
     for signum in FORWARDED:
         if spec.tty and signum in (_signal.SIGINT, _signal.SIGQUIT):
             _signal.signal(signum, _signal.SIG_IGN)  # the terminal sends these to the payload itself

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import signal as _signal
     from collections.abc import Callable
 
+    from .census import Census
     from .cgroup import CgroupStats, Delegation, RunCgroup
     from .idmap import IdRanges
     from .net import UserNet
@@ -27,6 +28,7 @@ import os
 import time
 
 from . import init as init_mod
+from . import landlock
 from . import limits as limits_mod
 from .errors import EXIT_SBX, SbxError, SetupError, UsageError
 from .handoff import RELEASE, Command, Handoff
@@ -161,7 +163,9 @@ def execute(spec: Spec, streams: Streams, program: bytes | None, delegation: Del
         enforced, warnings = limits_mod.plan(spec, delegation, () if cgroup is None else cgroup.unenforced)
         for line in warnings:
             warn(line)
-        inner = sandbox_spec(spec, enforced)
+        unenforced = () if cgroup is None else cgroup.unenforced
+        inner = sandbox_spec(spec, enforced, None if limits_mod.by_cgroup("pids", delegation, unenforced)
+                             else limits_mod.nproc_limit(spec))
         try:
             if prepared is None:
                 prepared = Prepared.start(shape_of(inner), program, egress_rules(spec),
@@ -170,7 +174,8 @@ def execute(spec: Spec, streams: Streams, program: bytes | None, delegation: Del
         except SetupError as exc:
             # The sandbox could not be built or died: a result all the same (XX), so a
             # judge reading --result/--meta sees a sandbox failure, not a missing file.
-            return Result(verdict="XX", status=EXIT_SBX, message=str(exc), limits_enforced=tuple(enforced.items()))
+            return Result(verdict="XX", status=EXIT_SBX, message=str(exc), limits_enforced=tuple(enforced.items()),
+                          fences=landlock.fences(spec.landlock))
     finally:
         if prepared is not None:
             prepared.discard(wait)
@@ -197,8 +202,11 @@ def _save_terminals(spec: Spec, streams: Streams) -> list[tuple[int, list[Any]]]
     return save_terminals((0, 1, 2, streams.stdin, *(fd for fd in (streams.stdout, streams.stderr) if fd is not None)))
 
 
-def sandbox_spec(spec: Spec, enforced: dict[str, bool]) -> Spec:
+def sandbox_spec(spec: Spec, enforced: dict[str, bool], nproc: int | None = None) -> Spec:
     """The spec init and the payload get: their rlimits, where the run cgroup does better.
+
+    `nproc`: the RLIMIT_NPROC standing in for the pids controller (limits.nproc_limit), or
+    None; the inner spec's `pids` is that rlimit's value, not a task count.
 
     No RLIMIT_AS where memory.max holds the whole tree: RLIMIT_AS counts
     address space, not memory, so a run that maps more than it touches (Go,
@@ -211,6 +219,8 @@ def sandbox_spec(spec: Spec, enforced: dict[str, bool]) -> Spec:
     the rlimit would fire first and turn a precise TLE into an early SIGXCPU.
     """
     changes: dict[str, object] = {}
+    if spec.limits.pids is not None:
+        changes["pids"] = nproc
     if spec.limits.memory is not None and enforced.get("memory"):
         changes["memory"] = None
     if spec.limits.time is not None and enforced.get("time"):
@@ -244,7 +254,8 @@ def rlimits_of(spec: Spec) -> tuple[tuple[int, int, int], ...]:
         seconds = max(1, int(limits.time + 0.999))
         out.append((resource.RLIMIT_CPU, seconds, seconds + 1))
     for which, value in ((resource.RLIMIT_FSIZE, limits.file_size), (resource.RLIMIT_NOFILE, limits.open_files),
-                         (resource.RLIMIT_STACK, limits.stack), (resource.RLIMIT_AS, limits.memory)):
+                         (resource.RLIMIT_STACK, limits.stack), (resource.RLIMIT_AS, limits.memory),
+                         (resource.RLIMIT_NPROC, limits.pids)):
         if value is not None:
             out.append((which, value, value))
     return tuple(out)
@@ -418,10 +429,13 @@ class Prepared:
                 # The payload died before its release (a forwarded SIGTERM, say): no figures, but
                 # the run ends as the payload did (init reports how), not as a failure of sbx.
                 report, cause, stats, wall = self.reports.next(), "", None, 0.0
+                counted = None
                 exec_error = _await_exec(self.exec_r)  # why it died, when it could tell
             else:
                 if self.forwarder is not None:
                     self.forwarder.flush()
+                if cgroup is None and spec.limits.memory is not None:
+                    _force_shm_removal(self.init_pid)  # before the release: SysV memory the census sees
                 start = time.monotonic()
                 try:
                     os.write(self.release_w, RELEASE)
@@ -430,9 +444,12 @@ class Prepared:
                 os.close(self.release_w)
                 self.release_w = -1
                 exec_error = _await_exec(self.exec_r)
-                watch = _Watch(spec, cgroup, baseline, start, listener, pumps, payload)
+                watch = _Watch(spec, cgroup, baseline, start, listener, pumps, self.init_pid, payload)
                 report, cause = watch.wait(self.reports)
+                counted = watch.counted()
                 if cause:
+                    if counted is not None:
+                        counted.kill()  # the whole sandbox now, as cgroup.kill would
                     _kill_payload(cgroup, payload)
                     report = self.reports.next()
                 wall = time.monotonic() - start
@@ -445,7 +462,7 @@ class Prepared:
             pumps.close()
             if listener >= 0:
                 os.close(listener)
-        result = _result(spec, report, wall, cause, exec_error, stats, pumps.total, enforced)
+        result = _result(spec, report, wall, cause, exec_error, stats, pumps.total, enforced, counted)
         if streams.stdout is None or streams.stderr is None:
             from .frozen import replace
 
@@ -645,6 +662,14 @@ def _kill_payload(cgroup: RunCgroup | None, payload: int) -> None:
         pass
 
 
+def _force_shm_removal(init_pid: int) -> None:
+    """Ask init to set shm_rmid_forced in the sandbox's IPC namespace (init.SHM_RMID_FORCED)."""
+    try:
+        os.kill(init_pid, init_mod.SHM_RMID_FORCED)
+    except OSError:
+        pass  # gone: init reports how
+
+
 def seccomp_program(spec: Spec) -> bytes | None:
     from .seccomp import SeccompError, program
 
@@ -729,15 +754,21 @@ def _await_exec(exec_r: int) -> str | None:
 class _Watch:
     """Waits for init's final report while enforcing the limits only the supervisor can.
 
-    Causes: "wall", "time" (CPU time), "output", or a seccomp message; ""
-    when init reported on its own.  CPU time is the run cgroup's; without
-    one, the payload process's own and that of the children it has reaped
-    (/proc/PID/stat, in clock ticks): RLIMIT_CPU alone would only stop it at
-    the next whole second.
+    Causes: "wall", "time" (CPU time), "memory" (counted without a cgroup),
+    "output", or a seccomp message; "" when init reported on its own.  CPU time
+    is the run cgroup's; without one, the census of every process in the
+    sandbox's pid namespace (census.py), orphans adopted by init included,
+    taken when the limit could first be reached and at least every
+    CENSUS_CPU_EVERY (also without limits, for the figures); with a memory
+    limit, every CENSUS_MEMORY_EVERY.
+    RLIMIT_CPU alone would only stop one process at the next whole second.
     """
 
+    CENSUS_MEMORY_EVERY = 0.015
+    CENSUS_CPU_EVERY = 0.1  # bounds what a child reaped by nobody (SIGCHLD ignored) can use unseen
+
     def __init__(self, spec: Spec, cgroup: RunCgroup | None, baseline: CgroupStats | None, start: float,
-                 listener: int, pumps: Pumps, payload: int) -> None:
+                 listener: int, pumps: Pumps, init_pid: int, payload: int) -> None:
         self.spec = spec
         self.cgroup = cgroup
         self.baseline_usec = 0 if baseline is None else baseline.cpu_usec
@@ -745,19 +776,29 @@ class _Watch:
         self.listener = listener
         self.pumps = pumps
         self.cpu_limit = spec.limits.time
-        self.stat_path = f"/proc/{payload}/stat"
+        self.memory_limit = spec.limits.memory if cgroup is None else None
         self.ncpus = 1.0
-        self.tick = 0.01
+        self.census: Census | None = None
+        self.next_census = 0.0
         if self.cpu_limit is not None:
             from .cgroup import usable_cpus
 
-            self.ncpus = usable_cpus(spec.limits)
-            if cgroup is None:
-                self.tick = 1.0 / os.sysconf("SC_CLK_TCK")
+            # --cpus and --cpuset hold only with a cgroup: without one the run may use every CPU
+            self.ncpus = usable_cpus(spec.limits if cgroup is not None else None)
+        self.init_pid, self.payload = init_pid, payload
+        self.counting = cgroup is None
+        if self.counting:
+            # Without limits only for the figures, and not at all in a run shorter than the first look.
+            self.next_census = start + self._census_delay()
+
+    def counted(self) -> Census | None:
+        return self.census
 
     def cpu_used(self) -> float:
+        if self.census is not None:
+            return self.census.cpu
         if self.cgroup is None:
-            return self._process_cpu()
+            return 0.0
         try:
             with open(self.cgroup.path + "/cpu.stat", "rb") as f:
                 first = f.readline()  # "usage_usec N"
@@ -765,14 +806,29 @@ class _Watch:
             return 0.0
         return (int(first.split()[1]) - self.baseline_usec) / 1e6
 
-    def _process_cpu(self) -> float:
-        try:
-            with open(self.stat_path, "rb") as f:
-                fields = f.read().rpartition(b")")[2].split()
-        except OSError:
-            return 0.0  # gone: init reports it
-        # utime stime cutime cstime
-        return sum(int(x) for x in fields[11:15]) * self.tick
+    def _take_census(self) -> None:
+        began = time.monotonic()
+        census = self.census
+        if census is None:
+            from .census import Census
+
+            census = self.census = Census(self.init_pid, self.payload)
+        census.scan()
+        now = time.monotonic()
+        # A large sandbox makes a slow census: look less often rather than spend over 5% of a CPU
+        # (the first scan reads every process on the host once: not a measure of the next).
+        floor = 0.0 if census.scans <= 1 else min(20 * (now - began), 0.5)
+        self.next_census = now + max(self._census_delay(), floor)
+
+    def _census_delay(self) -> float:
+        delays = [self.CENSUS_CPU_EVERY]
+        if self.memory_limit is not None:
+            delays.append(self.CENSUS_MEMORY_EVERY)
+        if self.cpu_limit is not None:
+            from .cgroup import next_check_delay
+
+            delays.append(next_check_delay(self.cpu_limit, self.cpu_used(), self.ncpus))
+        return min(delays)
 
     def next_timeout(self) -> float | None:
         """Milliseconds until something must be checked, None for never."""
@@ -780,7 +836,9 @@ class _Watch:
         waits = []
         if self.deadline is not None:
             waits.append(self.deadline - now)
-        if self.cpu_limit is not None:
+        if self.counting:
+            waits.append(self.next_census - now)
+        elif self.cpu_limit is not None:
             from .cgroup import next_check_delay
 
             waits.append(next_check_delay(self.cpu_limit, self.cpu_used(), self.ncpus))
@@ -791,6 +849,10 @@ class _Watch:
     def expired(self) -> str:
         if self.deadline is not None and time.monotonic() >= self.deadline:
             return "wall"
+        if self.counting and time.monotonic() >= self.next_census:
+            self._take_census()
+            if self.memory_limit is not None and self.census is not None and self.census.memory > self.memory_limit:
+                return "memory"
         if self.cpu_limit is not None and self.cpu_used() >= self.cpu_limit:
             return "time"
         return ""
@@ -850,8 +912,9 @@ class _Watch:
 
 
 def _result(spec: Spec, report: str | None, wall: float, cause: str, exec_error: str | None,
-            stats: CgroupStats | None, output_bytes: int, enforced: dict[str, bool]) -> Result:
-    """Init's report and the cgroup's figures -> verdict and figures."""
+            stats: CgroupStats | None, output_bytes: int, enforced: dict[str, bool],
+            counted: Census | None = None) -> Result:
+    """Init's report and the cgroup's figures (or the census's, without a cgroup) -> verdict and figures."""
     from .result import verdict_for
 
     status = signal = 0
@@ -869,6 +932,10 @@ def _result(spec: Spec, report: str | None, wall: float, cause: str, exec_error:
             exit_code = status = os.WEXITSTATUS(wstatus)
     elif not cause:
         raise SetupError("the sandbox's init died unexpectedly")
+    oom = cause == "memory"  # the census saw more than --memory: killed as memory.max would
+    if oom:
+        cause = ""
+        signal, exit_code = _signal.SIGKILL, None
     if cause:
         signal, exit_code = _signal.SIGKILL, None
         if cause not in ("wall", "time", "output"):
@@ -884,9 +951,13 @@ def _result(spec: Spec, report: str | None, wall: float, cause: str, exec_error:
         else:
             message = detail
             status = exit_code = EXIT_SBX
-    oom = False
     pids_peak = None
     memory_peak = maxrss
+    if counted is not None:
+        # Init's rusage misses what nobody reaped; the census misses the ends between its scans.
+        if counted.cpu > user + system:
+            user, system = counted.user, counted.system
+        memory_peak = max(memory_peak, counted.memory_peak)
     if stats is not None:
         user, system = stats.user_usec / 1e6, stats.system_usec / 1e6
         oom = stats.oom_kills > 0
@@ -898,4 +969,4 @@ def _result(spec: Spec, report: str | None, wall: float, cause: str, exec_error:
     return Result(verdict=verdict, status=status, exit_code=exit_code, signal=signal or None,
                   wall_time=wall, cpu_time=user + system, user_time=user, sys_time=system,
                   memory_peak=memory_peak, oom_killed=oom, pids_peak=pids_peak, output_bytes=output_bytes,
-                  limits_enforced=tuple(enforced.items()), message=message)
+                  limits_enforced=tuple(enforced.items()), message=message, fences=landlock.fences(spec.landlock))

@@ -18,7 +18,7 @@ import pytest
 
 from sandbox import cgroup
 
-from conftest import sbx
+from conftest import ranged, sbx
 
 PROBE_C = Path(__file__).resolve().parent / "cgroup" / "probe.c"
 RESULT_KEYS = {"verdict", "exit_code", "signal", "cpu_time", "user_time", "sys_time", "wall_time", "memory_peak",
@@ -48,7 +48,7 @@ def run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], d
     result, meta = tmp_path / "result.json", tmp_path / "meta"
     proc = sbx("run", "--result", str(result), "--meta", str(meta), *args)
     data = json.loads(result.read_text())
-    assert set(data) == RESULT_KEYS, data
+    assert set(data) - {"fences"} == RESULT_KEYS, data
     lines = meta.read_text().splitlines()
     pairs = dict(line.partition(":")[::2] for line in lines)
     assert len(pairs) == len(lines), lines
@@ -65,8 +65,10 @@ def test_each_unenforced_limit_warns(tmp_path: Path) -> None:
                         "--output-limit", "1M", "--file-size", "1M", "--open-files", "64", "--stack", "8M",
                         "--", "true")
     assert proc.returncode == 0 and r["verdict"] == "OK", proc.stderr
+    # RLIMIT_NPROC stands in for the pids controller unless the payload is real root (exempt).
+    nproc = ranged() or os.getuid() != 0
     assert r["limits_enforced"] == {
-        "memory": False, "pids": False, "cpus": False, "cpuset": False, "io_read_bps": False,
+        "memory": False, "pids": nproc, "cpus": False, "cpuset": False, "io_read_bps": False,
         "io_write_bps": False, "time": False, "wall_time": True, "output": True, "file_size": True,
         "open_files": True, "stack": True,
     }
@@ -75,9 +77,10 @@ def test_each_unenforced_limit_warns(tmp_path: Path) -> None:
     per_process = [line for line in lines if "enforced per process only" in line]
     not_enforced = [line for line in lines if "is not enforced" in line]
     assert [line.split()[2] for line in per_process] == ["--memory", "--time"], lines
+    assert all("over the whole sandbox the supervisor counts its" in line for line in per_process), lines
     assert [line.split()[2] for line in not_enforced] == [
-        "--pids-limit", "--cpus", "--cpuset", "--io-read-bps", "--io-write-bps"], lines
-    assert len(lines) == 7 and all("cgroup v2 delegation" in line for line in lines), lines
+        *(() if nproc else ("--pids-limit",)), "--cpus", "--cpuset", "--io-read-bps", "--io-write-bps"], lines
+    assert len(lines) == 7 - nproc and all("cgroup v2 delegation" in line for line in lines), lines
     assert r["pids_peak"] is None and r["oom_killed"] is False
     assert meta["exitcode"] == "0" and "status" not in meta
 
@@ -121,17 +124,17 @@ def test_time_rlimit_cpu(tmp_path: Path, probe_dir: Path) -> None:
     assert r["verdict"] == "TLE" and r["signal"] in (9, 24) and proc.returncode == 128 + r["signal"], r
     # RLIMIT_CPU fires on the tick-sampled CPU clock; cpu_time is the exact runtime, which on a
     # loaded (virtual) machine can be lower: seen 0.88 s with the test VM running alongside.
-    assert 0.8 < r["cpu_time"] < 1.05, r  # type: ignore[operator]
+    assert 0.75 < r["cpu_time"] < 1.05, r  # type: ignore[operator]
 
 
 def test_time_of_a_child(tmp_path: Path, probe_dir: Path) -> None:
-    """A child the supervisor cannot watch meets RLIMIT_CPU: SIGXCPU, or (ignored) SIGKILL at the hard
-    limit a second later; the run is a TLE by its CPU time even though the payload exits 0."""
+    """A child's CPU time is counted as the payload's own (the census of the pid namespace): the
+    whole sandbox is stopped at the limit, not the child at RLIMIT_CPU's next whole second."""
     script = "trap '' XCPU; /probe/probe busy; echo child $?"
     proc, r, _meta = run(tmp_path, "-v", f"{probe_dir}:/probe:ro", "--time", "0.5", "--", "sh", "-c", script)
-    assert proc.stdout == "child 137\n", proc.stdout  # RLIMIT_CPU is 1 s soft, 2 s hard
-    assert r["verdict"] == "TLE" and r["exit_code"] == 0 and r["signal"] is None, r
-    assert 1.5 < r["cpu_time"] < 2.2, r  # type: ignore[operator]
+    assert proc.stdout == "", proc.stdout  # the shell was killed with its child
+    assert r["verdict"] == "TLE" and r["signal"] == 9 and proc.returncode == 137, r
+    assert 0.5 <= r["cpu_time"] < 0.6, r  # type: ignore[operator]
 
 
 def test_output_limit(tmp_path: Path, probe_dir: Path) -> None:
