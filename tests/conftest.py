@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 import sysconfig
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,3 +80,29 @@ def ranged(environ: dict[str, str] | None = None) -> bool:
 
 # The single mapping (the payload is the caller, root inside by default): tests of that mode.
 SINGLE = {**os.environ, "SBX_ID_RANGES": "0"}
+
+
+@contextlib.contextmanager
+def greeting_server(srv: socket.socket, greeting: bytes) -> Iterator[None]:
+    """Answer every connection to the listening `srv` with `greeting` until the block ends."""
+    srv.listen(8)
+    stop = threading.Event()
+
+    def serve() -> None:
+        srv.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except (TimeoutError, OSError):
+                continue
+            with conn:
+                conn.sendall(greeting)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()
+        srv.close()

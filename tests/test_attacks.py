@@ -26,7 +26,6 @@ compiled into the same directory).  Run as root and as an unprivileged user.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import gzip
@@ -42,7 +41,6 @@ import socket
 import subprocess
 import sys
 import termios
-import threading
 import time
 import tty
 from collections.abc import Iterator
@@ -51,7 +49,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SBX, ranged
+from conftest import REPO, SBX, greeting_server, ranged
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # sandbox.seccomp_policy, whatever the working directory
@@ -791,32 +789,6 @@ def test_inherited_fds(env: Env, profile: str) -> None:
     finally:
         os.close(r)
         os.close(w)
-
-
-@contextlib.contextmanager
-def greeting_server(srv: socket.socket, greeting: bytes) -> Iterator[None]:
-    """Answer every connection to the listening `srv` with `greeting` until the block ends."""
-    srv.listen(8)
-    stop = threading.Event()
-
-    def serve() -> None:
-        srv.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except (TimeoutError, OSError):
-                continue
-            with conn:
-                conn.sendall(greeting)
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        t.join()
-        srv.close()
 
 
 @pytest.fixture

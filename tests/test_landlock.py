@@ -13,13 +13,12 @@ import os
 import secrets
 import socket
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, sbx
+from conftest import REPO, greeting_server, sbx
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -174,27 +173,8 @@ def abstract_listener() -> Iterator[str]:
     name = "sbx-landlock-" + secrets.token_hex(6)
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind("\0" + name)
-    srv.listen(8)
-    stop = threading.Event()
-
-    def serve() -> None:
-        srv.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except (TimeoutError, OSError):
-                continue
-            with conn:
-                conn.sendall(b"hello from the host")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
+    with greeting_server(srv, b"hello from the host"):
         yield name
-    finally:
-        stop.set()
-        thread.join()
-        srv.close()
 
 
 CONNECT = r"""
