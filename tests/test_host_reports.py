@@ -436,11 +436,12 @@ def test_api_refuses_fifo_symlink_and_device_paths(runner: Runner, tmp_path: Pat
     (tmp_path / "via").symlink_to("d")
     for path, words in ((fifo, "FIFO"), (tmp_path / "via" / "out", "symbolic link"),
                         (Path("/dev/null"), "character device")):
-        files = _files()
         with pytest.raises(UsageError) as caught:  # the call returns: no hang
             runner.run(["sh", "-c", "touch /w/ran"], volumes=[f"{bind}:/w:rw"], **{stream: str(path)})
         assert str(caught.value).startswith(f"cannot write {stream} {path}: ") and words in str(caught.value)
-        assert _files() == files
+        # Nothing of the refused path stays open (only ours: the warm pool's thread opens and
+        # closes /dev/null and scratch files of its own at any time).
+        assert [f for f in _files() if f.startswith(str(tmp_path))] == []
     assert not (bind / "ran").exists()
     assert not (tmp_path / "d" / "out").exists()
     out = tmp_path / "d" / "out"  # the same through no link works
