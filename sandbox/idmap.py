@@ -207,7 +207,7 @@ def write_maps(pid: int, ranges: IdRanges) -> None:
                 lines = detail.decode(errors="replace").strip().splitlines()
                 failure = f"cannot map the id ranges: {helper} failed" + (f": {lines[-1]}" if lines else "")
         if failure is not None:
-            raise SetupError(failure)
+            raise SetupError(failure + " (SBX_ID_RANGES=0 runs with the single id mapping instead)")
 
 
 def enter(ranges: IdRanges) -> None:
