@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import socket
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,3 +108,23 @@ def greeting_server(srv: socket.socket, greeting: bytes) -> Iterator[None]:
         stop.set()
         t.join()
         srv.close()
+
+
+def layer(*entries: tuple[str, str, str | bytes]) -> bytes:
+    """A tar of (name, kind, data): kind "f" file, "d" dir, "l" symlink to data."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, data in entries:
+            info = tarfile.TarInfo(name)
+            if kind == "d":
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            elif kind == "l":
+                assert isinstance(data, str)
+                info.type, info.linkname = tarfile.SYMTYPE, data
+                tar.addfile(info)
+            else:
+                raw = data if isinstance(data, bytes) else data.encode()
+                info.size, info.mode = len(raw), 0o755
+                tar.addfile(info, io.BytesIO(raw))
+    return buf.getvalue()

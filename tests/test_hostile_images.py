@@ -25,31 +25,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, sbx
+from conftest import REPO, layer, sbx
 from sandbox import rootfs
 from sandbox.image.layout import Layout
 
 BUSYBOX = "/bin/busybox"
 UP = "../" * 8  # from the root (STAGING/root) up to /, and more: extra '..' stop at /
 Entry = tuple[str, str, str]  # (name, kind, data): "f" file, "d" dir, "l" symlink to data
-
-
-def layer(*entries: Entry, busybox: bytes = b"") -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, kind, data in entries:
-            info = tarfile.TarInfo(name)
-            if kind == "d":
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-            elif kind == "l":
-                info.type, info.linkname = tarfile.SYMTYPE, data
-                tar.addfile(info)
-            else:
-                raw = busybox if name == "bin/busybox" else data.encode()
-                info.size, info.mode = len(raw), 0o755
-                tar.addfile(info, io.BytesIO(raw))
-    return buf.getvalue()
 
 
 @dataclass(frozen=True)
@@ -166,7 +148,7 @@ def store(tmp_path_factory: pytest.TempPathFactory, outside: Path) -> Path:
     assert os.path.exists(BUSYBOX), "busybox-static is not installed (the test command installs it)"
     base = tmp_path_factory.mktemp("hostile")
     with open(BUSYBOX, "rb") as f:
-        busybox = layer(("bin", "d", ""), ("bin/busybox", "f", ""), ("bin/sh", "l", "busybox"), busybox=f.read())
+        busybox = layer(("bin", "d", ""), ("bin/busybox", "f", f.read()), ("bin/sh", "l", "busybox"))
     for case in cases(outside):
         out = base / case.name
         Layout(str(out)).index([Layout(str(out)).image([busybox, layer(*case.entries)], {"Env": ["PATH=/bin"]},

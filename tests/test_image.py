@@ -101,10 +101,13 @@ def shlex_quote(text: str) -> str:
     return shlex.quote(text)
 
 
-def docker_archive(path: Path, layers: list[bytes], tags: list[str], config: dict[str, object]) -> Path:
-    """A `docker save` archive (legacy layout: ID/layer.tar, HEX.json, manifest.json)."""
+def docker_archive(path: Path, layers: list[bytes], tags: list[str], config: dict[str, object],
+                   diff_ids: list[str] | None = None) -> Path:
+    """A `docker save` archive (legacy layout: ID/layer.tar, HEX.json, manifest.json); `diff_ids`
+    for compressed layers (default: the digests of the layers as given)."""
     files: dict[str, bytes] = {}
-    diff_ids = ["sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]
+    if diff_ids is None:
+        diff_ids = ["sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]
     cfg = json.dumps({"architecture": "amd64", "os": "linux", "config": config,
                       "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
     cfg_name = hashlib.sha256(cfg).hexdigest() + ".json"

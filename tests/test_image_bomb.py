@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import os
 import struct
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from conftest import sbx
-from test_image import cli, tar
+from test_image import cli, docker_archive, tar
 from test_image_pull import Registry, assert_nothing_left, registry  # noqa: F401  (registry: a fixture)
 
 from sandbox.image import extract
@@ -103,21 +102,8 @@ def oci_layout(path: Path, layers: list[tuple[bytes, str]], how: str = "gzip") -
 
 
 def docker_save(path: Path, layers: list[tuple[bytes, str]]) -> Path:
-    """A `docker save` archive (ID/layer.tar, CONFIG.json, manifest.json) of layers (blob, diff_id), tagged bomb:1."""
-    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
-                         "rootfs": {"type": "layers", "diff_ids": [d for _, d in layers]}}).encode()
-    config_name = hashlib.sha256(config).hexdigest() + ".json"
-    files = {config_name: config}
-    for i, (blob, _) in enumerate(layers):
-        files[f"{i:064x}/layer.tar"] = blob
-    files["manifest.json"] = json.dumps([{"Config": config_name, "RepoTags": ["bomb:1"],
-                                          "Layers": [f"{i:064x}/layer.tar" for i in range(len(layers))]}]).encode()
-    with tarfile.open(path, "w") as out:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            out.addfile(info, io.BytesIO(data))
-    return path
+    """A `docker save` archive of layers (blob, diff_id), tagged bomb:1."""
+    return docker_archive(path, [blob for blob, _ in layers], ["bomb:1"], {}, [diff for _, diff in layers])
 
 
 def tree(root: Path) -> list[str]:

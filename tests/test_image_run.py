@@ -2,39 +2,17 @@
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, sbx
+from conftest import REPO, layer, sbx
 from sandbox.image.layout import Layout
 
 BUSYBOX = "/bin/busybox"
-
-
-def layer(*entries: tuple[str, str, str | bytes]) -> bytes:
-    """A tar of (name, kind, data): kind "f" file, "d" dir, "l" symlink to data."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, kind, data in entries:
-            info = tarfile.TarInfo(name)
-            if kind == "d":
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-            elif kind == "l":
-                assert isinstance(data, str)
-                info.type, info.linkname = tarfile.SYMTYPE, data
-                tar.addfile(info)
-            else:
-                raw = data if isinstance(data, bytes) else data.encode()
-                info.size, info.mode = len(raw), 0o755
-                tar.addfile(info, io.BytesIO(raw))
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
