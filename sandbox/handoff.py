@@ -24,6 +24,8 @@ class Handoff:
     maps: (write end, read end) for id ranges: the entry process writes U once it has its
         user namespace, and reads G once its parent has written the maps (idmap.py); or None,
         when it maps its one id itself.
+    keep_w: Spec.upper_sock's copy (or -1): init sends the kept writable layer's directory
+        fd over it once the root is built, then closes it.
 
     Everything that differs from one run to the next comes through command_r and
     channel_w, so a sandbox can be built before its run is known (warm runs).
@@ -37,13 +39,14 @@ class Handoff:
     seccomp: bytes | None = None
     nft: str | None = None
     maps: tuple[int, int] | None = None
+    keep_w: int = -1
 
     def payload_only(self) -> tuple[int, ...]:
         """Fds that init must close once the payload has its copies."""
         return (self.release_r, self.exec_w, self.channel_w, self.command_r)
 
     def all(self) -> tuple[int, ...]:
-        return (self.report_w, *self.payload_only(), *(self.maps or ()))
+        return (self.report_w, *self.payload_only(), *(self.maps or ()), *((self.keep_w,) if self.keep_w >= 0 else ()))
 
 
 @dataclass(frozen=True)

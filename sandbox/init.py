@@ -96,7 +96,7 @@ def enter(spec: Spec, handoff: Handoff, supervisor: int) -> None:
         pid = os.fork()
         if pid == 0:
             init(spec, handoff)
-        for fd in handoff.payload_only():
+        for fd in (*handoff.payload_only(), *((handoff.keep_w,) if handoff.keep_w >= 0 else ())):
             os.close(fd)
         _say(report_w, f"P {pid}")
         os.close(report_w)
@@ -140,6 +140,23 @@ def _open_shm_rmid_forced() -> int:
         return -1
 
 
+def _hand_over(keep_w: int, kept: int) -> None:
+    """Send the kept writable layer's directory (on the --disk tmpfs) to whoever saves it
+    (commit.Kept): its fd keeps the tmpfs alive after the sandbox is gone.  Nothing is sent
+    when the layer is a host directory instead (kept < 0)."""
+    import _socket
+    import sys
+
+    sock = _socket.socket(fileno=keep_w)
+    try:
+        if kept >= 0:
+            sock.sendmsg([b"K"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, kept.to_bytes(4, sys.byteorder))])
+    finally:
+        sock.close()
+        if kept >= 0:
+            os.close(kept)
+
+
 def init(spec: Spec, handoff: Handoff) -> None:
     """Pid 1 of the new pid namespace."""
     report_w = handoff.report_w
@@ -160,6 +177,8 @@ def init(spec: Spec, handoff: Handoff) -> None:
         shm_rmid_forced = _open_shm_rmid_forced()
         root = rootfs.Root(spec)
         root.build()
+        if handoff.keep_w >= 0:
+            _hand_over(handoff.keep_w, root.kept)
         root.pivot()
         if handoff.seccomp is not None:
             seccomp.prepare()  # resolve ctypes symbols once, before the fork

@@ -5,15 +5,20 @@ payload makes counts against --disk):
 
     STAGING/root           the new /, a bind of itself so it can be pivoted to
     STAGING/layers/N/...   overlay upper and work dirs, unreachable after pivot
+    STAGING/layers/kept/   a kept writable layer's (see below)
 
 Host directories of the `host` image are overlay lower layers (copy-on-write,
 discarded with the tmpfs).  With `spec.upper` (image builds, `sbx run
---commit`) an imported image's upper and work dirs are that host directory's
-instead, so they outlive the run; sbx's own set-up (mount points, /etc/hosts)
-then goes into a throw-away layer of its own on the tmpfs, between the image
-and the kept upper, so the upper holds only what the payload changed.  Before Linux 6.6 tmpfs has no user.* xattrs, which
-an overlay in a user namespace needs for opaque directories and whiteouts; then
-they are read-only binds instead (correct, size-limited, but not writable).
+--commit`) an imported image's writable layer is kept: its upper and work
+dirs are STAGING/layers/kept, whose fd init hands to the saver before the
+pivot, so the layer outlives the run yet is bounded by --disk while it is
+written.  sbx's own set-up (mount points, /etc/hosts) then goes into a
+throw-away layer of its own on the tmpfs, between the image and the kept
+upper, so the upper holds only what the payload changed.  Before Linux 6.6
+tmpfs has no user.* xattrs, which an overlay in a user namespace needs for
+opaque directories and whiteouts; then host directories are read-only binds
+instead (correct, size-limited, but not writable) and a kept layer is the
+host directory spec.upper, measured only after the run.
 
 Every path inside the new root is resolved from the root's fd with
 openat2(RESOLVE_IN_ROOT), or from the fd of a mount sbx just made (/proc, /dev),
@@ -168,6 +173,7 @@ class Root:
         self.rootfd = -1
         self.layers = 0
         self.cow = False
+        self.kept = -1  # the kept writable layer's directory on the --disk tmpfs (see kept_upper)
 
     # -- paths inside the new root, resolved there: an image's symlinks cannot lead out --------
     # (never self.root + inside: that host path follows the image's symlinks out of the root)
@@ -245,7 +251,8 @@ class Root:
             attrs = linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV
             if upper >= 0:
                 lowers.insert(0, self.prepare(lowers, sources))
-                mount_fd = overlay(lowers, f"/proc/self/fd/{upper}/upper", f"/proc/self/fd/{upper}/work", attrs)
+                kept = self.kept_upper(upper)
+                mount_fd = overlay(lowers, kept + "/upper", kept + "/work", attrs)
             else:
                 mount_fd = self.overlay_of(lowers, attrs)
             attach(mount_fd, os.open(self.root, PATH_FLAGS))
@@ -299,6 +306,24 @@ class Root:
             os.chown(f"/proc/self/fd/{fd}", self.spec.uid, self.spec.gid)
         finally:
             os.close(fd)
+
+    def kept_upper(self, upper: int) -> str:
+        """Where the kept writable layer's upper/ and work/ go: on the --disk tmpfs, so every
+        write the run makes counts against --disk as it happens, when someone takes it from
+        there (Spec.upper_sock); else the host directory `upper`, measured after the run."""
+        spec = self.spec
+        if spec.upper_sock >= 0 and self.cow:
+            kept = self.base + "/layers/kept"
+            os.mkdir(kept, 0o700)
+            os.mkdir(kept + "/upper", 0o755)
+            os.chmod(kept + "/upper", 0o755)  # not narrowed by the umask: it is the layer's root
+            os.mkdir(kept + "/work", 0o700)
+            self.kept = os.open(kept + "/upper", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            return kept
+        if spec.upper_sock >= 0 and spec.limits.strict:
+            raise SetupError("--strict: the kept writable layer cannot be bounded while the run writes "
+                             "(this kernel's tmpfs has no user xattrs, Linux 6.6+): it would be on the host's disk")
+        return f"/proc/self/fd/{upper}"
 
     def prepare(self, lowers: list[str], sources: list[tuple[int, bool] | None]) -> str:
         """sbx's own writes on an image (/etc, mount points, workdir) into a layer of their own; its path.

@@ -93,9 +93,13 @@ class Spec:
     env: tuple[tuple[str, str], ...] = ()
     image: str = "host"
     layers: tuple[str, ...] = ()  # an imported image's layer dirs, top first; () for the host image
-    # A host directory holding upper/ and work/: the imported image's writable layer is kept
-    # there after the run (image builds, --commit) instead of vanishing with the --disk tmpfs.
+    # The imported image's writable layer is kept after the run (image builds, --commit)
+    # instead of vanishing with the sandbox.  `upper_sock`: a unix datagram socket; the layer
+    # is then on the --disk tmpfs, bounded while the run writes, and init sends its directory's
+    # fd there (commit.Kept).  Else, or on a kernel whose tmpfs lacks user xattrs, it is `upper`,
+    # a host directory holding upper/ and work/, checked against --disk only after the run.
     upper: str | None = None
+    upper_sock: int = -1
     image_lock: int = -1  # fd holding the image store's use lock for as long as this process lives
     id_ranges: bool = False  # map the caller's subordinate ids too (an image whose files keep owners)
     hostname: str = "sbx"

@@ -562,7 +562,8 @@ def spawn(shape: Spec, program: bytes | None, nft: str | None) -> tuple[int, tup
     ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_DGRAM)
     ours.setsockopt(_socket.SOL_SOCKET, _socket.SO_PASSCRED, 1)
     channel_w = theirs.detach()
-    handoff = Handoff(report_w, release_r, exec_w, channel_w, command_r, program, nft, maps)
+    keep_w = os.dup(shape.upper_sock) if shape.upper_sock >= 0 else -1  # the caller keeps its own
+    handoff = Handoff(report_w, release_r, exec_w, channel_w, command_r, program, nft, maps, keep_w)
     ends = (report_r, release_w, exec_r, command_w)
     supervisor = os.getpid()
     try:

@@ -154,10 +154,12 @@ def test_run_commit_needs_an_imported_image(store: Path) -> None:
 
 
 def test_disk_bounds_a_step(store: Path, tmp_path: Path) -> None:
-    # Each file is within the limit (which also caps one file's size): the layer as a whole is not.
-    text = "FROM busybox\nRUN for f in a b c; do dd if=/dev/zero of=/$f bs=1024 count=60; done\n"
-    one_error(build(store, tmp_path, text, "-t", "toobig", "--disk", "100K"),
-              "Containerfile:2: RUN: the writable layer holds 184320 bytes, more than the 102400")
+    # Each file is within the limit (which also caps one file's size): the layer as a whole is not,
+    # and the third write fails as it is made.
+    text = "FROM busybox\nRUN for f in a b c; do dd if=/dev/zero of=/$f bs=1024 count=60 || exit 3; done\n"
+    result = build(store, tmp_path, text, "-t", "toobig", "--disk", "100K")
+    one_error(result, "Containerfile:2: RUN failed: exit status 3 (the run filled its writable layer (--disk 100.0KiB)")
+    assert "No space left on device" in result.stderr
     assert image(store, "inspect", "toobig").returncode == 125
     assert leftovers(store) == []
 

@@ -2,7 +2,7 @@
 
 Each RUN runs in a sandbox (the `build` profile unless --profile: no network
 unless --network pasta) on the image so far, with a kept writable layer
-(`Spec.upper`) that becomes the step's layer (commit.save_layer).  COPY and
+(commit.Kept: on the sandbox's --disk tmpfs) that becomes the step's layer.  COPY and
 ADD copy from the context directory straight into a new layer: sources are
 resolved beneath the context (a symlink leading out of it is an error, `..`
 is refused) and copied without following links; ADD extracts local tar
@@ -33,7 +33,7 @@ from ..frozen import dataclass, replace
 from . import commit, containerfile
 from .containerfile import ContainerfileError, Instruction
 from .errors import ImageError
-from .extract import RESOLVE, RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, Limits, remove_tree, remove_tree_at
+from .extract import RESOLVE, RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, Limits, remove_tree, remove_tree_at, size_text
 from .store import Record, Store
 
 TYPE_CHECKING = False
@@ -287,9 +287,9 @@ class Builder:
             return
         from .. import supervise
 
-        scratch = commit.new_upper(self.store)
+        kept = commit.Kept(self.store)
         try:
-            spec = self.run_spec(argv, scratch)
+            spec = kept.spec(self.run_spec(argv))
             sys.stdout.flush()
             saved_stdout = os.dup(1)
             os.dup2(2, 1)  # the step's output is the build's log: stdout stays for the result line
@@ -299,13 +299,18 @@ class Builder:
                 os.dup2(saved_stdout, 1)
                 os.close(saved_stdout)
             if result.verdict != "OK":
-                raise ImageError(f"{self.where}: RUN failed: {_why(result.verdict, result.exit_code, result.signal, result.message)}")
+                why = _why(result.verdict, result.exit_code, result.signal, result.message)
+                if result.verdict != "XX" and kept.full():
+                    why += f" ({commit.FULL.format(size_text(spec.disk))})"
+                raise ImageError(f"{self.where}: RUN failed: {why}")
             try:
-                saved = commit.save_layer(self.store, os.path.join(scratch, "upper"), spec.disk)
+                saved = kept.save(spec.disk)
             except ImageError as exc:
                 raise ImageError(f"{self.where}: RUN: {exc}") from None
+            if not kept.bounded:
+                self.warn(commit.UNBOUNDED)
         finally:
-            remove_tree(scratch)
+            kept.close()
         layer = None if saved is None else saved[0]
         self.remember(key, layer)
         self.add_layer(layer)
@@ -315,7 +320,7 @@ class Builder:
             self.warned.add(line)
             self.log(f"warning: {line}")
 
-    def run_spec(self, argv: tuple[str, ...], scratch: str) -> Spec:
+    def run_spec(self, argv: tuple[str, ...]) -> Spec:
         from .. import compose, profile
 
         cwd = os.getcwd()
@@ -333,10 +338,10 @@ class Builder:
         uid, gid = self.ids()
         dirs = tuple(self.store.layer_path(layer) for layer in reversed(self.layers))
         limits = spec.limits
-        if limits.file_size is None:  # a backstop while the step writes to disk (see save_layer's check)
+        if limits.file_size is None:  # a backstop where the layer is on the host's disk (commit.UNBOUNDED)
             limits = replace(limits, file_size=spec.disk)
         return replace(spec, image=self.filename, layers=dirs, env=tuple({**dict(spec.env), **self.run_env()}.items()),
-                       workdir=self.workdir(), uid=uid, gid=gid, upper=scratch, stdin="/dev/null", limits=limits)
+                       workdir=self.workdir(), uid=uid, gid=gid, stdin="/dev/null", limits=limits)
 
     def ids(self) -> tuple[int, int]:
         """USER as numbers: uid[:gid], or names from the image's /etc/passwd and /etc/group."""
@@ -394,14 +399,14 @@ class Builder:
                 return
             work = self.store.new_temp("copy-")
             try:
-                root = os.path.join(work, "layer")
+                root = os.path.join(work, "upper")  # where save_layer takes it from
                 os.mkdir(root, 0o755)
                 os.chmod(root, 0o755)
                 dirs: dict[tuple[str, ...], tuple[int, int]] = {}
                 for source, top in tops:
                     self.copy_one(root, source, top, dest, into, ins.keyword == "ADD", dirs)
                 _finish_dirs(root, dirs)
-                saved = commit.save_layer(self.store, root)
+                saved = commit.save_layer(self.store, work)
             except OSError as exc:
                 raise ImageError(f"{self.where}: {ins.keyword}: {exc.strerror or exc}") from None
             finally:

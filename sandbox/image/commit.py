@@ -28,7 +28,7 @@ import time
 from .. import linux
 from ..errors import SbxError, UsageError
 from .errors import ImageError
-from .extract import OPAQUE, OPAQUE_XATTR, RESOLVE, WHITEOUT, remove_tree
+from .extract import OPAQUE, OPAQUE_XATTR, RESOLVE, WHITEOUT, remove_tree, size_text
 from .store import Record, Store, check_digest, tree_size
 
 TYPE_CHECKING = False
@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from ..spec import Spec
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FULL = "the run filled its writable layer (--disk {}): its writes past that failed"
+UNBOUNDED = ("this kernel's tmpfs has no user xattrs (Linux 6.6+): the writable layer was on the host's disk "
+             "while the run wrote, and --disk was checked only after it")
 
 
 # -- the kept upper --------------------------------------------------------------------
@@ -52,18 +55,98 @@ def new_upper(store: Store) -> str:
     return path
 
 
-def save_layer(store: Store, layer: str, limit: int | None = None) -> tuple[str, int] | None:
-    """Normalize directory `layer`, move it into the store; (diff_id, bytes), or None when it is empty.
+class Kept:
+    """One run's kept writable layer, from before the run until it is in the store.
 
-    `limit`: the most data bytes the layer may hold (the run's --disk); past it, an error and no layer.
+    The sandbox keeps the layer on its --disk tmpfs (rootfs.kept_upper), so the run cannot
+    write more than --disk; init sends the layer directory's fd over a socket this end holds,
+    and that fd keeps the tmpfs alive after the sandbox is gone.  `scratch` (new_upper) is
+    where the layer is copied as it is normalized, or, on a kernel whose tmpfs lacks user
+    xattrs, the host directory the sandbox writes the layer to (`bounded` is then False).
     """
+
+    def __init__(self, store: Store) -> None:
+        import socket
+
+        self.store = store
+        self.scratch = new_upper(store)
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.theirs = theirs.detach()
+        self.fd = -1
+        self.bounded = True
+
+    def spec(self, spec: Spec) -> Spec:
+        from ..frozen import replace
+
+        return replace(spec, upper=self.scratch, upper_sock=self.theirs)
+
+    def collect(self) -> None:
+        """After the run: take the layer's fd, if the sandbox sent one."""
+        self._close_theirs()
+        if self.fd < 0:
+            self.fd = self._received()
+            self.bounded = self.fd >= 0
+
+    def full(self) -> bool:
+        """Whether the run filled --disk (its writes past that failed with ENOSPC)."""
+        self.collect()
+        if self.fd < 0:
+            return False
+        st = os.fstatvfs(self.fd)
+        return st.f_bavail * st.f_frsize < 64 * 1024 or st.f_favail == 0
+
+    def save(self, limit: int | None) -> tuple[str, int] | None:
+        """After the run: its layer into the store; (diff_id, bytes), or None when it is empty."""
+        self.collect()
+        return save_layer(self.store, self.scratch, limit, self.fd)
+
+    def close(self) -> None:
+        self._close_theirs()
+        if self.fd >= 0:
+            os.close(self.fd)  # the last reference to the sandbox's tmpfs: its memory goes back
+            self.fd = -1
+        self.sock.close()
+        remove_tree(self.scratch)
+
+    def _close_theirs(self) -> None:
+        if self.theirs >= 0:
+            os.close(self.theirs)
+            self.theirs = -1
+
+    def _received(self) -> int:
+        """The directory fd init sent, or -1 when it sent none (the layer is in `scratch`)."""
+        import socket
+        import sys
+
+        try:
+            _, ancillary, flags, _ = self.sock.recvmsg(1, socket.CMSG_SPACE(4), socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return -1
+        fds = [int.from_bytes(data[i:i + 4], sys.byteorder) for level, kind, data in ancillary
+               if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS) for i in range(0, len(data) - 3, 4)]
+        if len(fds) != 1 or flags & socket.MSG_CTRUNC:
+            for fd in fds:
+                os.close(fd)
+            raise ImageError("the sandbox handed over its writable layer wrongly")
+        return fds[0]
+
+
+def save_layer(store: Store, scratch: str, limit: int | None = None, kept: int = -1) -> tuple[str, int] | None:
+    """Normalize a run's writable layer, move it into the store; (diff_id, bytes), or None when it is empty.
+
+    The layer is the directory fd `kept` (on the sandbox's tmpfs), copied to `scratch`/upper
+    as it is normalized, or else `scratch`/upper itself.  `limit`: the most data bytes the layer
+    may hold (the run's --disk); past it, an error and no layer.
+    """
+    layer = os.path.join(scratch, "upper")
     root = os.open(layer, DIR_FLAGS)
     try:
-        digest, entries, size = normalize(root)
+        if kept >= 0:
+            digest, entries, size = normalize(kept, root, limit)
+        else:
+            digest, entries, size = normalize(root, limit=limit)
     finally:
         os.close(root)
-    if limit is not None and size > limit:
-        raise ImageError(f"the writable layer holds {size} bytes, more than the {limit} bytes --disk allows")
     if not entries:
         return None
     diff_id = "sha256:" + digest
@@ -120,27 +203,41 @@ def _strip_xattrs(fd: int, what: str) -> bool:
     return opaque
 
 
-def normalize(root: int) -> tuple[str, int, int]:
-    """Normalize the tree under directory fd `root` in place; (sha256 hex of its canonical tar, entries, data bytes)."""
+def normalize(root: int, dest: int = -1, limit: int | None = None) -> tuple[str, int, int]:
+    """Normalize the tree under directory fd `root` in place; (sha256 hex of its canonical tar, entries, data bytes).
+
+    `dest`: an empty directory fd that gets a copy of the result (owners that are not ours
+    kept, hard links kept).  `limit`: an ImageError as soon as the data bytes pass it, before
+    they are read (a sparse file may claim any size).
+    """
     out = _Digest()
     tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]
     entries = data = 0
     links: dict[tuple[int, int], str] = {}
-    # (path, remaining names, mode and mtime to set when done); one directory fd open at a time.
-    stack: list[tuple[tuple[str, ...], list[str], int, int]] = [((), _sorted(root), -1, 0)]
+    me = (os.geteuid(), os.getegid())
+    finished: list[tuple[str, os.stat_result]] = []  # dest's directories, deepest first
+    # (path, remaining names, the directory's stat to set when done); one directory fd open at a time.
+    stack: list[tuple[tuple[str, ...], list[str], os.stat_result | None]] = [((), _sorted(root), None)]
     cur = os.dup(root)
+    dcur = -1 if dest < 0 else os.dup(dest)
     try:
         while stack:
-            parts, names, mode, mtime_ns = stack[-1]
+            parts, names, done = stack[-1]
             if not names:
                 stack.pop()
-                if mode >= 0:  # deepest first, after its entries: the owner could read it until now
-                    os.fchmod(cur, mode)
-                    os.utime(cur, ns=(mtime_ns, mtime_ns))
-                os.close(cur)
-                cur = -1
+                if done is not None:  # deepest first, after its entries: the owner could read it until now
+                    os.fchmod(cur, stat.S_IMODE(done.st_mode) & 0o1777)
+                    os.utime(cur, ns=(done.st_mtime_ns, done.st_mtime_ns))
+                    finished.append(("/".join(parts), done))
+                for fd in (cur, dcur):
+                    if fd >= 0:
+                        os.close(fd)
+                cur = dcur = -1
                 if stack:
-                    cur = linux.openat2(root, "/".join(stack[-1][0]) or ".", DIR_FLAGS, RESOLVE)
+                    above = "/".join(stack[-1][0]) or "."
+                    cur = linux.openat2(root, above, DIR_FLAGS, RESOLVE)
+                    if dest >= 0:
+                        dcur = linux.openat2(dest, above, DIR_FLAGS, RESOLVE)
                 continue
             name = names.pop()
             path = "/".join((*parts, name))
@@ -149,6 +246,7 @@ def normalize(root: int) -> tuple[str, int, int]:
             info.mtime = int(st.st_mtime)
             info.mode = stat.S_IMODE(st.st_mode) & 0o1777
             entries += 1
+            made = True  # whether dest got an entry whose owner and mtime are to be copied
             if stat.S_ISDIR(st.st_mode):
                 sub = _open_path(cur, name, DIR_FLAGS)
                 opaque = _strip_xattrs(sub, path)
@@ -161,16 +259,32 @@ def normalize(root: int) -> tuple[str, int, int]:
                 names_below = _sorted(sub)
                 os.close(cur)
                 cur = sub
-                stack.append(((*parts, name), names_below, info.mode, st.st_mtime_ns))
+                if dcur >= 0:
+                    os.mkdir(name, 0o700, dir_fd=dcur)
+                    _own(dcur, name, st, me)
+                    dsub = os.open(name, DIR_FLAGS, dir_fd=dcur)
+                    os.close(dcur)
+                    dcur = dsub
+                    if opaque:
+                        os.setxattr(dcur, OPAQUE_XATTR, b"y")
+                stack.append(((*parts, name), names_below, st))
+                continue  # its mode and mtime are set once its entries are done
             elif stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
                 tar.addfile(_marker("/".join((*parts, WHITEOUT + name))))
+                if dcur >= 0:
+                    os.mknod(name, stat.S_IFCHR, 0, dir_fd=dcur)
             elif stat.S_ISREG(st.st_mode):
                 key = (st.st_dev, st.st_ino)
                 if st.st_nlink > 1 and key in links:
                     info.type, info.linkname = tarfile.LNKTYPE, links[key]
                     tar.addfile(info)
+                    if dcur >= 0:
+                        os.link(links[key], path, src_dir_fd=dest, dst_dir_fd=dest, follow_symlinks=False)
                     continue
                 links[key] = path
+                data += st.st_size
+                if limit is not None and data > limit:
+                    raise ImageError(f"the writable layer holds more than the {size_text(limit)} --disk allows")
                 fd = _open_path(cur, name, os.O_RDONLY | os.O_NONBLOCK)
                 try:
                     if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -180,26 +294,66 @@ def normalize(root: int) -> tuple[str, int, int]:
                     info.size = st.st_size
                     with os.fdopen(fd, "rb", closefd=False) as file:
                         tar.addfile(info, file)
+                    if dcur >= 0:
+                        _copy_file(fd, dcur, name, info.mode, st.st_size)
                 finally:
                     os.close(fd)
-                data += st.st_size
             elif stat.S_ISLNK(st.st_mode):
                 info.type, info.mode = tarfile.SYMTYPE, 0o777
                 info.linkname = os.readlink(name, dir_fd=cur)
                 tar.addfile(info)
+                if dcur >= 0:
+                    os.symlink(info.linkname, name, dir_fd=dcur)
             elif stat.S_ISFIFO(st.st_mode):
                 info.type = tarfile.FIFOTYPE
                 tar.addfile(info)
+                if dcur >= 0:
+                    os.mkfifo(name, info.mode, dir_fd=dcur)
+                    os.chmod(name, info.mode, dir_fd=dcur)  # not narrowed by the umask
             else:  # sockets and devices: an imported layer cannot hold them either
                 os.unlink(name, dir_fd=cur)
                 entries -= 1
+                made = False
+            if made and dcur >= 0:
+                _own(dcur, name, st, me)
+                os.utime(name, ns=(st.st_mtime_ns, st.st_mtime_ns), dir_fd=dcur, follow_symlinks=False)
         tar.close()
+        if dest >= 0:  # only now: a later hard link may need to pass through any of them
+            for where, done in finished:
+                fd = linux.openat2(dest, where, DIR_FLAGS, RESOLVE)
+                try:
+                    os.fchmod(fd, stat.S_IMODE(done.st_mode) & 0o1777)
+                    os.utime(fd, ns=(done.st_mtime_ns, done.st_mtime_ns))
+                finally:
+                    os.close(fd)
     except OSError as exc:
         raise ImageError(f"cannot read the writable layer: {exc.strerror or exc}") from None
     finally:
-        if cur >= 0:
-            os.close(cur)
+        for fd in (cur, dcur):
+            if fd >= 0:
+                os.close(fd)
     return out.hash.hexdigest(), entries, data
+
+
+def _own(parent: int, name: str, st: os.stat_result, me: tuple[int, int]) -> None:
+    """Give a copied entry its original's owner, where that is not us (a ranged layer's other ids)."""
+    if (st.st_uid, st.st_gid) != me:
+        os.chown(name, st.st_uid, st.st_gid, dir_fd=parent, follow_symlinks=False)
+
+
+def _copy_file(src: int, parent: int, name: str, mode: int, size: int) -> None:
+    """A new file `name` in `parent` with the bytes of the open file `src`."""
+    out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
+    try:
+        offset = 0
+        while offset < size:
+            sent = os.sendfile(out, src, offset, min(size - offset, 1 << 30))
+            if sent == 0:
+                raise ImageError(f"{name}: changed while being read")
+            offset += sent
+        os.fchmod(out, mode)
+    finally:
+        os.close(out)
 
 
 def _marker(path: str) -> tarfile.TarInfo:
@@ -253,7 +407,8 @@ def write_record(store: Store, record: Record) -> None:
 
 def run(spec: Spec, name: str, root: str | None, run_spec: Callable[[Spec], Result]) -> Result:
     """Run `spec` keeping its writable layer, then save the image's layers plus that one as `name`."""
-    from ..frozen import replace
+    import sys
+
     from . import find, ref
 
     try:
@@ -269,12 +424,16 @@ def run(spec: Spec, name: str, root: str | None, run_spec: Callable[[Spec], Resu
     for diff_id in layers:
         check_digest(diff_id)
     hold = store.hold()
-    scratch = new_upper(store)
+    kept = Kept(store)
     try:
-        result = run_spec(replace(spec, upper=scratch))
+        result = run_spec(kept.spec(spec))
         if result.verdict == "XX":
             return result  # the sandbox was never set up (or died): nothing of the run's to save
-        saved = save_layer(store, os.path.join(scratch, "upper"), spec.disk)
+        if kept.full():
+            sys.stderr.write(f"sbx: warning: {FULL.format(size_text(spec.disk))}\n")
+        saved = kept.save(spec.disk)
+        if not kept.bounded:
+            sys.stderr.write(f"sbx: warning: {UNBOUNDED}\n")
         if saved is not None:
             layers.append(saved[0])
         config = base.get("config")
@@ -283,10 +442,8 @@ def run(spec: Spec, name: str, root: str | None, run_spec: Callable[[Spec], Resu
     except OSError as exc:
         raise SbxError(f"--commit: {exc.strerror or exc}") from None
     finally:
-        remove_tree(scratch)
+        kept.close()
         os.close(hold)
-    import sys
-
     from .cli import short_name
 
     sys.stderr.write(f"sbx: saved image {short_name(target)} ({str(record['id'])[7:19]})\n")
