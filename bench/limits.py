@@ -37,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sandbox import cgroup  # noqa: E402
+from sandbox.cgroup import manager as cgroup  # noqa: E402
 
 MiB = 1 << 20
 
@@ -138,7 +138,7 @@ def overhead(b: Bench, runs: int) -> None:
 
 def cgroup_ops(d: cgroup.Delegation, runs: int) -> None:
     """The cgroup path's own steps, in process: what sbx adds per run with a delegation."""
-    from sandbox.spec import Limits
+    from sandbox.model.spec import Limits
 
     spent = []
     for i in range(runs):

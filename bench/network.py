@@ -24,7 +24,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from sandbox import net  # noqa: E402
+from sandbox.net import network as net  # noqa: E402
 
 SBX = [sys.executable, "-m", "sandbox", "run"]
 SEND = ("import socket, sys, time\nn = int(sys.argv[3]) << 20\nbuf = b'x' * (1 << 20)\n"

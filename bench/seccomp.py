@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)  # not bench/: this file would shadow the `seccomp` bindings
 
-from sandbox import seccomp as S  # noqa: E402
+from sandbox.seccomp import filter as S  # noqa: E402
 
 SPECS = {
     "default": S.SeccompSpec(),
@@ -69,7 +69,7 @@ def bench_cached(cache: str) -> None:
         a, b = map(float, out.stdout.split())
         imp.append(a)
         prog.append(b)
-    print(f"  import sandbox.seccomp: median {ms(statistics.median(imp))}")
+    print(f"  import sandbox.seccomp.filter: median {ms(statistics.median(imp))}")
     print(f"  program() cache hit:    median {ms(statistics.median(prog))}")
     for mod in ("sandbox.seccomp", "pyseccomp"):
         lines = subprocess.run(

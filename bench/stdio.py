@@ -1,6 +1,6 @@
 """What a run's stdin costs per byte: the caller's file itself, a sealed memfd copy, a pipe sbx feeds.
 
-The payload must not hold the caller's file (it could chmod and rewrite it: sandbox/stdio.py),
+The payload must not hold the caller's file (it could chmod and rewrite it: sandbox/runtime/stdio.py),
 so a regular stdin file becomes either a sealed memfd copy or a pipe sbx pumps.  Part 1 times
 the three mechanisms with a plain child process (`cat >/dev/null`, `wc -c`) and sandbox.stdio's
 own code; part 2 times whole warm runs (`Runner.run(..., stdin=path)`) of this tree and, with
@@ -40,7 +40,7 @@ def _direct(path: str, argv: list[str]) -> float:
 def sealed_copy(source: int) -> int:
     """What sbx would give the payload instead of a regular file with a memfd: a read-only fd of a
     sealed copy (pread/write of 64 KiB: faster here than sendfile, 1 MiB writes, or mmap)."""
-    from sandbox import stdio
+    from sandbox.runtime import stdio
 
     fd = stdio._memfd()
     offset = os.lseek(source, 0, os.SEEK_CUR)
@@ -71,7 +71,7 @@ def _memfd(path: str, argv: list[str]) -> float:
 
 def _pumped(path: str, argv: list[str]) -> float:
     """The payload reads a pipe that sbx's Feed fills from the file, in a poll loop as _Watch runs it."""
-    from sandbox import stdio
+    from sandbox.runtime import stdio
 
     start = time.perf_counter()
     source = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -114,7 +114,7 @@ def _out_direct(path: str, argv: list[str]) -> float:
 
 def _out_drained(path: str, argv: list[str]) -> float:
     """The payload writes a pipe that sbx's Drain splices into the file, in a poll loop."""
-    from sandbox import stdio
+    from sandbox.runtime import stdio
 
     start = time.perf_counter()
     destination = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)

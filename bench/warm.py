@@ -56,9 +56,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sandbox import Runner, pool, supervise  # noqa: E402
-from sandbox.api import Runner as _RunnerClass  # noqa: E402
-from sandbox.compose import DEFAULT_PATH  # noqa: E402
+from sandbox import Runner
+from sandbox.warm import pool
+from sandbox.runtime import supervise
+from sandbox.warm.api import Runner as _RunnerClass  # noqa: E402
+from sandbox.config.compose import DEFAULT_PATH  # noqa: E402
 
 # Files of /etc that sbx's host image shares and python needs (bubblewrap binds what exists).
 BWRAP_ETC = ("ld.so.cache", "alternatives", "python3", f"python3.{sys.version_info.minor}", "passwd", "group",

@@ -21,7 +21,7 @@ import atheris  # noqa: E402
 with atheris.instrument_imports():
     import json  # noqa: F401  (instrumented: parse_line's decoder)
 
-    from sandbox import batch  # noqa: E402
+    from sandbox.warm import batch  # noqa: E402
 
 STRING_FIELDS = ("profile", "stdin", "stdout", "stderr", "box", "box_mode", "workdir", "image", "network")
 

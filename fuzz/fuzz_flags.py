@@ -18,7 +18,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import atheris  # noqa: E402
 
 with atheris.instrument_imports():
-    from sandbox import cli, compose, net, units  # noqa: E402
+    from sandbox.cli import main as cli
+    from sandbox.config import compose
+    from sandbox.net import network as net
+    from sandbox.model import units
     from sandbox.errors import SbxError  # noqa: E402
 
 WORKDIR = tempfile.mkdtemp(prefix="sbx-fuzz-")  # under $TMPDIR: the pytest wrapper points it at its tmp_path

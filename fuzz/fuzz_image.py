@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 with atheris.instrument_imports():
     from sandbox.image import blob, extract, ref, tar
-    from sandbox.frozen import replace
+    from sandbox.model.frozen import replace
     from sandbox.image.errors import ImageError
 
 # libFuzzer ends the process without atexit handlers: point TMPDIR somewhere disposable (the test does).

@@ -24,7 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 with atheris.instrument_imports():
     import tomllib  # noqa: F401  (instrumented: profile_file imports it lazily)
 
-    from sandbox import profile, profile_file, seccomp_policy, units  # noqa: F401
+    from sandbox.config import profile, profile_file
+    from sandbox.seccomp import policy as seccomp_policy
+    from sandbox.model import units
 
 # libFuzzer ends the process without running atexit handlers, so this small
 # directory stays behind: point TMPDIR somewhere disposable (the test does).

@@ -1,6 +1,6 @@
 """sbx: a rootless Linux sandbox for running untrusted code under hard limits.
 
-The Python API (see sandbox/api.py and README.md):
+The Python API (see sandbox/warm/api.py and README.md):
 
     from sandbox import Runner
     with Runner(profile="grader") as runner:
@@ -15,24 +15,24 @@ __version__ = "0.1.0"
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .api import Runner as Runner
-    from .api import run as run
-    from .box import Box as Box
-    from .box import BoxBusy as BoxBusy
-    from .box import BoxError as BoxError
+    from .warm.api import Runner as Runner
+    from .warm.api import run as run
+    from .warm.box import Box as Box
+    from .warm.box import BoxBusy as BoxBusy
+    from .warm.box import BoxError as BoxError
     from .errors import SbxError as SbxError
     from .errors import SetupError as SetupError
     from .errors import UsageError as UsageError
     from .image.errors import ImageError as ImageError
-    from .profile import ProfileError as ProfileError
-    from .result import Result as Result
-    from .spec import Limits as Limits
-    from .spec import Spec as Spec
+    from .config.profile import ProfileError as ProfileError
+    from .model.result import Result as Result
+    from .model.spec import Limits as Limits
+    from .model.spec import Spec as Spec
 
 _EXPORTS = {
-    "Runner": "api", "run": "api", "Box": "box", "BoxBusy": "box", "BoxError": "box", "SbxError": "errors",
-    "SetupError": "errors", "UsageError": "errors", "ImageError": "image.errors", "ProfileError": "profile",
-    "Result": "result", "Limits": "spec", "Spec": "spec",
+    "Runner": "warm.api", "run": "warm.api", "Box": "warm.box", "BoxBusy": "warm.box", "BoxError": "warm.box",
+    "SbxError": "errors", "SetupError": "errors", "UsageError": "errors", "ImageError": "image.errors", "ProfileError": "config.profile",
+    "Result": "model.result", "Limits": "model.spec", "Spec": "model.spec",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -4,7 +4,7 @@ import sys
 
 gc.disable()  # a one-shot process: collection pauses buy nothing
 
-from .cli import main
+from .cli.main import main
 
 code = main()
 sys.stdout.flush()

@@ -21,7 +21,7 @@ SBX = [sys.executable, "-m", "sandbox"]
 # SBX_TEST_INSTALLED=1 (test.sh's unprivileged stage): test the package installed from a wheel
 # into this interpreter's environment, never the checkout (that tree has no sandbox/ then).
 INSTALLED = os.environ.get("SBX_TEST_INSTALLED") == "1"
-# Where sbx finds its shipped profiles (sandbox/profile.py shipped_dir()).
+# Where sbx finds its shipped profiles (sandbox/config/profile.py shipped_dir()).
 SHIPPED_PROFILES = Path(sys.prefix, "share", "sbx", "profiles") if INSTALLED else REPO / "profiles"
 # The directory holding the package `sandbox`: for PYTHONPATH where site is off (python -S).
 PACKAGE_PARENT = Path(sysconfig.get_paths()["purelib"]) if INSTALLED else REPO
@@ -75,7 +75,7 @@ def host_processes(*markers: str) -> list[tuple[int, str]]:
 
 def ranged(environ: dict[str, str] | None = None) -> bool:
     """Whether runs here map id ranges (the payload is inside uid 1000, a subordinate id)."""
-    from sandbox import idmap
+    from sandbox.kernel import idmap
 
     return idmap.for_payload(os.environ if environ is None else environ) is not None
 

@@ -17,7 +17,7 @@ import pytest
 
 import sandbox
 from sandbox import ProfileError, Result, Runner, SbxError, UsageError
-from sandbox import cgroup as cgroup_mod
+from sandbox.cgroup import manager as cgroup_mod
 
 pytestmark = pytest.mark.timeout(60)
 

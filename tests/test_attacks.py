@@ -365,7 +365,7 @@ def test_syscall_numbers_match_the_policy() -> None:
         import _atk  # type: ignore[import-not-found]
     finally:
         sys.path.remove(str(ATTACKS))
-    from sandbox.seccomp_policy import X86_64_NAMES
+    from sandbox.seccomp.policy import X86_64_NAMES
 
     assert {n: X86_64_NAMES[n] for n in _atk.NR} == _atk.NR
 

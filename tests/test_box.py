@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sandbox import BoxBusy, BoxError, Result, Runner, SbxError
-from sandbox import idmap
+from sandbox.kernel import idmap
 
 from conftest import REPO, SBX, sbx
 
@@ -106,7 +106,7 @@ def test_files_persist_between_runs(store: Path) -> None:
     assert first.returncode == 0 and first.stdout == "/box\n", first.stderr
     assert (work / "a.txt").read_text() == "one\n"
     # The payload's files: a subordinate id under id ranges, else the caller (root inside)
-    from sandbox import idmap
+    from sandbox.kernel import idmap
 
     ranges = idmap.for_payload(os.environ)
     owner = os.getuid() if ranges is None else ranges.uid_start + idmap.PAYLOAD_ID - 1

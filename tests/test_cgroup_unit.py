@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import cgroup
-from sandbox.spec import Limits
+from sandbox.cgroup import manager as cgroup
+from sandbox.model.spec import Limits
 
 MOUNTINFO = """\
 24 30 0:22 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from conftest import sbx
-from sandbox import Runner, UsageError, hostfile
+from sandbox import Runner, UsageError
+from sandbox.kernel import hostfile
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -477,7 +478,7 @@ def test_batch_line_with_a_fifo_path_is_xx_and_the_batch_goes_on(tmp_path: Path,
 
 def test_this_kernel_has_openat2() -> None:
     """The table runs both resolvers; its "openat2" rows are not the fallback walk in disguise."""
-    from sandbox import linux
+    from sandbox.kernel import linux
 
     fd = linux.openat2(-100, "/", os.O_PATH, hostfile.RESOLVE_NO_SYMLINKS)
     os.close(fd)

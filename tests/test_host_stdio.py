@@ -1,4 +1,4 @@
-"""The payload holds no host file through its stdio or --pass-fd (issue 12, sandbox/stdio.py).
+"""The payload holds no host file through its stdio or --pass-fd (issue 12, sandbox/runtime/stdio.py).
 
 In the single id mapping the payload is the caller's own uid: any fd of a caller's file is its
 to fchmod and to reopen through /proc/self/fd for writing.  Each attack here is run as a

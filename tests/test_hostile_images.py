@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, layer, sbx
-from sandbox import rootfs
+from sandbox.runtime import rootfs
 from sandbox.image.layout import Layout
 
 BUSYBOX = "/bin/busybox"

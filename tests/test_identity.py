@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SINGLE, sbx, sh
-from sandbox import idmap
+from sandbox.kernel import idmap
 
 
 def _ranges() -> tuple[int, int]:

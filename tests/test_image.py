@@ -75,7 +75,7 @@ def store_state(root: Path) -> tuple[list[str], list[str], list[str]]:
 
 def cli(*args: str, root: Path, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "sandbox.image.cli", "--root", str(root), *args],
+    done = subprocess.run([sys.executable, "-m", "sandbox.cli.image", "--root", str(root), *args],
                           input=stdin, capture_output=True, env=env, timeout=120)
     return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(errors="replace"),
                                        done.stderr.decode(errors="replace"))
@@ -444,7 +444,7 @@ def test_prune_waits_for_running_sandboxes(tmp_path: Path, store: Path) -> None:
     info = resolve("a", str(store))  # holds the use lock like a running sandbox
     assert cli("rm", "a", root=store).returncode == 0  # records are not blocked
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    prune = subprocess.Popen([sys.executable, "-m", "sandbox.image.cli", "--root", str(store), "prune"],
+    prune = subprocess.Popen([sys.executable, "-m", "sandbox.cli.image", "--root", str(store), "prune"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     time.sleep(1.0)
     assert prune.poll() is None  # waiting
@@ -458,7 +458,7 @@ def test_prune_waits_for_running_sandboxes(tmp_path: Path, store: Path) -> None:
 def test_concurrent_imports(tmp_path: Path, store: Path) -> None:
     src = oci(tmp_path / "oci", [LOWER, UPPER, TOP])
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen([sys.executable, "-m", "sandbox.image.cli", "--root", str(store), "import", "-q",
+    procs = [subprocess.Popen([sys.executable, "-m", "sandbox.cli.image", "--root", str(store), "import", "-q",
                                "--name", f"c{i}", str(src)], stderr=subprocess.PIPE, text=True, env=env)
              for i in range(4)]
     for proc in procs:
@@ -643,7 +643,7 @@ def test_extract_modes_whatever_the_umask(tmp_path: Path, store: Path) -> None:
     for umask in ("077", "000", "027"):
         root = tmp_path / f"store-{umask}"
         result = subprocess.run(["sh", "-c", f'umask {umask} && exec "$@"', "sh", sys.executable, "-m",
-                                 "sandbox.image.cli", "--root", str(root), "import", "-q", "--name", "m", str(src)],
+                                 "sandbox.cli.image", "--root", str(root), "import", "-q", "--name", "m", str(src)],
                                 capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         assert result.returncode == 0, result.stderr
         layer_dir = Path(resolve("m", str(root), hold=False).layer_dirs[0])

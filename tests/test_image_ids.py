@@ -1,7 +1,7 @@
 """Ownership in imported images: kept with id ranges, else the caller's.
 
 With subordinate ids (/etc/subuid, /etc/subgid) and newuidmap/newgidmap, sbx
-imports in a user namespace mapping them (sandbox/idmap.py): files keep
+imports in a user namespace mapping them (sandbox/kernel/idmap.py): files keep
 their owners (inside ids 1..65535), the record says `"ownership": "ranges"`,
 and every run of the image maps the same ranges.  Without them (as root, or
 with SBX_ID_RANGES=0) sbx maps one id: every file belongs to the caller and
@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, sbx
-from sandbox import idmap
+from sandbox.kernel import idmap
 from sandbox.image import resolve
 from sandbox.image.layout import Layout
 from sandbox.image.tar import TarReader
@@ -79,7 +79,7 @@ def test_import_maps_every_owner_to_the_caller_and_says_so(tmp_path: Path, monke
     src = owners_image(tmp_path)
     store = tmp_path / "store"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "sandbox.image.cli", "--root", str(store), "import", "--name",
+    done = subprocess.run([sys.executable, "-m", "sandbox.cli.image", "--root", str(store), "import", "--name",
                            "owners", str(src)], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     notes = [line for line in done.stderr.splitlines() if "note:" in line]
@@ -90,7 +90,7 @@ def test_import_maps_every_owner_to_the_caller_and_says_so(tmp_path: Path, monke
     for name, _uid, _gid in OWNERS:
         st = os.lstat(top / name)
         assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid()), name
-    record = json.loads(subprocess.run([sys.executable, "-m", "sandbox.image.cli", "--root", str(store), "inspect",
+    record = json.loads(subprocess.run([sys.executable, "-m", "sandbox.cli.image", "--root", str(store), "inspect",
                                         "owners"], capture_output=True, text=True, env=env, check=True).stdout)
     assert record[0]["ownership"] == "caller"
 
@@ -103,7 +103,7 @@ def test_import_maps_every_owner_to_the_caller_and_says_so(tmp_path: Path, monke
                                              "abcmore"], result.stdout
 
     # quiet imports stay quiet; a layer already in the store is not extracted (nor noted) again
-    again = subprocess.run([sys.executable, "-m", "sandbox.image.cli", "--root", str(store), "import", "-q",
+    again = subprocess.run([sys.executable, "-m", "sandbox.cli.image", "--root", str(store), "import", "-q",
                             "--name", "owners2", str(src)], capture_output=True, text=True, env=env)
     assert again.returncode == 0 and again.stderr == "", again.stderr
 
@@ -116,10 +116,10 @@ def test_owners_are_kept_where_id_ranges_are_available(tmp_path: Path) -> None:
     store = tmp_path / "store"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("SBX_ID_RANGES", None)
-    done = subprocess.run([sys.executable, "-m", "sandbox.image.cli", "--root", str(store), "import", "--name",
+    done = subprocess.run([sys.executable, "-m", "sandbox.cli.image", "--root", str(store), "import", "--name",
                            "owners", str(src)], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
-    record = json.loads(subprocess.run([sys.executable, "-m", "sandbox.image.cli", "--root", str(store), "inspect",
+    record = json.loads(subprocess.run([sys.executable, "-m", "sandbox.cli.image", "--root", str(store), "inspect",
                                         "owners"], capture_output=True, text=True, env=env, check=True).stdout)
     if ranges is None:
         assert os.getuid() == 0 or not os.path.exists("/usr/bin/newuidmap"), "expected id ranges here"
@@ -153,7 +153,7 @@ def test_owners_are_kept_where_id_ranges_are_available(tmp_path: Path) -> None:
             assert warm.verdict == "OK" and warm.stdout == b"1000:1000\n", warm
     # rm and prune remove files that other ids own, too
     for args in (["rm", "owners"], ["prune"]):
-        subprocess.run([sys.executable, "-m", "sandbox.image.cli", "--root", str(store), *args], env=env, check=True,
+        subprocess.run([sys.executable, "-m", "sandbox.cli.image", "--root", str(store), *args], env=env, check=True,
                        capture_output=True)
     assert os.listdir(store / "layers" / "sha256") == []
 
@@ -161,7 +161,7 @@ def test_owners_are_kept_where_id_ranges_are_available(tmp_path: Path) -> None:
 def test_root_owned_layers_have_no_note(tmp_path: Path) -> None:
     src = tmp_path / "oci"
     Layout(str(src)).index([Layout(str(src)).image([busybox_layer()], compression=None)], ref_name="latest")
-    done = subprocess.run([sys.executable, "-m", "sandbox.image.cli", "--root", str(tmp_path / "store"), "import",
+    done = subprocess.run([sys.executable, "-m", "sandbox.cli.image", "--root", str(tmp_path / "store"), "import",
                            "--name", "bb", str(src)], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0 and "note:" not in done.stderr, done.stderr

@@ -23,7 +23,7 @@ from conftest import REPO, greeting_server, sbx
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from sandbox import landlock  # noqa: E402
+from sandbox.runtime import landlock  # noqa: E402
 
 ABI = landlock.abi()
 PY = "/usr/bin/python3"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import cgroup
+from sandbox.cgroup import manager as cgroup
 
 from conftest import ranged, sbx
 

@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 from conftest import INSTALLED, REPO, SBX
-from sandbox import net
+from sandbox.net import network as net
 
 MARKER = "sbx-test-7c1e"
 PREFIX = "sbx: error: "

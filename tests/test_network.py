@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, SBX, sbx, sh
-from sandbox import net
+from sandbox.net import network as net
 
 
 class Server:

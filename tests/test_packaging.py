@@ -89,13 +89,13 @@ def test_every_module_imports() -> None:
     assert done.returncode == 0, done.stderr
     first, *modules = done.stdout.splitlines()
     assert Path(first).resolve().is_relative_to(Path(sysconfig.get_paths()["purelib"]).resolve())
-    assert {"sandbox.__main__", "sandbox.cli", "sandbox.image", "sandbox.image.cli"} <= set(modules), modules
+    assert {"sandbox.__main__", "sandbox.cli", "sandbox.image", "sandbox.cli.image"} <= set(modules), modules
 
 
 @installed_only
 def test_shipped_profiles_installed() -> None:
-    """The data files: sandbox/profile.py finds them under sys.prefix, the same bytes as the tree's."""
-    from sandbox.profile import shipped_dir
+    """The data files: sandbox/config/profile.py finds them under sys.prefix, the same bytes as the tree's."""
+    from sandbox.config.profile import shipped_dir
 
     installed = Path(sys.prefix) / "share" / "sbx" / "profiles"
     assert shipped_dir() == str(installed)

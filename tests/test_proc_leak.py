@@ -170,7 +170,7 @@ def test_scrub_in_a_fresh_process() -> None:
     """proctitle.scrub alone: cmdline reads the name; environ, libc's getenv and os.environ after it."""
     secret = f"scrub-{tag()}"
     code = ("import ctypes, os, sys\n"
-            "from sandbox import proctitle\n"
+            "from sandbox.kernel import proctitle\n"
             "proctitle.scrub('sbx-test')\n"
             "libc = ctypes.CDLL(None); libc.getenv.restype = ctypes.c_char_p\n"
             "print(open('/proc/self/cmdline', 'rb').read(), open('/proc/self/environ', 'rb').read().strip(b'\\0'),"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import profile, profile_file
-from sandbox.profile import DEFAULT, Profile, ProfileError, resolve, search_path
-from sandbox.spec import Mount
+from sandbox.config import profile, profile_file
+from sandbox.config.profile import DEFAULT, Profile, ProfileError, resolve, search_path
+from sandbox.model.spec import Mount
 
 from conftest import SHIPPED_PROFILES
 
@@ -133,11 +133,11 @@ def test_plain_run_imports_nothing_costly(env: Env) -> None:
         f"""
         import sys
         before = set(sys.modules)
-        from sandbox.profile import resolve, DEFAULT
+        from sandbox.config.profile import resolve, DEFAULT
         assert resolve(None, cwd={str(env.cwd)!r}, environ={env.environ!r}) is DEFAULT
         new = set(sys.modules) - before
-        allowed = {{"__future__", "sandbox", "sandbox.profile", "sandbox.frozen", "sandbox.spec",
-                    "sandbox.errors"}}  # errors: imported by every command anyway
+        allowed = {{"__future__", "sandbox", "sandbox.config", "sandbox.config.profile", "sandbox.model",
+                    "sandbox.model.frozen", "sandbox.model.spec", "sandbox.errors"}}  # errors: imported by every command anyway
         assert new <= allowed, sorted(new - allowed)
         """
     )

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import profile
-from sandbox.profile_cmd import main
+from sandbox.config import profile
+from sandbox.cli.profile import main
 
 from conftest import SHIPPED_PROFILES
 
@@ -133,7 +133,7 @@ def test_help(cwd: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_no_traceback_for_bad_input_in_a_real_process(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_bytes(b"[limits]\nmemory = \xff\n")
-    code = "import sys; from sandbox.profile_cmd import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from sandbox.cli.profile import main; sys.exit(main(sys.argv[1:]))"
     result = subprocess.run(
         [sys.executable, "-c", code, "check", str(tmp_path / "bad.toml")],
         cwd=REPO,

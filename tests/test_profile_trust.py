@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 
 from conftest import SHIPPED_PROFILES, sbx
-from sandbox import Runner, profile
-from sandbox.profile import DEFAULT, ProfileError, resolve
+from sandbox import Runner
+from sandbox.config import profile
+from sandbox.config.profile import DEFAULT, ProfileError, resolve
 
 # The submission's grader.toml: limits of its own choosing.  The shipped grader: 256 files, 2 s CPU.
 HUGE = 'description = "the submission\'s"\n[limits]\nopen_files = 4096\ntime = "unlimited"\n'
@@ -415,9 +416,9 @@ def test_a_project_without_a_default_costs_a_plain_run_nothing(judge: Judge) -> 
     code = textwrap.dedent(
         f"""
         import sys
-        from sandbox.profile import resolve, DEFAULT
+        from sandbox.config.profile import resolve, DEFAULT
         assert resolve(None, cwd={str(judge.sub)!r}, environ={judge.env!r}) is DEFAULT
-        assert "tomllib" not in sys.modules and "sandbox.profile_file" not in sys.modules
+        assert "tomllib" not in sys.modules and "sandbox.config.profile_file" not in sys.modules
         """
     )
     assert not os.path.lexists("/etc/sbx/profiles/default.toml")

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import seccomp as S
-from sandbox import seccomp_policy as P
-from sandbox.frozen import replace
+from sandbox.seccomp import filter as S
+from sandbox.seccomp import policy as P
+from sandbox.model.frozen import replace
 
 ATTACKS = Path(__file__).parent / "attacks"
 libc = ctypes.CDLL(None, use_errno=True)
@@ -270,9 +270,9 @@ def test_cache_written_and_reused(cache_home: Path) -> None:
 def test_cache_hit_imports_no_libseccomp(cache_home: Path) -> None:
     S.program(GRADER)
     code = (
-        "import sys; from sandbox import seccomp as S;"
+        "import sys; from sandbox.seccomp import filter as S;"
         "p = S.program(S.SeccompSpec(policy='strict', action='kill'));"
-        "bad = [m for m in ('pyseccomp', 'seccomp', 'sandbox.seccomp_policy', 'hashlib', 'dataclasses') if m in sys.modules];"
+        "bad = [m for m in ('pyseccomp', 'seccomp', 'sandbox.seccomp.policy', 'hashlib', 'dataclasses') if m in sys.modules];"
         "print(len(p), bad)"
     )
     out = subprocess.run(
@@ -1027,6 +1027,6 @@ def _exec_prog(argv: list[str], prog: bytes | None) -> str:
 
 
 def test_import_is_light() -> None:
-    code = "import sys; import sandbox.seccomp; print(sorted(m for m in ('ctypes', 'pyseccomp', 'hashlib', 'dataclasses', 're', 'sandbox.seccomp_policy') if m in sys.modules))"
+    code = "import sys; import sandbox.seccomp.filter; print(sorted(m for m in ('ctypes', 'pyseccomp', 'hashlib', 'dataclasses', 're', 'sandbox.seccomp.policy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import sbx
 
-from sandbox.rootfs import DEV_INODES, MAX_INODES, MIN_INODES, inode_cap
+from sandbox.runtime.rootfs import DEV_INODES, MAX_INODES, MIN_INODES, inode_cap
 
 # Make up to LIMIT empty files in DIR; print: inodes total, free before, files made, the error (or
 # "none"), free inodes after, data blocks used by the loop, and whether 4 KiB of data still fit.

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import host_processes
 from sandbox import Result, Runner
-from sandbox.supervise import shape_of
+from sandbox.runtime.supervise import shape_of
 
 pytestmark = pytest.mark.timeout(60)
 

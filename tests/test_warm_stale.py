@@ -36,9 +36,9 @@ import pytest
 from conftest import REPO
 from sandbox import Result, Runner
 from sandbox.image import ImageError
-from sandbox.pool import bound_paths, identity_of
-from sandbox.spec import Spec
-from sandbox.supervise import shape_of
+from sandbox.warm.pool import bound_paths, identity_of
+from sandbox.model.spec import Spec
+from sandbox.runtime.supervise import shape_of
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -394,7 +394,7 @@ def test_image_imported_again_under_its_name(runner: Runner, tmp_path: Path) -> 
 def test_a_path_replaced_while_a_sandbox_is_built(tmp_path: Path) -> None:
     """The pool's check around a build (_Pins): the paths' objects held from before the sandbox
     starts until it is ready; any replacement meanwhile discards it, writes inside do not."""
-    from sandbox.pool import _Pins
+    from sandbox.warm.pool import _Pins
 
     vol = mkdir(tmp_path / "vol")
     missing = str(tmp_path / "later")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-from ..frozen import dataclass
+from ..model.frozen import dataclass
 from .errors import ImageError
 
 TYPE_CHECKING = False

@@ -27,9 +27,9 @@ import os
 import stat
 import sys
 
-from .. import linux
+from ..kernel import linux
 from ..errors import UsageError
-from ..frozen import dataclass, replace
+from ..model.frozen import dataclass, replace
 from . import commit, containerfile
 from .containerfile import ContainerfileError, Instruction
 from .errors import ImageError
@@ -40,7 +40,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
 
-    from ..spec import Spec
+    from ..model.spec import Spec
 
 BENEATH = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS  # symlinks followed, but only while they stay beneath
 MAX_DEPTH = 256
@@ -285,7 +285,7 @@ class Builder:
             self.log("using the cache")
             self.add_layer(layer)
             return
-        from .. import supervise
+        from ..runtime import supervise
 
         kept = commit.Kept(self.store)
         try:
@@ -321,7 +321,7 @@ class Builder:
             self.log(f"warning: {line}")
 
     def run_spec(self, argv: tuple[str, ...]) -> Spec:
-        from .. import compose, profile
+        from ..config import compose, profile
 
         cwd = os.getcwd()
         if self.options.profile_settings is not None:

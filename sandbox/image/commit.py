@@ -25,7 +25,7 @@ import stat
 import tarfile
 import time
 
-from .. import linux
+from ..kernel import linux
 from ..errors import SbxError, UsageError
 from .errors import ImageError
 from .extract import OPAQUE, OPAQUE_XATTR, RESOLVE, WHITEOUT, remove_tree, size_text
@@ -35,8 +35,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ..result import Result
-    from ..spec import Spec
+    from ..model.result import Result
+    from ..model.spec import Spec
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FULL = "the run filled its writable layer (--disk {}): its writes past that failed"
@@ -76,7 +76,7 @@ class Kept:
         self.bounded = True
 
     def spec(self, spec: Spec) -> Spec:
-        from ..frozen import replace
+        from ..model.frozen import replace
 
         return replace(spec, upper=self.scratch, upper_sock=self.theirs)
 
@@ -444,7 +444,7 @@ def run(spec: Spec, name: str, root: str | None, run_spec: Callable[[Spec], Resu
     finally:
         kept.close()
         os.close(hold)
-    from .cli import short_name
+    from ..cli.image import short_name
 
     sys.stderr.write(f"sbx: saved image {short_name(target)} ({str(record['id'])[7:19]})\n")
     return result

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 
-from ..frozen import dataclass
+from ..model.frozen import dataclass
 from .errors import ImageError
 
 SUPPORTED = ("FROM", "RUN", "COPY", "ADD", "ENV", "WORKDIR", "USER", "CMD", "ENTRYPOINT", "ARG", "LABEL")

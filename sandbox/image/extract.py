@@ -36,8 +36,8 @@ import errno
 import os
 import stat
 
-from .. import linux
-from ..frozen import dataclass
+from ..kernel import linux
+from ..model.frozen import dataclass
 from .errors import ImageError, TooLarge
 from .tar import BLOCKDEV, CHAR, DIR, FIFO, FILE, HARDLINK, SYMLINK, Member, TarReader
 

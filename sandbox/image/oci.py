@@ -22,8 +22,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 
-from .. import linux
-from ..frozen import dataclass, replace
+from ..kernel import linux
+from ..model.frozen import dataclass, replace
 from . import blob, extract, ref
 from .errors import ImageError, TooLarge
 from .store import Record, Store, check_digest
@@ -441,7 +441,7 @@ def oci_candidate(source: Source, desc: Descriptor, top: Descriptor) -> Candidat
 
 def _owners() -> int:
     """Ids whose owners extraction keeps: those of a ranged user namespace we are root in, else none."""
-    from .. import idmap
+    from ..kernel import idmap
 
     return idmap.inside_count() if os.geteuid() == 0 else 0
 

@@ -11,7 +11,7 @@ path, and `re` costs milliseconds to import there.
 
 from __future__ import annotations
 
-from ..frozen import dataclass
+from ..model.frozen import dataclass
 from .errors import ImageError
 
 DOCKER_HUB = "docker.io"

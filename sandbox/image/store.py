@@ -170,7 +170,7 @@ class Store:
         """Write (or replace) a record; the caller holds the exclusive record lock."""
         import json
 
-        from .. import idmap
+        from ..kernel import idmap
 
         # "ranges": written in a ranged user namespace (idmap.py), so its layers may hold other ids'
         # files and runs must map the same ranges; else what the record says ("caller" if nothing).

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from sandbox import cgroup
-from sandbox.spec import MiB, Limits
+from sandbox.cgroup import manager as cgroup
+from sandbox.model.spec import MiB, Limits
 
 PY = [sys.executable, "-I", "-S", "-c"]
 BUSY = "while :; do :; done"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import cgroup
+from sandbox.cgroup import manager as cgroup
 
 REPO = Path(__file__).resolve().parents[2]
 PROBE_C = Path(__file__).resolve().parent / "probe.c"

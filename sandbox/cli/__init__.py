@@ -1,0 +1,1 @@
+"""The `sbx` command line, the only reader of sys.argv."""

@@ -1,0 +1,1 @@
+"""Thin wrappers over the kernel's interfaces (syscalls by ctypes, id maps, host files): no policy."""

@@ -1,0 +1,245 @@
+"""Inside the sandbox: the namespace entry process and pid 1.
+
+The supervisor forks `enter`, which creates the namespaces (a user namespace
+mapping root inside to the caller, plus mount, pid, ipc, uts, cgroup and
+usually net) and forks pid 1 (`init`).  Init builds the root filesystem,
+forks the payload (pid 2), reaps orphans and forwards signals.  When the
+payload exits, init kills everything left, reaps it, reports the payload's
+status and the sandbox's rusage, and exits, which ends the pid namespace.
+
+Each of these processes dies with its parent (PR_SET_PDEATHSIG), so killing
+the supervisor, even with SIGKILL, brings the whole sandbox down.
+
+Messages to the supervisor are lines on one pipe:
+    P <pid>                      init's pid outside (from enter)
+    R                            root built, payload waiting for release
+    E <message>                  setup failed
+    X <status> <utime> <stime> <maxrss_kib>   the payload's wait status
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal as _signal
+else:
+    import _signal  # `signal` itself imports enum: ~4 ms at start-up
+import os
+import resource
+
+from ..kernel import linux, proctitle
+from . import rootfs
+from ..seccomp import filter as seccomp
+from . import payload as payload_mod
+from ..errors import EXIT_SBX, SbxError
+from .handoff import Handoff
+from ..model.spec import Spec
+
+FORWARDED = (_signal.SIGTERM, _signal.SIGHUP, _signal.SIGINT, _signal.SIGQUIT, _signal.SIGUSR1, _signal.SIGUSR2)
+
+
+def _say(fd: int, line: str) -> None:
+    os.write(fd, (line.replace("\n", " ") + "\n").encode(errors="replace"))
+
+
+def _fail(report_w: int, exc: BaseException) -> None:
+    if isinstance(exc, SbxError):
+        message = str(exc)
+    elif isinstance(exc, OSError):
+        message = f"cannot set up the sandbox: {exc.strerror if exc.filename is None else exc}"
+        if exc.args and isinstance(exc.args[-1], str) and ":" in exc.args[-1]:
+            message = f"cannot set up the sandbox: {exc.args[-1]}"
+    else:
+        message = f"cannot set up the sandbox: {exc!r}"
+    if os.environ.get("SBX_DEBUG"):
+        import traceback
+
+        traceback.print_exception(exc)
+    try:
+        _say(report_w, "E " + message)
+    finally:
+        os._exit(EXIT_SBX)
+
+
+def enter(spec: Spec, handoff: Handoff, supervisor: int) -> None:
+    """The supervisor's child: create the namespaces, fork init, wait for it."""
+    report_w = handoff.report_w
+    try:
+        linux.prctl(linux.PR_SET_PDEATHSIG, _signal.SIGKILL)
+        linux.set_name("sbx-entry")
+        proctitle.scrub("sbx-entry")  # the caller's argv and environment: init is forked from here
+        if os.getppid() != supervisor:
+            os._exit(EXIT_SBX)
+        # Only this sandbox's own fds: in a supervisor running several sandboxes at once, a copy
+        # of another run's pipe held here would keep that run from ever seeing EOF.
+        payload_mod._close_fds(list(handoff.all()))
+        for signum in FORWARDED:
+            _signal.signal(signum, _signal.SIG_IGN)  # the supervisor forwards them to init
+        if not spec.tty:
+            os.setsid()  # keep terminal signals for the supervisor alone
+        uid, gid = os.getuid(), os.getgid()
+        flags = (linux.CLONE_NEWUSER | linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWIPC
+                 | linux.CLONE_NEWUTS | linux.CLONE_NEWCGROUP)
+        if spec.network != "host":
+            flags |= linux.CLONE_NEWNET
+        try:
+            linux.unshare(flags)
+        except OSError as exc:
+            raise SbxError(f"cannot create user namespace: {exc.strerror} (run 'sbx doctor' for the host's "
+                           "user-namespace settings)") from None
+        if handoff.maps is None:
+            linux.map_ids(0, uid, 0, gid)
+        else:  # id ranges: only our parent may write such maps
+            os.write(handoff.maps[0], b"U")
+            if os.read(handoff.maps[1], 1) != b"G":
+                os._exit(EXIT_SBX)  # the parent could not map them; it says why
+            for fd in handoff.maps:
+                os.close(fd)
+        pid = os.fork()
+        if pid == 0:
+            init(spec, handoff)
+        for fd in (*handoff.payload_only(), *((handoff.keep_w,) if handoff.keep_w >= 0 else ())):
+            os.close(fd)
+        _say(report_w, f"P {pid}")
+        os.close(report_w)
+        while True:
+            try:
+                os.waitpid(pid, 0)
+                break
+            except ChildProcessError:
+                break
+        os._exit(0)
+    except BaseException as exc:
+        _fail(report_w, exc)
+
+
+def _loopback_up() -> None:
+    import _socket
+    import fcntl
+    import struct
+
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        iff_up_running = 0x1 | 0x40
+        fcntl.ioctl(sock.fileno(), 0x8914, struct.pack("16sH22x", b"lo", iff_up_running))  # SIOCSIFFLAGS
+    finally:
+        sock.close()
+
+
+# The supervisor sends init this signal when it counts a run's memory (no cgroup): from then on a
+# SysV segment ends with its last attacher (shm_rmid_forced), so every segment is in some process's
+# memory, where the census sees it; otherwise one left unattached would be counted by nothing.
+SHM_RMID_FORCED = _signal.SIGRTMIN + 1
+
+
+def _open_shm_rmid_forced() -> int:
+    """This IPC namespace's shm_rmid_forced, opened through the host's /proc while we still see it
+    (ours will have /proc/sys read-only); root of the namespace may write its own IPC sysctls since
+    Linux 5.19.  -1 where it cannot be opened."""
+    try:
+        return os.open("/proc/sys/kernel/shm_rmid_forced", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
+
+
+def _hand_over(keep_w: int, kept: int) -> None:
+    """Send the kept writable layer's directory (on the --disk tmpfs) to whoever saves it
+    (commit.Kept): its fd keeps the tmpfs alive after the sandbox is gone.  Nothing is sent
+    when the layer is a host directory instead (kept < 0)."""
+    import _socket
+    import sys
+
+    sock = _socket.socket(fileno=keep_w)
+    try:
+        if kept >= 0:
+            sock.sendmsg([b"K"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, kept.to_bytes(4, sys.byteorder))])
+    finally:
+        sock.close()
+        if kept >= 0:
+            os.close(kept)
+
+
+def init(spec: Spec, handoff: Handoff) -> None:
+    """Pid 1 of the new pid namespace."""
+    report_w = handoff.report_w
+    try:
+        linux.prctl(linux.PR_SET_PDEATHSIG, _signal.SIGKILL)
+        linux.prctl(linux.PR_SET_DUMPABLE, 0)  # the payload must not ptrace or read init's memory
+        linux.set_name("sbx-init")
+        proctitle.scrub("sbx-init")  # /proc/1/cmdline: readable by the payload
+        linux.sethostname(spec.hostname)
+        if spec.network != "host":
+            _loopback_up()
+        if handoff.nft is not None:
+            from ..net import network as net
+
+            net.apply_rules(handoff.nft)
+        with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
+            last_cap = int(f.read())
+        shm_rmid_forced = _open_shm_rmid_forced()
+        root = rootfs.Root(spec)
+        root.build()
+        if handoff.keep_w >= 0:
+            _hand_over(handoff.keep_w, root.kept)
+        root.pivot()
+        if handoff.seccomp is not None:
+            seccomp.prepare()  # resolve ctypes symbols once, before the fork
+        # Signals are ignored here until init's handlers exist; hold them instead, so one that
+        # arrives now is delivered later (to init's forwarder, or to the payload once it resets).
+        _signal.pthread_sigmask(_signal.SIG_BLOCK, set(FORWARDED))
+        payload = os.fork()
+        if payload == 0:
+            os.close(report_w)
+            payload_mod.main(spec, handoff, last_cap)
+        for fd in set(handoff.payload_only()):
+            os.close(fd)
+    except BaseException as exc:
+        _fail(report_w, exc)
+    _supervise_payload(spec, payload, report_w, shm_rmid_forced)
+
+
+def _supervise_payload(spec: Spec, payload: int, report_w: int, shm_rmid_forced: int = -1) -> None:
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.kill(-payload, signum)  # the payload's session, when it has one
+        except OSError:
+            try:
+                os.kill(payload, signum)
+            except OSError:
+                pass
+
+    def force_shm_removal(_signum: int, _frame: object) -> None:
+        try:
+            os.write(shm_rmid_forced, b"1")
+        except OSError:
+            pass
+
+    _signal.signal(SHM_RMID_FORCED, force_shm_removal if shm_rmid_forced >= 0 else _signal.SIG_IGN)
+    for signum in FORWARDED:
+        if spec.tty and signum in (_signal.SIGINT, _signal.SIGQUIT):
+            _signal.signal(signum, _signal.SIG_IGN)  # the terminal sends these to the payload itself
+        else:
+            _signal.signal(signum, forward)
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, set(FORWARDED))
+    _say(report_w, "R")
+    status = 0
+    while True:
+        try:
+            pid, wstatus = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        if pid == payload:
+            status = wstatus
+            break
+    try:
+        os.kill(-1, _signal.SIGKILL)  # from pid 1, everything else in the namespace
+    except ProcessLookupError:
+        pass
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    _say(report_w, f"X {status} {usage.ru_utime:.6f} {usage.ru_stime:.6f} {usage.ru_maxrss}")
+    os._exit(0)

@@ -1,0 +1,275 @@
+"""Pid 2: wait for the supervisor's release, shed every privilege, exec.
+
+Runs in a fork of init after the root is pivoted.  Nothing here may return:
+every path ends in execve or os._exit.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal as _signal
+else:
+    import _signal  # `signal` itself imports enum: ~4 ms at start-up
+import os
+import resource
+
+from . import landlock
+from ..kernel import linux
+from ..seccomp import filter as seccomp
+from ..errors import EXIT_NOEXEC, EXIT_NOTFOUND, EXIT_SBX
+from .handoff import RELEASE, Command, Handoff
+from ..model.spec import Spec
+
+MAX_FDS = 3 + 64  # stdio and --pass-fd descriptors in one channel message
+
+
+def _reset_signals() -> None:
+    # Python ignores SIGPIPE and SIGXFSZ, sbx ignores or handles a few more, and the caller
+    # may have ignored any; exec keeps ignored signals, so undo every disposition but the
+    # default.  Python's table knows them all (read at start-up, kept by each signal()), so
+    # only those that differ cost a syscall.
+    for signum in range(1, _signal.NSIG):
+        if signum in (_signal.SIGKILL, _signal.SIGSTOP):
+            continue
+        try:
+            if _signal.getsignal(signum) != _signal.SIG_DFL:
+                _signal.signal(signum, _signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, set())
+
+
+def _enter_nested_userns(uid: int, gid: int) -> None:
+    """Run as uid/gid inside: a child user namespace mapping them to our root, as bwrap does."""
+    linux.unshare(linux.CLONE_NEWUSER)
+    linux.map_ids(uid, 0, gid, 0)
+
+
+def _drop_privileges(last_cap: int, ids: tuple[int, int] | None = None) -> None:
+    """Every capability gone for good; `ids`: become this uid and gid first (setresuid needs
+    CAP_SETUID, which is still effective here; the securebits keep setuid from touching caps)."""
+    for cap in range(last_cap + 1):
+        linux.prctl(linux.PR_CAPBSET_DROP, cap)
+    linux.prctl(linux.PR_SET_SECUREBITS, linux.SECURE_ALL_LOCKED)
+    linux.prctl(linux.PR_CAP_AMBIENT, linux.PR_CAP_AMBIENT_CLEAR_ALL)
+    if ids is not None:
+        os.setgroups([])
+        os.setresgid(ids[1], ids[1], ids[1])
+        os.setresuid(ids[0], ids[0], ids[0])
+    linux.clear_capabilities()
+    linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+
+
+SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")
+DEVICE_RW = landlock.FS_READ_FILE | landlock.FS_WRITE_FILE | landlock.FS_TRUNCATE
+
+
+def _fence(spec: Spec) -> None:
+    """Landlock on ourselves (SECURITY.md, "Landlock"): after the pivot, so only the sandbox's own
+    tree is named; after no_new_privs, which it needs.  Its failure fails the run (fail closed);
+    a kernel without it was noted by the supervisor (landlock.notes)."""
+    version = landlock.effective_abi(spec.landlock)
+    if version >= 1:
+        landlock.apply(_rules(spec), version)
+
+
+def _rules(spec: Spec) -> landlock.Rules:
+    """Read everywhere; execute everywhere but beneath `noexec`; write on the whole (disposable)
+    root, or under write = "scratch" only beneath the scratch places, home and writable mounts; device
+    ioctls in /dev only; TCP ports as listed; abstract unix sockets and signals scoped (ABI 6)."""
+    ls = spec.landlock
+    paths: list[tuple[str, int]] = [("/", landlock.FS_READ), ("/dev", landlock.FS_IOCTL_DEV)]
+    # Where an image's symlink leads too (its /tmp may be a link to the tmpfs sbx mounted there).
+    # /dev is a noexec mount: with exceptions to make, leave it out rather than list its entries.
+    noexec = ls.noexec and (*ls.noexec, *(os.path.realpath(p) for p in ls.noexec), "/dev")
+    paths += [(path, landlock.FS_EXECUTE) for path in _outside("/", noexec)]
+    if ls.write == "root":
+        paths.append(("/", landlock.FS_WRITE))
+    else:
+        # The user's home as sbx makes it (the environment is the command's, not yet known here).
+        home = "/root" if spec.uid == 0 else "/home/sbx"
+        writable = {*SCRATCH, home, *(m.target for m in spec.mounts if m.mode != "ro")}
+        paths += [(path, landlock.FS_WRITE) for path in sorted(writable)]
+        paths += [(f"/dev/{name}", DEVICE_RW) for name in landlock.DEVICES]
+        paths.append(("/dev/pts", DEVICE_RW))
+    net = 0
+    allowed: dict[int, int] = {}
+    if ls.tcp_bind is not None:
+        net |= landlock.NET_BIND_TCP
+        published = (p.sandbox_port for p in spec.publish if p.proto == "tcp")
+        for port in (*ls.tcp_bind, *published):
+            allowed[port] = allowed.get(port, 0) | landlock.NET_BIND_TCP
+    if ls.tcp_connect is not None:
+        net |= landlock.NET_CONNECT_TCP
+        for port in ls.tcp_connect:
+            allowed[port] = allowed.get(port, 0) | landlock.NET_CONNECT_TCP
+    return landlock.Rules(fs=landlock.FS_ALL_KNOWN, net=net, scoped=landlock.SCOPE_ALL, paths=tuple(paths),
+                          ports=tuple(sorted(allowed.items())))
+
+
+def _outside(path: str, excluded: tuple[str, ...]) -> list[str]:
+    """The fewest paths that cover the tree at `path` but nothing at or beneath `excluded`
+    (Landlock only adds rights: to keep one subtree out, name its siblings instead)."""
+    if path in excluded:
+        return []
+    prefix = path.rstrip("/") + "/"
+    if not any(e.startswith(prefix) for e in excluded):
+        return [path]
+    try:
+        names = sorted(os.listdir(path))
+    except OSError:
+        return []  # unreadable: no rule, less access
+    return [p for name in names for p in _outside(prefix + name, excluded)]
+
+
+def _set_rlimits(rlimits: tuple[tuple[int, int, int], ...]) -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    for which, soft, hard in rlimits:
+        resource.setrlimit(which, (soft, hard))
+
+
+def _close_fds(keep: list[int]) -> None:
+    low = 3
+    for fd in sorted(k for k in keep if k >= 3):
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)
+
+
+def _send(sock_fd: int, data: bytes, fd: int = -1) -> None:
+    """A message to the supervisor; the kernel adds our credentials (it set SO_PASSCRED)."""
+    import _socket
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM, 0, sock_fd)  # no probing syscalls
+    try:
+        ancillary = [] if fd < 0 else [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd.to_bytes(4, "little"))]
+        sock.sendmsg([data], ancillary)
+    finally:
+        sock.detach()
+
+
+def _read_exact(fd: int, size: int) -> bytes | None:
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def _read_command(fd: int) -> Command | None:
+    """The run's command from the supervisor; None at EOF (a prepared sandbox discarded unused)."""
+    header = _read_exact(fd, 8)
+    body = None if header is None else _read_exact(fd, int.from_bytes(header, "little"))
+    return None if body is None else Command.decode(body)
+
+
+def _receive_fds(sock_fd: int) -> list[int]:
+    """stdin, stdout, stderr and the --pass-fd descriptors, sent by the supervisor."""
+    import _socket
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM, 0, sock_fd)
+    try:
+        _, ancillary, _, _ = sock.recvmsg(1, _socket.CMSG_SPACE(4 * MAX_FDS))
+    finally:
+        sock.detach()
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds += [int.from_bytes(data[i:i + 4], "little") for i in range(0, len(data) - len(data) % 4, 4)]
+    return fds
+
+
+def _place_fds(fds: list[int], pass_fds: tuple[int, ...], ours: list[int]) -> list[int]:
+    """fds[0:3] become 0-2, the rest their --pass-fd numbers; returns `ours` (the handoff's fds),
+    moved where a target needed their numbers."""
+    targets = [0, 1, 2, *pass_fds]
+    if len(fds) != len(targets):
+        raise OSError(0, "the supervisor sent the wrong number of descriptors")
+    # Lift every fd we hold above all targets first, so no dup2 overwrites one still needed.
+    floor = max(targets) + 1
+    lifted = []
+    for fd in fds:
+        lifted.append(_dup_above(fd, floor))
+        os.close(fd)
+    moved = []
+    for fd in ours:
+        if fd in targets:
+            moved.append(_dup_above(fd, floor))
+            os.close(fd)
+        else:
+            moved.append(fd)
+    for high, target in zip(lifted, targets):
+        os.dup2(high, target)  # clears close-on-exec on the target (SCM_RIGHTS gave none)
+        os.close(high)
+    return moved
+
+
+def _dup_above(fd: int, floor: int) -> int:
+    import fcntl
+
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
+
+
+def main(spec: Spec, handoff: Handoff, last_cap: int) -> None:
+    """Set up all a run's shape decides, wait for its command, then the rest, all before the
+    release, so the run's figures hold none of it.  Only what the command decides (fds,
+    rlimits) and the seccomp filter (last) come after the wait."""
+    code = EXIT_SBX
+    exec_w, release_r, channel_w = handoff.exec_w, handoff.release_r, handoff.channel_w
+    try:
+        linux.set_name("sbx-payload")  # until execve names it
+        _reset_signals()
+        if not spec.tty:
+            os.setsid()  # no controlling terminal: no TIOCSTI into the caller's
+        ids = None
+        if spec.uid != 0 or spec.gid != 0:
+            # init is not dumpable and we inherited that: our /proc files would belong to the
+            # host's root, and the id maps could not be written.  exec resets it anyway.
+            linux.prctl(linux.PR_SET_DUMPABLE, 1)
+            if spec.id_ranges:
+                ids = (spec.uid, spec.gid)  # mapped in this namespace: the image's own users
+            else:
+                _enter_nested_userns(spec.uid, spec.gid)
+        os.chdir(spec.workdir)
+        _drop_privileges(last_cap, ids)
+        _fence(spec)
+        _close_fds([exec_w, release_r, channel_w, handoff.command_r])
+        command = _read_command(handoff.command_r)
+        if command is None:
+            os._exit(EXIT_SBX)  # discarded before use
+        os.close(handoff.command_r)
+        exec_w, release_r, channel_w = _place_fds(_receive_fds(channel_w), command.pass_fds,
+                                                  [exec_w, release_r, channel_w])
+        _set_rlimits(command.rlimits)
+        listener = -1
+        if handoff.seccomp is not None:
+            # Last, so the filter need not allow anything sbx itself does (read, sendmsg and
+            # execve are all that follow).
+            listener = seccomp.load(handoff.seccomp, listener=spec.seccomp.action == "kill")
+        # Our pid (the kernel adds our credentials), so the supervisor can put us in the run
+        # cgroup, and the seccomp listener, whose copy here closes on exec.
+        _send(channel_w, b"P", listener)
+        if os.read(release_r, 1) != RELEASE:
+            os._exit(EXIT_SBX)  # the supervisor is gone: never run unsupervised
+        code = EXIT_NOTFOUND
+        os.execvpe(command.argv[0], list(command.argv), dict(command.env))
+    except OSError as exc:
+        if code != EXIT_NOTFOUND:
+            message = f"E {exc}"
+        else:
+            if exc.errno not in (2, 20):  # ENOENT, ENOTDIR
+                code = EXIT_NOEXEC
+            message = f"X {exc.errno}"
+        try:
+            os.write(exec_w, message.encode(errors="replace")[:4000])
+        finally:
+            os._exit(code)
+    except BaseException as exc:
+        try:
+            os.write(exec_w, f"E {exc!r}".encode(errors="replace")[:4000])
+        finally:
+            os._exit(code)
