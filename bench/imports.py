@@ -17,16 +17,23 @@ import subprocess
 import sys
 
 RUN = ("import gc, os, sys; gc.disable(); sys.argv = ['sbx', 'run', '--', '/bin/true']; "
-       "from sandbox.cli.main import main; code = main(); sys.stdout.flush(); os._exit(code)")
+       "from sandbox.cli.main import main; code = main(); "
+       "os.write(2, ('supervisor-modules: ' + ' '.join(sorted(sys.modules)) + '\\n').encode()); os._exit(code)")
 RUN_OLD = RUN.replace("sandbox.cli.main", "sandbox.cli")  # before the restructure
 
 
+SUPERVISOR: list[str] = []  # the modules the sbx process itself holds at the end (not its children's)
+
+
 def importtime(code: str) -> list[tuple[str, int]]:
-    """(module, self microseconds) for each import the code made."""
+    """(module, self microseconds) for each import the code made, its forked children's included
+    (they inherit -X importtime: the sandbox's entry process imports what init needs)."""
     done = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, check=False)
     out = []
     for line in done.stderr.splitlines():
+        if line.startswith("supervisor-modules: "):
+            SUPERVISOR[:] = line.split()[1:]
         if not line.startswith("import time:") or "self [us]" in line:
             continue
         fields = line[len("import time:"):].split("|")
@@ -54,6 +61,10 @@ def main() -> int:
     print(f"bare interpreter: {len(bare[-1])} modules, {bare_us / 1000:.2f} ms")
     print(f"sbx run -- /bin/true: {len(modules)} modules ({len(ours)} of sbx), {run_us / 1000:.2f} ms "
           f"({ours_us / 1000:.2f} ms in sbx's own); ratio to bare {run_us / bare_us:.2f}x")
+    if SUPERVISOR:
+        mine = [name for name in SUPERVISOR if name.split(".")[0] == "sandbox"]
+        print(f"  of which the supervisor process itself holds {len(mine)} sbx modules; the rest are imported "
+              "by the sandbox's entry process")
     if args.list:
         for name in ours:
             print("  " + name)

@@ -37,7 +37,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sandbox.cgroup import manager as cgroup  # noqa: E402
+from sandbox.cgroup.discover import LEAF, Delegation, discover  # noqa: E402
+from sandbox.cgroup.runcg import RunCgroup, remove_stale, run_name  # noqa: E402
 
 MiB = 1 << 20
 
@@ -55,7 +56,7 @@ class Bench:
         """Start sbx in a cgroup: the delegation's leaf (cgroup path) or an undelegated scope (degraded)."""
         if self.delegation is None:
             return ()
-        target = self.degraded_scope if degraded else os.path.join(self.delegation, cgroup.LEAF)
+        target = self.degraded_scope if degraded else os.path.join(self.delegation, LEAF)
         return ("sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(target))
 
     def run(self, *args: str, degraded: bool = False) -> tuple[dict[str, object], str, float]:
@@ -136,7 +137,7 @@ def overhead(b: Bench, runs: int) -> None:
               "more per run (median)")
 
 
-def cgroup_ops(d: cgroup.Delegation, runs: int) -> None:
+def cgroup_ops(d: Delegation, runs: int) -> None:
     """The cgroup path's own steps, in process: what sbx adds per run with a delegation."""
     from sandbox.model.spec import Limits
 
@@ -148,8 +149,8 @@ def cgroup_ops(d: cgroup.Delegation, runs: int) -> None:
             os.read(r, 1)
             os._exit(0)
         t0 = time.perf_counter()
-        cgroup.remove_stale(d)
-        run = cgroup.RunCgroup.create(d, Limits(memory=64 * MiB, pids=64), cgroup.run_name(os.getpid(), i))
+        remove_stale(d)
+        run = RunCgroup.create(d, Limits(memory=64 * MiB, pids=64), run_name(os.getpid(), i))
         run.add(pid)
         run.stats()
         t1 = time.perf_counter()
@@ -185,7 +186,7 @@ def main() -> int:
     parser.add_argument("--time", type=float, default=1.0, help="CPU limit for the overshoot figure (default 1.0)")
     args = parser.parse_args()
 
-    d = cgroup.discover(None, os.environ)
+    d = discover(None, os.environ)
     base = "/var/tmp" if os.access("/var/tmp", os.W_OK) else None
     work = Path(tempfile.mkdtemp(prefix="sbx-bench-", dir=base))
     work.chmod(0o755)

@@ -66,7 +66,8 @@ def main() -> int:
                            stderr=subprocess.DEVNULL)
             times[mode].append(time.perf_counter() - start)
     base = statistics.median(times["none"])
-    print(f"start-up, median of {args.runs} alternating runs (uid {os.getuid()}, helper: {net.tool()})")
+    helper = net.helper_name(net.find_helper(os.environ))
+    print(f"start-up, median of {args.runs} alternating runs (uid {os.getuid()}, helper: {helper})")
     for mode in modes:
         median = statistics.median(times[mode])
         print(f"  {mode:6} {median * 1000:7.2f} ms  (+{(median - base) * 1000:.2f} ms against none)")

@@ -58,7 +58,7 @@ sys.path.insert(0, str(REPO))
 
 from sandbox import Runner
 from sandbox.warm import pool
-from sandbox.runtime import supervise
+from sandbox.runtime import spawn, supervisor, watch
 from sandbox.warm.api import Runner as _RunnerClass  # noqa: E402
 from sandbox.config.compose import DEFAULT_PATH  # noqa: E402
 
@@ -375,7 +375,7 @@ class Bench:
         batch = " ".join(self.sbx)
         print(f"  sbx           {REPO}/sandbox (sources sha256 {digest.hexdigest()[:12]}); batch: {batch} batch")
         print(f"  load average  {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other work on the machine skews all figures)")
-        delegation = supervise.delegation_for(None)
+        delegation = supervisor.delegation_for(None)
         print(f"  run cgroups   {'delegated: ' + delegation.path if delegation else 'none (no cgroup v2 delegation: rlimits only, no cgroup set-up in the figures)'}")  # noqa: E501
         print(f"  payloads      {'; '.join(' '.join(a) for a in self.payloads.values())}")
 
@@ -591,11 +591,11 @@ class Bench:
             setattr(owner, attr, wrapper)
 
         for owner, attr, label in ((_RunnerClass, "run", "run"), (_RunnerClass, "spec", "spec"),
-                                   (pool.Pool, "take", "take"), (supervise.Prepared, "send", "send"),
-                                   (supervise, "_await_payload", "payload"), (supervise, "_await_exec", "exec"),
-                                   (supervise._Watch, "wait", "watch"), (supervise, "_result", "result"),
-                                   (pool.Pool, "spawn", "spawn"), (supervise.Prepared, "ready", "ready"),
-                                   (supervise.Prepared, "discard", "discard")):
+                                   (pool.Pool, "take", "take"), (spawn.Prepared, "send", "send"),
+                                   (watch, "_await_payload", "payload"), (watch, "_await_exec", "exec"),
+                                   (watch.Watch, "wait", "watch"), (watch, "outcome", "result"),
+                                   (pool.Pool, "spawn", "spawn"), (spawn.Prepared, "ready", "ready"),
+                                   (spawn.Prepared, "discard", "discard")):
             wrap(owner, attr, label)
         null = self.spawner.null_w
         argv = ["/bin/true"]

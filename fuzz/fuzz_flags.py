@@ -18,8 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import atheris  # noqa: E402
 
 with atheris.instrument_imports():
-    from sandbox.cli import main as cli
-    from sandbox.config import compose
+    from sandbox.config import compose, flags
     from sandbox.net import network as net
     from sandbox.model import units
     from sandbox.errors import SbxError  # noqa: E402
@@ -34,11 +33,11 @@ def one_input(data: bytes) -> None:
     text = fdp.ConsumeUnicodeNoSurrogates(200)
     args = text.split("\x00") if "\x00" in text else text.split(" ")
     try:
-        spec = cli.build_spec(args, WORKDIR, ENVIRON)
+        spec = flags.build_spec(args, WORKDIR, ENVIRON)
         assert spec.argv, "a Spec without a command"
     except SbxError as exc:
         assert "\n" not in str(exc), f"multi-line error: {exc!r}"
-    except cli.HelpRequested:
+    except flags.HelpRequested:
         pass
     for parse in (units.parse_size, units.parse_duration):
         try:

@@ -22,10 +22,11 @@ import atheris
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 with atheris.instrument_imports():
-    import tomllib  # noqa: F401  (instrumented: profile_file imports it lazily)
+    import tomllib  # noqa: F401  (instrumented: config/tomlfile.py imports it lazily)
 
-    from sandbox.config import profile, profile_file
-    from sandbox.seccomp import policy as seccomp_policy
+    from sandbox.config import dump, profile
+    from sandbox.config import layers, profile_file, schema, tomlfile, trust  # noqa: F401  (loaded lazily)
+    from sandbox.seccomp import parse as seccomp_policy
     from sandbox.model import units
 
 # libFuzzer ends the process without running atexit handlers, so this small
@@ -53,12 +54,12 @@ def resolve(ref: str) -> profile.Profile | None:
 
 
 def round_trip(resolved: profile.Profile) -> None:
-    text = profile_file.dumps(resolved)
+    text = dump.dumps(resolved)
     shown = os.path.join(ROOT, "shown.toml")
     with open(shown, "w", encoding="utf-8") as file:
         file.write(text)
     again = profile.resolve(shown, cwd=PROJECT, environ=ENVIRON)  # must not fail
-    assert profile_file.dumps(again, header=False) == profile_file.dumps(resolved, header=False), text
+    assert dump.dumps(again, header=False) == dump.dumps(resolved, header=False), text
 
 
 def test_one_input(data: bytes) -> None:

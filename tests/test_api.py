@@ -16,22 +16,16 @@ from pathlib import Path
 import pytest
 
 import sandbox
-from sandbox import ProfileError, Result, Runner, SbxError, UsageError
-from sandbox.cgroup import manager as cgroup_mod
+from sandbox import ProfileError, Result, Runner, SbxError, SetupError, UsageError
+
+from conftest import busybox_image, delegated_here, sbx, wait_for, wait_prepared
 
 pytestmark = pytest.mark.timeout(60)
 
 BURN = "while :; do :; done"
 
 
-def _delegated_here() -> bool:
-    """Whether sbx finds a cgroup v2 delegation (as in test_limits_degraded, without side effects)."""
-    checks = {what: ok for what, ok, _ in cgroup_mod.diagnose(os.environ)}
-    return bool(checks.get("SBX_CGROUP usable") or (
-        checks.get("own cgroup delegated") and checks.get("controller memory") and checks.get("controller pids")))
-
-
-DELEGATED = _delegated_here()
+DELEGATED = delegated_here()
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +95,14 @@ def descendants_of(root: int) -> set[tuple[int, int]]:
                 out.add(child)
                 todo.append(child[0])
     return out
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""  # gone meanwhile
 
 
 def alive(process: tuple[int, int]) -> bool:
@@ -463,7 +465,8 @@ def test_close_is_idempotent_and_leaves_nothing(runner: Runner, tmp_path: Path) 
     for _ in range(3):
         assert r.run(["true"]).verdict == "OK"
     r.run(["sh", "-c", "echo"], workdir="/tmp")  # a second shape, also prepared ahead
-    time.sleep(0.3)  # let the pool prepare the next sandboxes
+    wait_prepared(r)  # the pool prepares the next sandboxes of both shapes
+    wait_prepared(r, ["sh", "-c", "echo"], workdir="/tmp")
     assert r.pool is not None and r.pool.zygote is not None
     process = r.pool.zygote.process
     zygote_stat = proc_stat(process.pid)
@@ -501,7 +504,10 @@ def test_close_lets_a_run_in_progress_finish(tmp_path: Path) -> None:
     thread = threading.Thread(target=run)
     thread.start()
     started.wait()
-    time.sleep(0.3)
+    assert r.pool is not None and r.pool.zygote is not None
+    zygote = r.pool.zygote.process.pid
+    assert wait_for(lambda: any(_cmdline(pid).startswith(b"sleep") for pid, _ in descendants_of(zygote))), \
+        "the run never started"
     r.close()
     thread.join(10)
     assert len(outcome) == 1
@@ -520,3 +526,42 @@ def test_cold_runner_leaves_no_children(runner: Runner, tmp_path: Path) -> None:
     assert open_fds() == fds_before
     with pytest.raises(SbxError):
         r.run(["true"])
+
+
+# A payload's own address: slirp4netns gives the sandbox 10.0.2.100, pasta the host's address.
+OWN_ADDRESS = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+               "s.connect(('192.0.2.1', 9))\nprint(s.getsockname()[0])")
+
+
+@pytest.mark.timeout(120)
+def test_runner_environ_is_the_only_environment_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runner(environ=...) decides the image store, the box root and the networking helper,
+    whatever this process's own environment says."""
+    theirs, ours = tmp_path / "theirs", tmp_path / "ours"
+    sbx("image", "--root", str(theirs), "import", "-q", "--name", "envtest", str(busybox_image(tmp_path / "oci")),
+        check=True)
+    monkeypatch.setenv("SBX_ROOT", str(ours))  # this process's environment says otherwise throughout
+    monkeypatch.setenv("SBX_USERNET", "pasta")
+    environ = {**os.environ, "SBX_ROOT": str(theirs), "SBX_USERNET": "slirp4netns"}
+    with Runner(environ=environ, warm=False) as r:
+        box = r.create_box("env")
+        assert Path(box.path) == theirs / "boxes" / "env"
+        assert r.run(["sh", "-c", "echo made > /box/made"], box="env").verdict == "OK"
+        assert (theirs / "boxes" / "env" / "work" / "made").read_text() == "made\n"
+        result = r.run(["busybox", "echo", "from the image"], image="envtest")
+        assert (result.verdict, result.stdout) == ("OK", b"from the image\n"), result
+        result = r.run(["python3", "-c", OWN_ADDRESS], network="pasta")
+        assert (result.verdict, result.stdout) == ("OK", b"10.0.2.100\n"), result  # slirp4netns's
+        r.remove_box("env")
+    assert not ours.exists()
+    # Control: a Runner given this process's environment uses pasta (not slirp4netns's address).
+    with Runner(warm=False, root=str(theirs)) as r:
+        result = r.run(["python3", "-c", OWN_ADDRESS], network="pasta")
+        assert result.verdict == "OK" and result.stdout not in (b"", b"10.0.2.100\n"), result
+
+
+def test_runner_environ_names_the_cgroup(tmp_path: Path) -> None:
+    """SBX_CGROUP in a Runner's environ is obeyed as the CLI obeys it: one that is no cgroup is an error."""
+    with Runner(environ={**os.environ, "SBX_CGROUP": str(tmp_path / "nonexistent")}, warm=False) as r:
+        with pytest.raises(SetupError, match="is not a cgroup v2 directory"):
+            r.run(["true"])

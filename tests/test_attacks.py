@@ -40,8 +40,8 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import termios
-import time
 import tty
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,10 +49,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SBX, greeting_server, ranged
+from conftest import (REPO, SBX, SINGLE, abstract_greeter, greeting_server, make_ctty, ranged, sbx_environ,
+                      wait_for)
 
 if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # sandbox.seccomp_policy, whatever the working directory
+    sys.path.insert(0, str(REPO))  # sandbox.seccomp.table, whatever the working directory
 
 ATTACKS = Path(__file__).parent / "attacks"
 PY = "/usr/bin/python3"  # the same interpreter inside (the host image's /usr) and outside
@@ -148,7 +149,7 @@ def in_sbx(env: Env, profile: str, argv: list[str], *extra: str, timeout: float 
     kwargs.setdefault("capture_output", True)
     p = subprocess.run(
         [*SBX, "run", "--profile", name, "-v", f"{env.bin}:/atk:ro", "--result", str(result), *extra, "--", *argv],
-        text=True, timeout=timeout, cwd=cwd, env=dict(os.environ, PYTHONPATH=str(REPO)), **kwargs,  # type: ignore[call-overload]
+        text=True, timeout=timeout, cwd=cwd, env=sbx_environ(), **kwargs,  # type: ignore[call-overload]
     )
     data = json.loads(result.read_text()) if result.exists() else {}
     return Run(p.returncode, p.stdout, p.stderr, data)
@@ -206,9 +207,24 @@ def child() -> Iterator[subprocess.Popen[bytes]]:
         p.wait()
 
 
-def under_parent(argv: list[str]) -> list[str]:
-    """Run argv as the parent of its target (`$!`), which even Yama's ptrace_scope 1 allows."""
-    return ["sh", "-c", 'sleep 10 </dev/null >/dev/null 2>&1 & exec "$@" $!', "sh", *argv]
+def control_under_parent(argv: list[str]) -> Run:
+    """A control run of argv as the parent of its target (`$!`), which even Yama's ptrace_scope 1
+    allows.  The target is ended afterwards: an attack that ptrace-attached and exited leaves it
+    group-stopped, orphaned to the host's init, for good."""
+    with tempfile.NamedTemporaryFile("r") as pid_file:
+        try:
+            return control(["sh", "-c", 'sleep 10 </dev/null >/dev/null 2>&1 & echo $! > "$0"; exec "$@" $!',
+                            pid_file.name, *argv])
+        finally:
+            text = pid_file.read().strip()
+            if text.isdigit():
+                try:
+                    with open(f"/proc/{text}/cmdline", "rb") as f:
+                        ours = f.read().startswith(b"sleep\0")
+                    if ours:
+                        os.kill(int(text), signal.SIGKILL)
+                except (FileNotFoundError, ProcessLookupError):
+                    pass  # it ended by itself
 
 
 # --------------------------------------------------------------------------
@@ -320,7 +336,7 @@ def syscall_control(env: Env, name: str) -> Run:
     if where == "userns":
         return control(USERNS + argv)
     if where == "child":
-        return control(under_parent(argv))
+        return control_under_parent(argv)
     return control(argv)
 
 
@@ -365,7 +381,7 @@ def test_syscall_numbers_match_the_policy() -> None:
         import _atk  # type: ignore[import-not-found]
     finally:
         sys.path.remove(str(ATTACKS))
-    from sandbox.seccomp.policy import X86_64_NAMES
+    from sandbox.seccomp.table import X86_64_NAMES
 
     assert {n: X86_64_NAMES[n] for n in _atk.NR} == _atk.NR
 
@@ -403,7 +419,7 @@ def test_foreign_abi_kill_named(env: Env, profile: str, abi: str) -> None:
 @pytest.mark.parametrize("variant", ["default", "grader", "no-seccomp", "uid"])
 def test_ptrace_init(env: Env, variant: str) -> None:
     """PTRACE_ATTACH to pid 1 (init): seccomp denies ptrace, and without seccomp init is not dumpable."""
-    assert_escaped(control(under_parent([str(env.bin / "ptrace_peek")])))
+    assert_escaped(control_under_parent([str(env.bin / "ptrace_peek")]))
     profile, extra = _variant(variant)
     assert_contained(in_sbx(env, profile, ["/atk/ptrace_peek", "1"], *extra), profile)
 
@@ -429,7 +445,7 @@ def test_reach_init_without_seccomp(env: Env, name: str, variant: str) -> None:
 @pytest.mark.parametrize("variant", ["default", "grader", "no-seccomp", "uid"])
 def test_proc_of_init(env: Env, variant: str) -> None:
     """/proc/1/mem, environ, maps, root, cwd and fd links of init are out of reach."""
-    assert_escaped(control(under_parent(host_atk(env, "proc_pid.py"))))
+    assert_escaped(control_under_parent(host_atk(env, "proc_pid.py")))
     profile, extra = _variant(variant)
     run = in_sbx(env, profile, atk("proc_pid.py", 1), *extra)
     assert_contained(run, profile)
@@ -440,10 +456,8 @@ def test_proc_of_init(env: Env, variant: str) -> None:
 def test_setns_into_init(env: Env, variant: str) -> None:
     target = subprocess.Popen(["unshare", "-U", "-r", "-n", "-u", "sleep", "60"])
     try:
-        deadline = time.monotonic() + 10
-        while os.readlink(f"/proc/{target.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
-            assert time.monotonic() < deadline, "unshare did not create its namespaces"
-            time.sleep(0.01)
+        assert wait_for(lambda: os.readlink(f"/proc/{target.pid}/ns/net") != os.readlink("/proc/self/ns/net"), 10), \
+            "unshare did not create its namespaces"
         ctl = control(host_atk(env, "setns.py", target.pid))
     finally:
         target.kill()
@@ -454,6 +468,22 @@ def test_setns_into_init(env: Env, variant: str) -> None:
     run = in_sbx(env, profile, atk("setns.py", 1), *extra)
     assert_contained(run, profile)
     assert "user: open EACCES" in run.detail, run
+
+
+PF_EXITING = 0x4  # include/linux/sched.h: do_exit() has begun
+
+
+def doomed(pid: int) -> str:
+    """How a kill(SIGKILL) reached `pid`, or "" if none did. kill(2) queues the signal before it
+    returns, so its mark is there at once (pending, then exiting, then a zombie): no sleep needed."""
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # state is field 3, flags 9
+    kill_bit = 1 << (signal.SIGKILL - 1)
+    if any(int(status[key], 16) & kill_bit for key in ("SigPnd", "ShdPnd")):
+        return "SIGKILL pending"
+    if stat[0] in "ZX" or int(stat[6]) & PF_EXITING:
+        return f"exiting (state {stat[0]})"
+    return ""
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -470,7 +500,7 @@ def test_kill_host_process(env: Env, profile: str) -> None:
         run = in_sbx(env, profile, atk("kill_pid.py", sentinel.pid))
         assert_contained(run, profile)
         assert run.detail == "ESRCH", run
-        assert sentinel.poll() is None
+        assert not doomed(sentinel.pid) and sentinel.poll() is None, doomed(sentinel.pid)
     finally:
         sentinel.kill()
         sentinel.wait()
@@ -487,8 +517,7 @@ def test_kill_everything(env: Env, profile: str) -> None:
         run = in_sbx(env, profile, atk("kill_all.py"))
         assert_contained(run, profile)
         assert run.detail.startswith("ESRCH"), run
-        time.sleep(0.1)
-        assert sentinel.poll() is None
+        assert not doomed(sentinel.pid) and sentinel.poll() is None, doomed(sentinel.pid)
     finally:
         sentinel.kill()
         sentinel.wait()
@@ -502,7 +531,7 @@ def victim(env: Env) -> Iterator[tuple[int, str]]:
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                          # the single mapping: the victim is the caller's own uid, so the control (the
                          # caller reading it) works; under id ranges not even the caller could
-                         env=dict(os.environ, PYTHONPATH=str(REPO), SBX_ID_RANGES="0"), cwd=env.home)
+                         env=sbx_environ(SINGLE), cwd=env.home)
     try:
         assert p.stdout is not None
         assert select.select([p.stdout], [], [], 20)[0], "the victim did not start"
@@ -744,17 +773,12 @@ def _pending_input(slave: int) -> int:
     return int.from_bytes(buf, sys.byteorder)
 
 
-def _make_ctty() -> None:
-    os.setsid()
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
 @pytest.mark.parametrize("variant", ["default", "grader", "default-t", "grader-t"])
 def test_tiocsti(env: Env, variant: str) -> None:
     """Nothing typed into the caller's terminal, with (-t) or without a controlling terminal inside."""
     master, slave = _pty_ctty()
     try:
-        ctl = control(host_atk(env, "tiocsti.py"), stdin=slave, preexec_fn=_make_ctty)
+        ctl = control(host_atk(env, "tiocsti.py"), stdin=slave, preexec_fn=make_ctty)
         if has_cap("CAP_SYS_ADMIN") or sysctl("dev.tty.legacy_tiocsti", 1) == 1:
             assert_escaped(ctl)
             assert _pending_input(slave) == 1
@@ -765,7 +789,7 @@ def test_tiocsti(env: Env, variant: str) -> None:
         assert _pending_input(slave) == 0
         profile = variant.split("-")[0]
         extra = ("-t",) if variant.endswith("-t") else ()
-        run = in_sbx(env, profile, atk("tiocsti.py"), *extra, stdin=slave, preexec_fn=_make_ctty)
+        run = in_sbx(env, profile, atk("tiocsti.py"), *extra, stdin=slave, preexec_fn=make_ctty)
         assert_contained(run, profile)
         if run.status == "blocked":
             if extra:
@@ -793,10 +817,7 @@ def test_inherited_fds(env: Env, profile: str) -> None:
 
 @pytest.fixture
 def abstract_server() -> Iterator[str]:
-    name = "sbx-attack-" + secrets.token_hex(6)
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind("\0" + name)
-    with greeting_server(srv, b"hello from the host"):
+    with abstract_greeter("sbx-attack") as name:
         yield name
 
 

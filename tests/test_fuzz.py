@@ -10,7 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO
+
 SECONDS = 7  # plus ~3 s of start-up and instrumentation: about 10 s in all
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import sbx
+from conftest import errors, sbx
 from sandbox import Runner, UsageError
 from sandbox.kernel import hostfile
 
@@ -31,11 +31,6 @@ pytestmark = pytest.mark.timeout(60)
 FLAGS = ("--result", "--meta", "--stdout", "--stderr")
 # The payload of every refused run: it would leave this marker in the rw bind /w.
 TOUCH = "touch /w/ran; echo out; echo err >&2"
-
-
-def errors(stderr: str) -> list[str]:
-    """stderr lines, minus the `sbx: warning:` lines of a host without cgroup delegation."""
-    return [line for line in stderr.splitlines() if not line.startswith("sbx: warning:")]
 
 
 def one_error(proc: subprocess.CompletedProcess[str], *words: str) -> None:

@@ -10,7 +10,6 @@ terminals without -t, FIFOs, sockets, large inputs, early exits, stalled readers
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -28,7 +27,7 @@ import pytest
 
 from sandbox import Runner, UsageError
 
-from conftest import INSTALLED, REPO, SBX, SINGLE, ranged, sbx
+from conftest import SBX, SINGLE, make_ctty, ranged, sbx, sbx_environ
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -89,22 +88,12 @@ def assert_tried(mode: str, said: str | bytes | None) -> None:
         assert said in ("fchmod rewrite:22\n", b"fchmod rewrite:22\n"), said
 
 
-def _environ(env: dict[str, str] | None) -> dict[str, str]:
-    """sbx's environment, finding the package as conftest.sbx does."""
-    environ = dict(os.environ if env is None else env)
-    if INSTALLED:
-        environ.pop("PYTHONPATH", None)
-    else:
-        environ["PYTHONPATH"] = str(REPO)
-    return environ
-
-
 def _run(*args: str, env: dict[str, str] | None = None, **kwargs: object) -> subprocess.CompletedProcess[bytes]:
     """`sbx ARGS...` run to its end with the streams given (those not given are captured)."""
     for name in ("stdout", "stderr"):
         kwargs.setdefault(name, subprocess.PIPE)
     done: subprocess.CompletedProcess[bytes] = subprocess.run(  # type: ignore[call-overload]
-        [*SBX, *args], env=_environ(env), timeout=120, **kwargs)
+        [*SBX, *args], env=sbx_environ(env), timeout=120, **kwargs)
     return done
 
 
@@ -381,7 +370,7 @@ def _read_until(fd: int, marker: bytes, timeout: float = 30) -> bytes:
 def _popen(*args: str, env: dict[str, str] | None = None, **kwargs: object) -> subprocess.Popen[bytes]:
     """`sbx ARGS...` started, with the streams given (stderr: a pipe unless given)."""
     kwargs.setdefault("stderr", subprocess.PIPE)
-    environ = _environ(env)
+    environ = sbx_environ(env)
     proc: subprocess.Popen[bytes] = subprocess.Popen([*SBX, *args], env=environ, **kwargs)  # type: ignore[call-overload]
     return proc
 
@@ -525,11 +514,6 @@ def test_terminal_without_t_is_still_read(pty: tuple[int, int]) -> None:
     assert (proc.returncode, out) == (0, b"typed\n"), err
 
 
-def _make_ctty() -> None:
-    os.setsid()
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
 @pytest.mark.parametrize("ending", ["exits", "killed"])
 @pytest.mark.parametrize("ctty", [False, True], ids=["tty", "ctty"])
 def test_terminal_with_t_is_restored(pty: tuple[int, int], ending: str, ctty: bool) -> None:
@@ -539,7 +523,7 @@ def test_terminal_with_t_is_restored(pty: tuple[int, int], ending: str, ctty: bo
     before = termios.tcgetattr(slave)
     tail = "exit 0" if ending == "exits" else "exec sleep 60"
     proc = _popen("run", "-t", "--wall-time", "10", "--", "sh", "-c", f"stty raw -echo && echo changed && {tail}",
-                  stdin=slave, stdout=subprocess.PIPE, preexec_fn=_make_ctty if ctty else None)
+                  stdin=slave, stdout=subprocess.PIPE, preexec_fn=make_ctty if ctty else None)
     assert proc.stdout is not None
     assert _read_until(proc.stdout.fileno(), b"changed\n") == b"changed\n"
     if ending == "killed":

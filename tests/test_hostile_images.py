@@ -25,11 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, layer, sbx
+from conftest import BUSYBOX, REPO, layer, sbx
 from sandbox.runtime import rootfs
 from sandbox.image.layout import Layout
 
-BUSYBOX = "/bin/busybox"
 UP = "../" * 8  # from the root (STAGING/root) up to /, and more: extra '..' stop at /
 Entry = tuple[str, str, str]  # (name, kind, data): "f" file, "d" dir, "l" symlink to data
 

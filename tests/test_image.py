@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,10 +25,9 @@ from sandbox.image import ImageError, ImageInfo, ref, resolve
 from sandbox.image.layout import Layout
 from sandbox.image.store import Store
 
-from conftest import PACKAGE_PARENT
+from conftest import BUSYBOX, PACKAGE_PARENT, busybox_image, wait_for, waiting_for_lock
 
 REPO = Path(__file__).resolve().parent.parent
-BUSYBOX = "/bin/busybox"
 
 
 # -- helpers --------------------------------------------------------------------------
@@ -446,8 +444,8 @@ def test_prune_waits_for_running_sandboxes(tmp_path: Path, store: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     prune = subprocess.Popen([sys.executable, "-m", "sandbox.cli.image", "--root", str(store), "prune"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    time.sleep(1.0)
-    assert prune.poll() is None  # waiting
+    assert wait_for(lambda: waiting_for_lock(prune.pid) or prune.poll() is not None, 30)
+    assert prune.poll() is None and waiting_for_lock(prune.pid)  # waiting for the use lock
     assert all(os.path.isdir(d) for d in info.layer_dirs)
     os.close(info.lock_fd)
     out, err = prune.communicate(timeout=30)
@@ -506,9 +504,7 @@ def test_resolve_imports_stay_light(tmp_path: Path, store: Path) -> None:
 def test_busybox_image_runs(tmp_path: Path, store: Path) -> None:
     if not os.path.exists(BUSYBOX):
         pytest.skip("busybox-static is not installed (apt-get install busybox-static)")
-    out = tmp_path / "busybox-oci"
-    subprocess.run([sys.executable, str(REPO / "images/busybox/build.py"), str(out)], check=True,
-                   capture_output=True)
+    out = busybox_image(tmp_path / "busybox-oci")
     import_ok(store, out, "--name", "busybox")
     info = resolve("busybox", str(store))
     try:

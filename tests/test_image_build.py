@@ -5,26 +5,21 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, sbx
+from conftest import REPO, busybox_image, sbx
 from sandbox.image.containerfile import ContainerfileError, parse
 from test_fuzz import run_harness
 
-BUSYBOX = "/bin/busybox"
 PROFILES = sorted(path.stem for path in (REPO / "profiles").glob("*.toml"))
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    assert os.path.exists(BUSYBOX), "busybox-static is not installed (the test command installs it)"
     base = tmp_path_factory.mktemp("build")
-    subprocess.run([sys.executable, str(REPO / "images/busybox/build.py"), str(base / "bb")], check=True,
-                   capture_output=True)
-    image(base / "store", "import", "--name", "busybox", str(base / "bb"), check=True)
+    image(base / "store", "import", "--name", "busybox", str(busybox_image(base / "bb")), check=True)
     return base / "store"
 
 

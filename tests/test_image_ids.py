@@ -23,13 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, sbx
+from conftest import BUSYBOX, REPO, busybox_layer, sbx
 from sandbox.kernel import idmap
 from sandbox.image import resolve
 from sandbox.image.layout import Layout
 from sandbox.image.tar import TarReader
 
-BUSYBOX = "/bin/busybox"
 # (name, uid, gid): 0:0, a plain user, a group only, and ids too big for the ustar fields (a pax record)
 OWNERS = [("home", 0, 0), ("home/user", 1000, 1000), ("home/user/file", 1000, 1000), ("srv", 0, 50),
           ("srv/big", 3000000, 3000001), ("etc-file", 0, 0)]
@@ -48,13 +47,6 @@ def owners_layer(fmt: int = tarfile.PAX_FORMAT) -> bytes:
                 info.type, info.mode = tarfile.DIRTYPE, 0o750
                 out.addfile(info)
     return buf.getvalue()
-
-
-def busybox_layer() -> bytes:
-    sys.path.insert(0, str(REPO / "images" / "busybox"))
-    from build import layer  # type: ignore[import-not-found]
-
-    return bytes(layer(BUSYBOX))
 
 
 def test_reader_gives_the_archive_owners() -> None:

@@ -17,7 +17,6 @@ import base64
 import hashlib
 import http.client
 import http.server
-import importlib.util
 import io
 import json
 import os
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, sbx
+from conftest import REPO, busybox_layer, sbx
 from sandbox.image import ImageError, oci, pull, ref
 from sandbox.image.layout import Layout
 from sandbox.image.store import Store
@@ -98,16 +97,6 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-def busybox_layer() -> bytes:
-    spec = importlib.util.spec_from_file_location("busybox_build", REPO / "images/busybox/build.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    data = module.layer("/bin/busybox")
-    assert isinstance(data, bytes)
-    return data
 
 
 def layer(files: dict[str, bytes]) -> bytes:

@@ -9,20 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, layer, sbx
+from conftest import BUSYBOX, REPO, busybox_image, layer, sbx
 from sandbox.image.layout import Layout
-
-BUSYBOX = "/bin/busybox"
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store with busybox and a two-layer image built on it."""
-    assert os.path.exists(BUSYBOX), "busybox-static is not installed (the test command installs it)"
     base = tmp_path_factory.mktemp("images")
     root = base / "store"
-    subprocess.run([sys.executable, str(REPO / "images/busybox/build.py"), str(base / "bb")], check=True,
-                   capture_output=True)
+    busybox_image(base / "bb")
     with open(BUSYBOX, "rb") as f:
         busybox = f.read()
     lower = layer(("bin", "d", ""), ("bin/busybox", "f", busybox), ("bin/sh", "l", "busybox"),

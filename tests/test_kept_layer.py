@@ -9,25 +9,20 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, sbx
+from conftest import busybox_image, sbx
 
-BUSYBOX = "/bin/busybox"
 MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    assert os.path.exists(BUSYBOX), "busybox-static is not installed (the test command installs it)"
     base = tmp_path_factory.mktemp("kept")
-    subprocess.run([sys.executable, str(REPO / "images/busybox/build.py"), str(base / "bb")], check=True,
-                   capture_output=True)
-    sbx("image", "--root", str(base / "store"), "import", "--name", "busybox", str(base / "bb"), check=True,
-        timeout=120)
+    sbx("image", "--root", str(base / "store"), "import", "--name", "busybox", str(busybox_image(base / "bb")),
+        check=True, timeout=120)
     return base / "store"
 
 

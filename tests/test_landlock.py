@@ -7,18 +7,15 @@ and permissions allow that Landlock denies shows as EACCES (EPERM for the scopes
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
-import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, greeting_server, sbx
+from conftest import REPO, abstract_greeter, sbx
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -168,15 +165,6 @@ def test_grader_still_runs_the_solution_in_box(tmp_path: Path) -> None:
 
 # -- scopes (ABI 6): the host's abstract sockets and processes ---------------------------------------
 
-@contextlib.contextmanager
-def abstract_listener() -> Iterator[str]:
-    name = "sbx-landlock-" + secrets.token_hex(6)
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind("\0" + name)
-    with greeting_server(srv, b"hello from the host"):
-        yield name
-
-
 CONNECT = r"""
 import errno, socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -190,7 +178,7 @@ except OSError as e:
 
 
 def test_network_host_keeps_host_abstract_sockets_out(tmp_path: Path) -> None:
-    with abstract_listener() as name:
+    with abstract_greeter("sbx-landlock") as name:
         # Control: the host's socket is reachable without the scope (as on kernels before 6.12).
         out, err, _, _ = run(tmp_path, "--network", "host", "--", PY, "-c", CONNECT, name,
                              env={**os.environ, "SBX_LANDLOCK": "5"})

@@ -10,22 +10,18 @@ import re
 import select
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SBX, host_mounts, host_processes, sbx, sh
+from conftest import SBX, errors, host_mounts, host_processes, sbx, sbx_environ, sh, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
 # Unique per pytest process, so concurrent test runs on the host never see each other's markers.
 TAG = f"{os.getpid() % 10000:04d}"
-
-
-def errors(stderr: str) -> list[str]:
-    """stderr lines, minus the `sbx: warning:` lines a profile limit may cause."""
-    return [line for line in stderr.splitlines() if not line.startswith("sbx: warning:")]
 
 
 def sleepers(marker: str) -> list[int]:
@@ -49,20 +45,9 @@ def anywhere(marker: str) -> list[int]:
     return [pid for pid, _ in host_processes(marker)]
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.01) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
-
-
 def popen(*args: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO)
     return subprocess.Popen([*SBX, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
+                            stderr=subprocess.PIPE, env=sbx_environ())
 
 
 def read_line(proc: subprocess.Popen[bytes], timeout: float = 10) -> str:
@@ -463,3 +448,30 @@ def test_missing_stdin_file_is_125(tmp_path: Path) -> None:
     assert result.returncode == 125
     lines = errors(result.stderr)
     assert len(lines) == 1 and lines[0].startswith("sbx: error: "), result.stderr
+
+
+STDOUT_FD = """
+import os, sys
+from sandbox.model.spec import Spec
+from sandbox.runtime.supervisor import run_sandbox
+fd = int(sys.argv[1])
+if fd > 2:
+    fd = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+result = run_sandbox(Spec(argv=("sh", "-c", "echo payload out; echo payload err >&2")), os.environ, stdout_fd=fd)
+os.write(fd, b"caller's fd still open\\n")
+print("sbx's own stdout")
+sys.exit(result.status)
+"""
+
+
+@pytest.mark.parametrize("fd", [2, 7])
+def test_stdout_fd_takes_the_payloads_stdout(tmp_path: Path, fd: int) -> None:
+    """run_sandbox(stdout_fd=): the payload's stdout goes there (an image build's RUN output to
+    stderr), sbx's own stdout is left alone, and the caller's fd stays open."""
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-c", STDOUT_FD, str(fd), str(out)], capture_output=True, text=True,
+                          env=sbx_environ(), timeout=30)
+    assert (done.returncode, done.stdout) == (0, "sbx's own stdout\n"), done.stderr
+    written = done.stderr if fd == 2 else out.read_text()
+    assert "payload out\n" in written and written.endswith("caller's fd still open\n"), (done.stderr, written)
+    assert "payload err\n" in done.stderr

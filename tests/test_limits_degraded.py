@@ -16,23 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.cgroup import manager as cgroup
+from sandbox.cgroup.discover import Delegation
+from sandbox.cgroup.iodev import devices_behind, mount_source_device
+from sandbox.cgroup.runcg import remove_stale, run_name
 
-from conftest import ranged, sbx
+from conftest import delegated_here, ranged, sbx
 
 PROBE_C = Path(__file__).resolve().parent / "cgroup" / "probe.c"
 RESULT_KEYS = {"verdict", "exit_code", "signal", "cpu_time", "user_time", "sys_time", "wall_time", "memory_peak",
                "oom_killed", "pids_peak", "output_bytes", "limits_enforced", "message"}
 
 
-def _delegated_here() -> bool:
-    """Whether sbx would find a cgroup delegation (without discover()'s side effects)."""
-    checks = {what: ok for what, ok, _ in cgroup.diagnose(os.environ)}
-    return bool(checks.get("SBX_CGROUP usable") or (
-        checks.get("own cgroup delegated") and checks.get("controller memory") and checks.get("controller pids")))
-
-
-pytestmark = pytest.mark.skipif(_delegated_here(), reason="a cgroup v2 delegation is usable here: not the degraded path")
+pytestmark = pytest.mark.skipif(delegated_here(), reason="a cgroup v2 delegation is usable here: not the degraded path")
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +199,7 @@ def test_meta_file_keys(tmp_path: Path) -> None:
 
 def test_devices_behind_finds_whole_disks() -> None:
     """io.max needs the whole disk behind a bind's source (a partition is refused, tmpfs has none)."""
-    disks = cgroup.devices_behind(["/", "/proc", "/nonexistent"])
+    disks = devices_behind(["/", "/proc", "/nonexistent"])
     st_dev = os.stat("/").st_dev
     if not os.path.exists(f"/sys/dev/block/{os.major(st_dev)}:{os.minor(st_dev)}"):
         pytest.skip("/ is not on a block device here")
@@ -219,18 +214,18 @@ def test_mount_source_device_for_anonymous_st_dev() -> None:
     dev_null = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
     mountinfo = (f"90 1 0:55 / /data rw - btrfs /dev/null rw\n"
                  f"91 1 0:56 / /other rw - tmpfs tmpfs rw\n")
-    assert cgroup._mount_source_device(os.makedev(0, 55), mountinfo) == dev_null
-    assert cgroup._mount_source_device(os.makedev(0, 56), mountinfo) is None
-    assert cgroup._mount_source_device(os.makedev(0, 57), mountinfo) is None
+    assert mount_source_device(os.makedev(0, 55), mountinfo) == dev_null
+    assert mount_source_device(os.makedev(0, 56), mountinfo) is None
+    assert mount_source_device(os.makedev(0, 57), mountinfo) is None
 
 
 def test_remove_stale_run_cgroups(tmp_path: Path) -> None:
     """Run cgroups of a SIGKILLed supervisor (its pid gone) are removed; live and foreign ones stay."""
     dead = subprocess.Popen(["true"])
     dead.wait()
-    names = [cgroup.run_name(dead.pid, 1), cgroup.run_name(os.getpid(), 2), "sbx-leaf", "sbx-x-3", "other"]
+    names = [run_name(dead.pid, 1), run_name(os.getpid(), 2), "sbx-leaf", "sbx-x-3", "other"]
     for name in names:
         (tmp_path / name).mkdir()
-    d = cgroup.Delegation(path=str(tmp_path), how="explicit", controllers=())
-    assert cgroup.remove_stale(d) == [str(tmp_path / names[0])]
+    d = Delegation(path=str(tmp_path), how="explicit", controllers=())
+    assert remove_stale(d) == [str(tmp_path / names[0])]
     assert sorted(os.listdir(tmp_path)) == sorted(names[1:])

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SINGLE, ranged, sbx
-from test_limits_degraded import _delegated_here
+from conftest import SINGLE, delegated_here, ranged, sbx
 
-pytestmark = pytest.mark.skipif(_delegated_here(), reason="a cgroup v2 delegation is usable here: not the degraded path")
+pytestmark = pytest.mark.skipif(delegated_here(), reason="a cgroup v2 delegation is usable here: not the degraded path")
 
 MiB = 1 << 20
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, sbx, sh
+from conftest import REPO, errors, sbx, sh
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -22,10 +22,6 @@ TAG = f"sbx-test-{os.getpid()}"
 # Root inside, which is the caller on the host: these tests are about what binds do with the
 # caller's own files (tests/test_identity.py covers the payload's default id under id ranges).
 AS_CALLER = ("--uid", "0", "--gid", "0")
-
-
-def errors(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if not line.startswith("sbx: warning:")]
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.config import profile, profile_file
+from sandbox.config import dump, profile_file, search
 from sandbox.config.profile import DEFAULT, Profile, ProfileError, resolve, search_path
 from sandbox.model.spec import Mount
 
@@ -105,7 +105,7 @@ class Env:
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
     e = Env(tmp_path)
-    monkeypatch.setattr(profile, "SYSTEM_DIR", str(e.system))
+    monkeypatch.setattr(search, "SYSTEM_DIR", str(e.system))
     return e
 
 
@@ -136,8 +136,8 @@ def test_plain_run_imports_nothing_costly(env: Env) -> None:
         from sandbox.config.profile import resolve, DEFAULT
         assert resolve(None, cwd={str(env.cwd)!r}, environ={env.environ!r}) is DEFAULT
         new = set(sys.modules) - before
-        allowed = {{"__future__", "sandbox", "sandbox.config", "sandbox.config.profile", "sandbox.model",
-                    "sandbox.model.frozen", "sandbox.model.spec", "sandbox.errors"}}  # errors: imported by every command anyway
+        allowed = {{"__future__", "sandbox", "sandbox.config", "sandbox.config.profile", "sandbox.config.search",
+                    "sandbox.model", "sandbox.model.frozen", "sandbox.model.spec", "sandbox.errors"}}  # errors: imported by every command anyway
         assert new <= allowed, sorted(new - allowed)
         """
     )
@@ -411,7 +411,8 @@ def test_extends_missing_names_the_extending_file(env: Env) -> None:
          "(a syscall name, optionally with (argN == VALUE, ...))"),
         ('[sandbox]\nhostname = "-x"\n', "'sandbox.hostname' must be a host name of letters, digits, "
          "'-' and '.' (64 at most), not \"-x\""),
-        ("[sandbox]\nuid = -1\n", "'sandbox.uid' must be an integer from 0 to 4294967294, not -1"),
+        ("[sandbox]\nuid = -1\n", "'sandbox.uid' must be an integer from 0 to 65535, not -1"),
+        ("[sandbox]\ngid = 65536\n", "'sandbox.gid' must be an integer from 0 to 65535, not 65536"),
         ('[sandbox]\nworkdir = "box"\n', "'sandbox.workdir' must be an absolute path, not \"box\""),
         ('[sandbox]\nenv = { "A B" = "1" }\n', "'sandbox.env' must be a table such as { LANG = \"C.UTF-8\" } "
          "or an array of \"NAME=value\", with names of letters, digits and '_', not \"A B\""),
@@ -795,11 +796,11 @@ size = "3M"
 def test_show_output_checks_and_resolves_to_the_same_profile(env: Env, name: str) -> None:
     ref = env.local(COMPLEX, "complex.toml") if name == "complex" else name
     first = env.resolve(ref)
-    text = profile_file.dumps(first)
+    text = dump.dumps(first)
     tomllib.loads(text)
     shown = env.write(env.root / "shown.toml", text)
     again = env.resolve(str(shown))
     # Keys the profile left unset come back as explicit defaults; nothing else changes.
     assert set(first.settings) <= set(again.settings)
     assert again.description == first.description
-    assert profile_file.dumps(again, header=False) == profile_file.dumps(first, header=False)
+    assert dump.dumps(again, header=False) == dump.dumps(first, header=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.config import profile
+from sandbox.config import search
 from sandbox.cli.profile import main
 
 from conftest import SHIPPED_PROFILES
@@ -25,7 +25,7 @@ def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(project)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr(profile, "SYSTEM_DIR", str(tmp_path / "etc"))
+    monkeypatch.setattr(search, "SYSTEM_DIR", str(tmp_path / "etc"))
     return project
 
 

@@ -9,36 +9,27 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ranged
+import conftest
+from conftest import REPO, ranged
 
-REPO = Path(__file__).resolve().parent.parent
 SHIPPED = sorted(path.stem for path in (REPO / "profiles").glob("*.toml"))
 
 
 def sbx(tmp_path: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """`sbx run ARGS` in tmp_path/work with an empty HOME and XDG dir."""
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(tmp_path / "home"),
         "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
-        "PYTHONPATH": str(REPO),
         "TERM": "dumb",
     }
-    return subprocess.run(
-        [sys.executable, "-m", "sandbox", "run", *args],
-        cwd=work,
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return conftest.sbx("run", *args, cwd=work, env=env, input=stdin)
 
 
 def test_shipped_profiles_are_the_expected_ones() -> None:

@@ -26,23 +26,29 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.seccomp import filter as S
-from sandbox.seccomp import policy as P
+from sandbox.seccomp import SeccompError, SeccompSpec
+from sandbox.seccomp import cache as C
+from sandbox.seccomp import lists as L
+from sandbox.seccomp import notify as N
+from sandbox.seccomp import table as T
+from sandbox.seccomp.compile import listing, validate
+from sandbox.seccomp.load import load
+from sandbox.seccomp.resolve import personality_deny_masks
 from sandbox.model.frozen import replace
 
 ATTACKS = Path(__file__).parent / "attacks"
 libc = ctypes.CDLL(None, use_errno=True)
 SIGSYS = signal.SIGSYS
 
-DEFAULT = S.SeccompSpec()
-DEFAULT_KILL = S.SeccompSpec(action="kill")
-STRICT = S.SeccompSpec(policy="strict", action="errno")
-STRICT_KILL = S.SeccompSpec(policy="strict", action="kill")
+DEFAULT = SeccompSpec()
+DEFAULT_KILL = SeccompSpec(action="kill")
+STRICT = SeccompSpec(policy="strict", action="errno")
+STRICT_KILL = SeccompSpec(policy="strict", action="kill")
 GRADER = STRICT_KILL
 
 pytestmark = pytest.mark.skipif(os.uname().machine != "x86_64", reason="syscall numbers are x86_64's")
 
-NR = P.X86_64_NAMES
+NR = T.X86_64_NAMES
 
 
 def sysc(name_or_nr: str | int, *args: int) -> tuple[int, int]:
@@ -53,12 +59,12 @@ def sysc(name_or_nr: str | int, *args: int) -> tuple[int, int]:
     return r, ctypes.get_errno()
 
 
-_programs: dict[S.SeccompSpec, bytes] = {}
+_programs: dict[SeccompSpec, bytes] = {}
 
 
-def prog_for(spec: S.SeccompSpec) -> bytes:
+def prog_for(spec: SeccompSpec) -> bytes:
     if spec not in _programs:
-        p = S.program(spec, cache=False)
+        p = C.program(spec, cache=False)
         assert p is not None
         _programs[spec] = p
     return _programs[spec]
@@ -76,7 +82,7 @@ class Outcome:
 
 def in_child(
     fn: Callable[[], object],
-    spec: S.SeccompSpec | None = None,
+    spec: SeccompSpec | None = None,
     pre: Callable[[], None] | None = None,
     timeout: float = 30,
 ) -> Outcome:
@@ -92,7 +98,7 @@ def in_child(
             if pre is not None:
                 pre()
             if prog is not None:
-                S.load(prog)
+                load(prog)
             os.write(w, repr(fn()).encode())
         except BaseException as e:  # noqa: BLE001 - report anything
             try:
@@ -126,7 +132,7 @@ def _read_all(fd: int, timeout: float, pid: int) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
-def exec_under(argv: list[str], spec: S.SeccompSpec | None, stdin: bytes = b"", timeout: float = 60) -> Outcome:
+def exec_under(argv: list[str], spec: SeccompSpec | None, stdin: bytes = b"", timeout: float = 60) -> Outcome:
     """Run argv with the filter loaded just before execve (the payload's
     last step), stdout+stderr captured."""
     prog = prog_for(spec) if spec is not None else None
@@ -141,7 +147,7 @@ def exec_under(argv: list[str], spec: S.SeccompSpec | None, stdin: bytes = b"", 
             os.closerange(3, 256)
             os.setsid()
             if prog is not None:
-                S.load(prog)
+                load(prog)
             os.execvpe(argv[0], argv, dict(os.environ, LC_ALL="C"))
         except BaseException as e:
             os.write(2, f"EXC {e}".encode())
@@ -163,7 +169,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
         pytest.skip("gcc not installed")
     d = tmp_path_factory.mktemp("attacks")
     out = {}
-    for src in ("int80.c", "x32.c", "getpid_loop.c", "hello.c"):
+    for src in ("int80.c", "x32.c", "hello.c"):
         exe = d / src[:-2]
         subprocess.run(["gcc", "-O2", "-o", str(exe), str(ATTACKS / src)], check=True)
         out[src[:-2]] = exe
@@ -177,65 +183,65 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
 @pytest.mark.parametrize(
     "spec, message",
     [
-        (S.SeccompSpec(allow=("opne",)), "seccomp.allow: unknown syscall 'opne' (did you mean 'open'?)"),
-        (S.SeccompSpec(deny=("keyctll",)), "seccomp.deny: unknown syscall 'keyctll' (did you mean 'keyctl'?)"),
-        (S.SeccompSpec(deny=("xyzzy",)), "seccomp.deny: unknown syscall 'xyzzy'"),
-        (S.SeccompSpec(policy="tight"), "seccomp.policy: unknown policy 'tight' (one of default, strict, none)"),
-        (S.SeccompSpec(action="trap"), "seccomp.action: unknown action 'trap' (one of errno, kill, log)"),
-        (S.SeccompSpec(policy="none", deny=("ptrace",)), "no effect with policy"),
-        (S.SeccompSpec(allow=("ptrace",), deny=("ptrace",)), "'ptrace' is in both allow and deny"),
-        (S.SeccompSpec(deny=("ioctl(arg1 = 5)",)), "bad condition"),
-        (S.SeccompSpec(deny=("ioctl(arg9 == 5)",)), "arg0..arg5"),
-        (S.SeccompSpec(deny=("ioctl(arg1 == 5, arg1 == 6)",)), "more than one condition on arg1"),
-        (S.SeccompSpec(deny=("ioctl(arg1 == FOO)",)), "bad value 'FOO'"),
-        (S.SeccompSpec(deny=("ioctl(arg1 & 0xff > 5)",)), "masked condition must use =="),
-        (S.SeccompSpec(deny=("ioctl(arg1 == 5",)), "missing ')'"),
-        (S.SeccompSpec(deny=("rm -rf",)), "bad entry"),
-        (S.SeccompSpec(policy="strict", deny=("ioctl(arg1 == 5)",)), "allowed with conditions or not at all"),
-        (S.SeccompSpec(allow=("ioctl(arg1 == 0x5412, arg2 == 0)",)), "does not match a built-in rule exactly"),
-        (S.SeccompSpec(allow=("socket(arg0 == AF_INET, arg1 == SOCK_RAW)",)), "allowed for a family, nothing narrower"),
-        (S.SeccompSpec(allow=("socketpair(arg1 == 1)",)), "allowed for a family, nothing narrower"),
-        (S.SeccompSpec(allow=("socket(arg0 == 0x100000028)",)), "allowed for a family, nothing narrower"),
+        (SeccompSpec(allow=("opne",)), "seccomp.allow: unknown syscall 'opne' (did you mean 'open'?)"),
+        (SeccompSpec(deny=("keyctll",)), "seccomp.deny: unknown syscall 'keyctll' (did you mean 'keyctl'?)"),
+        (SeccompSpec(deny=("xyzzy",)), "seccomp.deny: unknown syscall 'xyzzy'"),
+        (SeccompSpec(policy="tight"), "seccomp.policy: unknown policy 'tight' (one of default, strict, none)"),
+        (SeccompSpec(action="trap"), "seccomp.action: unknown action 'trap' (one of errno, kill, log)"),
+        (SeccompSpec(policy="none", deny=("ptrace",)), "no effect with policy"),
+        (SeccompSpec(allow=("ptrace",), deny=("ptrace",)), "'ptrace' is in both allow and deny"),
+        (SeccompSpec(deny=("ioctl(arg1 = 5)",)), "bad condition"),
+        (SeccompSpec(deny=("ioctl(arg9 == 5)",)), "arg0..arg5"),
+        (SeccompSpec(deny=("ioctl(arg1 == 5, arg1 == 6)",)), "more than one condition on arg1"),
+        (SeccompSpec(deny=("ioctl(arg1 == FOO)",)), "bad value 'FOO'"),
+        (SeccompSpec(deny=("ioctl(arg1 & 0xff > 5)",)), "masked condition must use =="),
+        (SeccompSpec(deny=("ioctl(arg1 == 5",)), "missing ')'"),
+        (SeccompSpec(deny=("rm -rf",)), "bad entry"),
+        (SeccompSpec(policy="strict", deny=("ioctl(arg1 == 5)",)), "allowed with conditions or not at all"),
+        (SeccompSpec(allow=("ioctl(arg1 == 0x5412, arg2 == 0)",)), "does not match a built-in rule exactly"),
+        (SeccompSpec(allow=("socket(arg0 == AF_INET, arg1 == SOCK_RAW)",)), "allowed for a family, nothing narrower"),
+        (SeccompSpec(allow=("socketpair(arg1 == 1)",)), "allowed for a family, nothing narrower"),
+        (SeccompSpec(allow=("socket(arg0 == 0x100000028)",)), "allowed for a family, nothing narrower"),
     ],
 )
-def test_validate_errors(spec: S.SeccompSpec, message: str) -> None:
-    with pytest.raises(S.SeccompError) as e:
-        S.validate(spec)
+def test_validate_errors(spec: SeccompSpec, message: str) -> None:
+    with pytest.raises(SeccompError) as e:
+        validate(spec)
     assert message in str(e.value)
     assert "\n" not in str(e.value)
-    with pytest.raises(S.SeccompError):
-        S.program(spec, cache=False)
+    with pytest.raises(SeccompError):
+        C.program(spec, cache=False)
 
 
 @pytest.mark.parametrize(
     "spec",
     [
-        S.SeccompSpec(),
-        S.SeccompSpec(policy="strict", action="kill"),
-        S.SeccompSpec(policy="none"),
-        S.SeccompSpec(deny=("vm86", "socketcall")),  # other arches' syscalls: accepted, skipped
-        S.SeccompSpec(allow=("ptrace", "socket(arg0 == AF_NETLINK, arg2 == NETLINK_AUDIT)")),
-        S.SeccompSpec(deny=("mmap(arg2 & PROT_EXEC == PROT_EXEC)", "clone3(arg1 == 0)")),
-        S.SeccompSpec(policy="strict", allow=("socket(arg0 == AF_UNIX)", "mlock"), deny=("fork",)),
-        S.SeccompSpec(allow=("socket(arg0 == AF_VSOCK)", "socketpair(arg0 & 0xffffffff == AF_TIPC)", "socket(arg0 == 2)")),
-        S.SeccompSpec(policy="strict", allow=("socket(arg0 == AF_INET, arg1 == SOCK_STREAM)", "socket(arg1 == 2)")),
+        SeccompSpec(),
+        SeccompSpec(policy="strict", action="kill"),
+        SeccompSpec(policy="none"),
+        SeccompSpec(deny=("vm86", "socketcall")),  # other arches' syscalls: accepted, skipped
+        SeccompSpec(allow=("ptrace", "socket(arg0 == AF_NETLINK, arg2 == NETLINK_AUDIT)")),
+        SeccompSpec(deny=("mmap(arg2 & PROT_EXEC == PROT_EXEC)", "clone3(arg1 == 0)")),
+        SeccompSpec(policy="strict", allow=("socket(arg0 == AF_UNIX)", "mlock"), deny=("fork",)),
+        SeccompSpec(allow=("socket(arg0 == AF_VSOCK)", "socketpair(arg0 & 0xffffffff == AF_TIPC)", "socket(arg0 == 2)")),
+        SeccompSpec(policy="strict", allow=("socket(arg0 == AF_INET, arg1 == SOCK_STREAM)", "socket(arg1 == 2)")),
     ],
 )
-def test_validate_ok(spec: S.SeccompSpec) -> None:
-    S.validate(spec)
+def test_validate_ok(spec: SeccompSpec) -> None:
+    validate(spec)
 
 
 def test_none_has_no_program() -> None:
-    assert S.program(S.SeccompSpec(policy="none")) is None
+    assert C.program(SeccompSpec(policy="none")) is None
 
 
 def test_personality_masks_cover_exactly() -> None:
-    masks = P.personality_deny_masks()
+    masks = personality_deny_masks()
 
     def denied(v: int) -> bool:
         return any(v & m == d for m, d in masks)
 
-    for ok in P.PERSONALITY_OK:
+    for ok in L.PERSONALITY_OK:
         assert not denied(ok), hex(ok)
     import random
 
@@ -243,7 +249,7 @@ def test_personality_masks_cover_exactly() -> None:
     samples = [1 << b for b in range(32)] + [(1 << b) | 8 for b in range(32)] + [0xFFFFFFFF ^ (1 << b) for b in range(32)]
     samples += [rnd.getrandbits(32) for _ in range(20000)] + [0x0040000, 0x0400000, 0x0100000, 0x6, 0x20009]
     for v in samples:
-        assert denied(v) == (v not in P.PERSONALITY_OK), hex(v)
+        assert denied(v) == (v not in L.PERSONALITY_OK), hex(v)
 
 
 # --------------------------------------------------------------------------
@@ -251,42 +257,47 @@ def test_personality_masks_cover_exactly() -> None:
 
 
 @pytest.fixture
-def cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+def cache_home(tmp_path: Path) -> Path:
     return tmp_path / "cache"
 
 
+def cached(spec: SeccompSpec, home: Path) -> bytes | None:
+    """program() with the cache where an environ of XDG_CACHE_HOME=home says."""
+    return C.program(spec, environ={"XDG_CACHE_HOME": str(home)})
+
+
 def test_cache_written_and_reused(cache_home: Path) -> None:
-    p1 = S.program(DEFAULT)
+    p1 = cached(DEFAULT, cache_home)
     files = list((cache_home / "sbx" / "seccomp").iterdir())
     assert [f.suffix for f in files] == [".bpf"]
     assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
     assert stat.S_IMODE((cache_home / "sbx" / "seccomp").stat().st_mode) == 0o700
-    assert S.program(DEFAULT) == p1 == S.program(DEFAULT, cache=False)
-    S.program(STRICT_KILL)
+    assert cached(DEFAULT, cache_home) == p1 == C.program(DEFAULT, cache=False)
+    cached(STRICT_KILL, cache_home)
     assert len(list((cache_home / "sbx" / "seccomp").iterdir())) == 2
 
 
 def test_cache_hit_imports_no_libseccomp(cache_home: Path) -> None:
-    S.program(GRADER)
+    cached(GRADER, cache_home)
     code = (
-        "import sys; from sandbox.seccomp import filter as S;"
-        "p = S.program(S.SeccompSpec(policy='strict', action='kill'));"
-        "bad = [m for m in ('pyseccomp', 'seccomp', 'sandbox.seccomp.policy', 'hashlib', 'dataclasses') if m in sys.modules];"
-        "print(len(p), bad)"
+        "import sys; from sandbox.seccomp import SeccompSpec; from sandbox.seccomp.cache import program;"
+        f"p = program(SeccompSpec(policy='strict', action='kill'), environ={{'XDG_CACHE_HOME': {str(cache_home)!r}}});"
+        "bad = [m for m in ('pyseccomp', 'seccomp', 'hashlib', 'dataclasses', 're') if m in sys.modules];"
+        "ours = sorted(m for m in sys.modules if m.startswith('sandbox.seccomp'));"
+        "print(len(p), bad, ours)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=Path(__file__).parent.parent, capture_output=True, text=True, check=True
     ).stdout
-    assert out.split(" ", 1)[1].strip() == "[]", out
+    assert out.split(" ", 1)[1].strip() == "[] ['sandbox.seccomp', 'sandbox.seccomp.cache', 'sandbox.seccomp.load']", out
 
 
 def test_cache_ignores_corrupt_file(cache_home: Path) -> None:
-    p1 = S.program(DEFAULT)
+    p1 = cached(DEFAULT, cache_home)
     (f,) = (cache_home / "sbx" / "seccomp").iterdir()
     f.write_bytes(f.read_bytes()[:-8] + b"\x06\x00\x00\x00\x00\x00\xff\x7f")  # ret ALLOW at the end
-    assert S.program(DEFAULT) == p1
-    assert f.read_bytes()[12:] == p1  # rewritten
+    assert cached(DEFAULT, cache_home) == p1
+    assert f.read_bytes()[C._HEADER :] == p1  # rewritten
 
 
 def test_cache_never_follows_planted_symlinks(cache_home: Path, tmp_path: Path) -> None:
@@ -294,45 +305,66 @@ def test_cache_never_follows_planted_symlinks(cache_home: Path, tmp_path: Path) 
     elsewhere.mkdir()
     cache_home.mkdir()
     (cache_home / "sbx").symlink_to(elsewhere)
-    prog = S.program(DEFAULT)
-    assert prog == S.program(DEFAULT, cache=False)
+    prog = cached(DEFAULT, cache_home)
+    assert prog == C.program(DEFAULT, cache=False)
     assert list(elsewhere.iterdir()) == []  # nothing written through the link
     # a symlink in place of the cache file: not read, replaced by a file
     (cache_home / "sbx").unlink()
-    S.program(DEFAULT)
+    cached(DEFAULT, cache_home)
     (f,) = (cache_home / "sbx" / "seccomp").iterdir()
     evil = tmp_path / "evil.bpf"
     evil.write_bytes(f.read_bytes())
     f.unlink()
     f.symlink_to(evil)
-    assert S._cache_read(f.name[:-4]) is None
-    S.program(DEFAULT)
+    assert C._cache_read(str(f.parent), f.name[:-4]) is None
+    cached(DEFAULT, cache_home)
     assert not f.is_symlink() and f.is_file()
 
 
 def test_cache_rejects_group_writable_dir(cache_home: Path) -> None:
-    S.program(DEFAULT)
+    cached(DEFAULT, cache_home)
     d = cache_home / "sbx" / "seccomp"
     d.chmod(0o777)
-    assert S._open_cache_dir(create=False) is None
-    assert S.program(DEFAULT) is not None  # compiled in memory
+    assert C._open_cache_dir(str(d), create=False) is None
+    assert cached(DEFAULT, cache_home) is not None  # compiled in memory
 
 
-def test_cache_unusable_dir_compiles_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_unusable_dir_compiles_in_memory(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
-    assert S.program(DEFAULT) == S.program(DEFAULT, cache=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", "relative/path")
-    monkeypatch.delenv("HOME")
-    assert S.cache_dir() is None
-    assert S.program(DEFAULT) is not None
+    assert cached(DEFAULT, blocker) == C.program(DEFAULT, cache=False)
+    assert C.program(DEFAULT, environ={"XDG_CACHE_HOME": "relative/path"}) is not None
+
+
+@pytest.mark.parametrize(
+    "environ, where",
+    [
+        ({"XDG_CACHE_HOME": "/x", "HOME": "/h"}, "/x/sbx/seccomp"),
+        ({"XDG_CACHE_HOME": "relative", "HOME": "/h/"}, "/h/.cache/sbx/seccomp"),
+        ({"XDG_CACHE_HOME": "", "HOME": "/h"}, "/h/.cache/sbx/seccomp"),
+        ({"HOME": "/h"}, "/h/.cache/sbx/seccomp"),
+        ({"XDG_CACHE_HOME": "relative", "HOME": "relative"}, None),
+        ({}, None),
+    ],
+)
+def test_cache_dir(environ: dict[str, str], where: str | None) -> None:
+    assert C.cache_dir(environ) == where
+
+
+def test_cache_dir_comes_from_the_callers_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API's environ decides where the cache is, whatever the process's own says."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "process"))
+    C.program(DEFAULT, environ={"HOME": str(tmp_path / "home")})
+    assert not (tmp_path / "process").exists()
+    assert [f.suffix for f in (tmp_path / "home" / ".cache" / "sbx" / "seccomp").iterdir()] == [".bpf"]
+    C.program(DEFAULT, environ={})  # no cache at all: compiled in memory, nothing written
+    assert not (tmp_path / "process").exists()
 
 
 def test_cache_key_covers_spec() -> None:
     keys = {
-        S.cache_key(s, "x86_64")
-        for s in (DEFAULT, DEFAULT_KILL, STRICT, STRICT_KILL, S.SeccompSpec(deny=("getpid",)), S.SeccompSpec(allow=("ptrace",)))
+        C.cache_key(s, "x86_64")
+        for s in (DEFAULT, DEFAULT_KILL, STRICT, STRICT_KILL, SeccompSpec(deny=("getpid",)), SeccompSpec(allow=("ptrace",)))
     }
     assert len(keys) == 6
 
@@ -343,7 +375,7 @@ def test_cache_key_covers_spec() -> None:
 
 def test_load_rejects_malformed() -> None:
     for bad in (b"", b"1234567", b"\0" * 8 * 4097):
-        o = in_child(lambda bad=bad: S.load(bad))  # type: ignore[misc]
+        o = in_child(lambda bad=bad: load(bad))  # type: ignore[misc]
         assert o.out.startswith("EXC OSError"), o
 
 
@@ -354,7 +386,7 @@ def test_load_sets_no_new_privs() -> None:
 
 def test_filter_is_inherited_and_stacks() -> None:
     def fn() -> object:
-        S.load(prog_for(DEFAULT))  # a second filter on top
+        load(prog_for(DEFAULT))  # a second filter on top
         pid = os.fork()
         if pid == 0:
             os._exit(0 if sysc("keyctl", 0, 2**64 - 3)[1] == errno.EPERM else 1)
@@ -367,12 +399,12 @@ def test_filter_is_inherited_and_stacks() -> None:
 # Attacks: (control, errno, kill)
 
 
-def three_ways(fn: Callable[[], object], spec: S.SeccompSpec = DEFAULT, pre: Callable[[], None] | None = None) -> tuple[Outcome, Outcome, Outcome]:
+def three_ways(fn: Callable[[], object], spec: SeccompSpec = DEFAULT, pre: Callable[[], None] | None = None) -> tuple[Outcome, Outcome, Outcome]:
     kill_spec = replace(spec, action="kill")
     return in_child(fn, None, pre), in_child(fn, spec, pre), in_child(fn, kill_spec, pre)
 
 
-def assert_blocked(fn: Callable[[], object], expect_errno: int = errno.EPERM, spec: S.SeccompSpec = DEFAULT,
+def assert_blocked(fn: Callable[[], object], expect_errno: int = errno.EPERM, spec: SeccompSpec = DEFAULT,
                    pre: Callable[[], None] | None = None) -> Outcome:
     control, filtered, killed = three_ways(fn, spec, pre)
     assert control.code == 0 and control.signal == 0, control
@@ -436,7 +468,7 @@ def test_userfaultfd() -> None:
 
 
 def test_unshare_newuser() -> None:
-    control = assert_blocked(lambda: sysc("unshare", P.CLONE_NEWUSER))
+    control = assert_blocked(lambda: sysc("unshare", T.CLONE_NEWUSER))
     assert eval(control.out) == (0, 0), control
 
 
@@ -460,7 +492,7 @@ def _raw_clone(flags: int) -> object:
 
 @pytest.mark.parametrize("flag", ["CLONE_NEWUSER", "CLONE_NEWNS", "CLONE_NEWPID", "CLONE_NEWNET", "CLONE_NEWCGROUP"])
 def test_clone_with_namespace_flags(flag: str) -> None:
-    flags = P.CONSTANTS[flag] | (P.CLONE_NEWUSER if flag != "CLONE_NEWUSER" else 0)
+    flags = T.CONSTANTS[flag] | (T.CLONE_NEWUSER if flag != "CLONE_NEWUSER" else 0)
     control = assert_blocked(lambda: _raw_clone(flags))
     assert eval(control.out) == (0, 0), control
     # and the high half of the register does not help (the kernel uses the low 32 bits)
@@ -483,7 +515,7 @@ def _fork_and_wait() -> bool:
 def test_clone3_enosys() -> None:
     def fn() -> object:
         # struct clone_args: flags=CLONE_NEWUSER, exit_signal=SIGCHLD
-        args = ctypes.create_string_buffer(struct.pack("QQQQQQQQQQQ", P.CLONE_NEWUSER, 0, 0, 0, signal.SIGCHLD, 0, 0, 0, 0, 0, 0), 88)
+        args = ctypes.create_string_buffer(struct.pack("QQQQQQQQQQQ", T.CLONE_NEWUSER, 0, 0, 0, signal.SIGCHLD, 0, 0, 0, 0, 0, 0), 88)
         r, e = sysc("clone3", ctypes.addressof(args), 88)
         if r == 0:
             os._exit(0)
@@ -574,18 +606,18 @@ def test_other_ioctls_allowed() -> None:
 # looks at the family, so without a filter every family gets EINVAL.  A filter that answers
 # EAFNOSUPPORT for such a call is seen at work even where the kernel lacks the family.
 BAD_FLAG = 0x100
-EVERY_SPEC = (DEFAULT, DEFAULT_KILL, STRICT, GRADER, S.SeccompSpec(action="log"))
-REFUSED = [nr for nr, _, _ in P.SOCKET_FAMILIES_OUT]
+EVERY_SPEC = (DEFAULT, DEFAULT_KILL, STRICT, GRADER, SeccompSpec(action="log"))
+REFUSED = [nr for nr, _, _ in L.SOCKET_FAMILIES_OUT]
 
 
 def test_family_tables_cover_every_family() -> None:
     """Every family the reviewed kernel knows is either allowed or reviewed out, and none twice."""
-    listed = list(P.SOCKET_FAMILIES_OK) + REFUSED
+    listed = list(L.SOCKET_FAMILIES_OK) + REFUSED
     assert sorted(listed) == list(range(46))
     import socket
 
-    for nr, name in [(nr, name) for nr, name, _ in P.SOCKET_FAMILIES_OUT] + list(P.SOCKET_FAMILIES_OK.items()):
-        assert P.CONSTANTS[name] == nr
+    for nr, name in [(nr, name) for nr, name, _ in L.SOCKET_FAMILIES_OUT] + list(L.SOCKET_FAMILIES_OK.items()):
+        assert T.CONSTANTS[name] == nr
         assert getattr(socket, name, nr) == nr, name  # the numbers agree with Python's, where it has them
 
 
@@ -613,27 +645,27 @@ def test_family_refused_for_real(family: int, type_: int, proto: int) -> None:
 
 @pytest.mark.parametrize("proto", [p for p in range(1, 32)] + [32, 0xFFFFFFFF, 4 | 1 << 32])
 def test_netlink_protocol_refused(proto: int) -> None:
-    assert eval(in_child(lambda: both_calls(P.AF_NETLINK, 3, proto)).out) == ((-1, errno.EINVAL),) * 2
+    assert eval(in_child(lambda: both_calls(T.AF_NETLINK, 3, proto)).out) == ((-1, errno.EINVAL),) * 2
     for spec in (DEFAULT, GRADER):
-        o = in_child(lambda: both_calls(P.AF_NETLINK, 3, proto), spec)
+        o = in_child(lambda: both_calls(T.AF_NETLINK, 3, proto), spec)
         assert eval(o.out) == ((-1, errno.EAFNOSUPPORT),) * 2, (spec, o)
 
 
 def test_sock_packet_alias_refused() -> None:
     """The kernel turns socket(AF_INET, SOCK_PACKET) into AF_PACKET: the type is refused for every family."""
     eth_p_all = 0x0300
-    control = in_child(lambda: sysc("socket", P.AF_INET, P.SOCK_PACKET, eth_p_all))
+    control = in_child(lambda: sysc("socket", T.AF_INET, T.SOCK_PACKET, eth_p_all))
     # root has CAP_NET_RAW, and gets a packet socket; anyone else gets EPERM from the packet family
     assert eval(control.out)[0] >= 0 if os.geteuid() == 0 else eval(control.out) == (-1, errno.EPERM), control
-    for family in (P.AF_INET, P.AF_INET6, P.AF_UNIX, P.AF_NETLINK):
-        flagged = lambda: sysc("socket", family, P.SOCK_PACKET | 0x80000 | BAD_FLAG, eth_p_all)  # noqa: E731
+    for family in (T.AF_INET, T.AF_INET6, T.AF_UNIX, T.AF_NETLINK):
+        flagged = lambda: sysc("socket", family, T.SOCK_PACKET | 0x80000 | BAD_FLAG, eth_p_all)  # noqa: E731
         assert eval(in_child(flagged).out) == (-1, errno.EINVAL)
         for spec in (DEFAULT, GRADER):
             assert eval(in_child(flagged, spec).out) == (-1, errno.EAFNOSUPPORT), (family, spec)
 
 
 def test_allowed_families_reach_the_kernel() -> None:
-    for family in P.SOCKET_FAMILIES_OK:
+    for family in L.SOCKET_FAMILIES_OK:
         for spec in (DEFAULT, DEFAULT_KILL):
             assert eval(in_child(lambda: both_calls(family), spec).out) == ((-1, errno.EINVAL),) * 2, family
         o = in_child(lambda: both_calls(family), GRADER)  # strict: no new sockets; socketpair is allowed
@@ -645,35 +677,35 @@ def test_allowed_families_reach_the_kernel() -> None:
 
 
 def test_socket_netlink_route_and_inet_allowed() -> None:
-    assert eval(in_child(lambda: sysc("socket", P.AF_NETLINK, 3, 0), DEFAULT_KILL).out)[0] >= 0
-    assert eval(in_child(lambda: sysc("socket", P.AF_INET, 2, 0), DEFAULT_KILL).out)[0] >= 0
-    allowed = S.SeccompSpec(action="kill", allow=("socket(arg0 == AF_NETLINK, arg2 == NETLINK_SOCK_DIAG)",))
-    assert eval(in_child(lambda: sysc("socket", P.AF_NETLINK, 3, 4), allowed).out)[0] >= 0
-    assert eval(in_child(lambda: sysc("socket", P.AF_NETLINK, 3, 9), allowed).out) == (-1, errno.EAFNOSUPPORT)
+    assert eval(in_child(lambda: sysc("socket", T.AF_NETLINK, 3, 0), DEFAULT_KILL).out)[0] >= 0
+    assert eval(in_child(lambda: sysc("socket", T.AF_INET, 2, 0), DEFAULT_KILL).out)[0] >= 0
+    allowed = SeccompSpec(action="kill", allow=("socket(arg0 == AF_NETLINK, arg2 == NETLINK_SOCK_DIAG)",))
+    assert eval(in_child(lambda: sysc("socket", T.AF_NETLINK, 3, 4), allowed).out)[0] >= 0
+    assert eval(in_child(lambda: sysc("socket", T.AF_NETLINK, 3, 9), allowed).out) == (-1, errno.EAFNOSUPPORT)
     # socketpair keeps its own list
-    assert eval(in_child(lambda: both_calls(P.AF_NETLINK, 3, 4), allowed).out) == ((-1, errno.EINVAL), (-1, errno.EAFNOSUPPORT))
+    assert eval(in_child(lambda: both_calls(T.AF_NETLINK, 3, 4), allowed).out) == ((-1, errno.EINVAL), (-1, errno.EAFNOSUPPORT))
 
 
 def test_profile_names_a_family() -> None:
     vsock = lambda: sysc("socket", 40, 1, 0)[0] >= 0  # noqa: E731
     assert in_child(vsock).out == "True"
     for spec in (
-        S.SeccompSpec(action="kill", allow=("socket(arg0 == AF_VSOCK)",)),
-        S.SeccompSpec(policy="strict", action="kill", allow=("socket(arg0 == AF_VSOCK)",)),
-        S.SeccompSpec(policy="strict", action="kill", allow=("socket(arg0 == AF_VSOCK, arg1 == 1)",)),
+        SeccompSpec(action="kill", allow=("socket(arg0 == AF_VSOCK)",)),
+        SeccompSpec(policy="strict", action="kill", allow=("socket(arg0 == AF_VSOCK)",)),
+        SeccompSpec(policy="strict", action="kill", allow=("socket(arg0 == AF_VSOCK, arg1 == 1)",)),
     ):
         assert in_child(vsock, spec).out == "True", spec
         assert eval(in_child(lambda: both_calls(38), spec).out) == ((-1, errno.EAFNOSUPPORT),) * 2, spec
     # allowing socket outright lifts no family; a family is lifted only where it is named
     for spec in (
-        S.SeccompSpec(allow=("socket",)),
-        S.SeccompSpec(policy="strict", allow=("socket",)),
-        S.SeccompSpec(allow=("socketpair(arg0 == AF_VSOCK)",)),
-        S.SeccompSpec(policy="strict", allow=("socket(arg0 == 0x100000028)",)),
+        SeccompSpec(allow=("socket",)),
+        SeccompSpec(policy="strict", allow=("socket",)),
+        SeccompSpec(allow=("socketpair(arg0 == AF_VSOCK)",)),
+        SeccompSpec(policy="strict", allow=("socket(arg0 == 0x100000028)",)),
     ):
         assert eval(in_child(lambda: sysc("socket", 40, 1, 0), spec).out) == (-1, errno.EAFNOSUPPORT), spec
     # the strict rule still decides the rest: SOCK_DGRAM is not the allowed form
-    strict = S.SeccompSpec(policy="strict", allow=("socket(arg0 == AF_VSOCK, arg1 == 1)",))
+    strict = SeccompSpec(policy="strict", allow=("socket(arg0 == AF_VSOCK, arg1 == 1)",))
     assert eval(in_child(lambda: sysc("socket", 40, 2, 0), strict).out) == (-1, errno.ENOSYS)
 
 
@@ -708,7 +740,7 @@ def test_i386_socketcall_refused(tmp_path: Path) -> None:
 
 def test_strict_socket_eacces() -> None:
     for spec in (STRICT, GRADER):
-        assert eval(in_child(lambda: sysc("socket", P.AF_UNIX, 1, 0), spec).out) == (-1, errno.EACCES)
+        assert eval(in_child(lambda: sysc("socket", T.AF_UNIX, 1, 0), spec).out) == (-1, errno.EACCES)
 
 
 @pytest.mark.parametrize("persona", [0x6, 0x0040000, 0x0400000, 0x0040000 | 1 << 32, 0x20009])
@@ -734,7 +766,7 @@ def _ns_pre() -> None:
     # do the dangerous sweep inside fresh namespaces, so a broken filter
     # could not touch the host; stay uid 0 there (as root would be)
     uid, gid = os.getuid(), os.getgid()
-    r, e = sysc("unshare", P.CLONE_NEWUSER | P.CLONE_NEWNS | P.CLONE_NEWUTS | P.CLONE_NEWIPC | P.CLONE_NEWNET)
+    r, e = sysc("unshare", T.CLONE_NEWUSER | T.CLONE_NEWNS | T.CLONE_NEWUTS | T.CLONE_NEWIPC | T.CLONE_NEWNET)
     assert r == 0, os.strerror(e)
     Path("/proc/self/setgroups").write_text("deny")
     Path("/proc/self/uid_map").write_text(f"0 {uid} 1")
@@ -764,8 +796,8 @@ DANGEROUS_ARGS_OK = {"vhangup", "sethostname", "setdomainname", "reboot", "acct"
 
 
 @pytest.mark.parametrize("spec", [DEFAULT, GRADER], ids=["default", "grader"])
-def test_every_denied_syscall(spec: S.SeccompSpec) -> None:
-    names = sorted(n for n in P.DENY if n in NR)
+def test_every_denied_syscall(spec: SeccompSpec) -> None:
+    names = sorted(n for n in L.DENY if n in NR)
     expect_kill = spec.action == "kill"
 
     def fn() -> object:
@@ -795,18 +827,18 @@ def test_newer_syscalls_enosys() -> None:
 
 
 def test_user_deny_and_allow() -> None:
-    spec = S.SeccompSpec(deny=("getppid", "dup(arg0 == 5)"), allow=("ptrace",))
+    spec = SeccompSpec(deny=("getppid", "dup(arg0 == 5)"), allow=("ptrace",))
     o = in_child(lambda: (sysc("getppid"), sysc("dup", 5), sysc("dup", 1)[1], sysc("ptrace", 0)), spec)
     assert eval(o.out) == ((-1, errno.EPERM), (-1, errno.EPERM), 0, (0, 0)), o
     # the high half does not bypass a deny condition
     assert eval(in_child(lambda: sysc("dup", 5 | 1 << 32), spec).out) == (-1, errno.EPERM)
-    strict = S.SeccompSpec(policy="strict", allow=("mlock", "socket(arg0 == AF_UNIX)"), deny=("getppid",))
+    strict = SeccompSpec(policy="strict", allow=("mlock", "socket(arg0 == AF_UNIX)"), deny=("getppid",))
     o = in_child(lambda: (sysc("getppid"), sysc("mlock", 0, 0), sysc("socket", 1, 1, 0)[0] >= 0, sysc("socket", 2, 1, 0)), strict)
     assert eval(o.out) == ((-1, errno.EPERM), (0, 0), True, (-1, errno.ENOSYS)), o
 
 
 def test_log_action_allows() -> None:
-    o = in_child(lambda: sysc("keyctl", 0, 2**64 - 3, 1)[0] > 0, S.SeccompSpec(action="log"))
+    o = in_child(lambda: sysc("keyctl", 0, 2**64 - 3, 1)[0] > 0, SeccompSpec(action="log"))
     assert o.out == "True", o
 
 
@@ -862,7 +894,7 @@ def _workloads(built: dict[str, Path], tmp: Path) -> list[tuple[str, list[str], 
 
 
 @pytest.mark.parametrize("spec", [DEFAULT, DEFAULT_KILL, STRICT, GRADER], ids=["default", "default-kill", "strict", "grader"])
-def test_programs_run(spec: S.SeccompSpec, built: dict[str, Path], tmp_path: Path) -> None:
+def test_programs_run(spec: SeccompSpec, built: dict[str, Path], tmp_path: Path) -> None:
     for name, argv, expect in _workloads(built, tmp_path):
         o = exec_under(argv, spec)
         assert o.signal == 0 and o.code == 0, (name, o)
@@ -873,7 +905,7 @@ def test_programs_run(spec: S.SeccompSpec, built: dict[str, Path], tmp_path: Pat
 # Kill reporting through a user-notification listener
 
 
-def _listener_child(spec: S.SeccompSpec, action: Callable[[], object]) -> tuple[int, int, int, int]:
+def _listener_child(spec: SeccompSpec, action: Callable[[], object]) -> tuple[int, int, int, int]:
     """Fork a payload that loads with a listener, tells us the fd number and
     waits; returns (pid, our listener fd, result pipe, go pipe)."""
     prog = prog_for(spec)
@@ -884,7 +916,7 @@ def _listener_child(spec: S.SeccompSpec, action: Callable[[], object]) -> tuple[
         try:
             os.close(r)
             os.close(gw)
-            fd = S.load(prog, listener=True)
+            fd = load(prog, listener=True)
             os.write(w, f"{fd}\n".encode())
             os.read(gr, 1)  # the supervisor has taken the fd
             os.close(fd)
@@ -898,7 +930,7 @@ def _listener_child(spec: S.SeccompSpec, action: Callable[[], object]) -> tuple[
         line += os.read(r, 1)
     child_fd = int(line)
     assert child_fd >= 0
-    listener = S.take_listener(pid, child_fd)
+    listener = N.take_listener(pid, child_fd)
     os.write(gw, b"g")
     os.close(gw)
     return pid, listener, r, child_fd
@@ -908,11 +940,11 @@ def test_kill_reports_the_syscall() -> None:
     pid, listener, r, _ = _listener_child(GRADER, lambda: sysc("keyctl", 0, 0))
     try:
         assert select.select([listener], [], [], 10)[0], "no notification"
-        note = S.receive(listener)
+        note = N.receive(listener)
         assert note is not None
         npid, arch, nr = note
-        assert nr == NR["keyctl"] and arch == P.AUDIT_ARCH["x86_64"]
-        assert S.describe(arch, nr) == "seccomp: forbidden syscall keyctl (250)"
+        assert nr == NR["keyctl"] and arch == T.AUDIT_ARCH["x86_64"]
+        assert N.describe(arch, nr) == "seccomp: forbidden syscall keyctl (250)"
         os.kill(pid, signal.SIGKILL)  # what the supervisor does (cgroup.kill)
     finally:
         _, status = os.waitpid(pid, 0)
@@ -932,7 +964,7 @@ def test_allowed_syscalls_unaffected_by_listener() -> None:
 
 def test_listener_fd_closed_on_exec(built: dict[str, Path]) -> None:
     def fn() -> object:
-        fd = S.load(prog_for(GRADER), listener=True)
+        fd = load(prog_for(GRADER), listener=True)
         return (fd >= 0, os.get_inheritable(fd))
 
     assert in_child(fn).out == "(True, False)"
@@ -945,7 +977,7 @@ def test_listener_reports_i386(built: dict[str, Path]) -> None:
     pid = os.fork()
     if pid == 0:
         try:
-            fd = S.load(prog, listener=True)
+            fd = load(prog, listener=True)
             os.write(w, f"{fd}\n".encode())
             os.read(gr, 1)
             os.execv(str(built["int80"]), [str(built["int80"])])
@@ -954,13 +986,13 @@ def test_listener_reports_i386(built: dict[str, Path]) -> None:
     os.close(w)
     os.close(gr)
     fd = int(os.read(r, 20))
-    listener = S.take_listener(pid, fd)
+    listener = N.take_listener(pid, fd)
     os.write(gw, b"g")
     try:
         assert select.select([listener], [], [], 10)[0]
-        note = S.receive(listener)
+        note = N.receive(listener)
         assert note is not None
-        assert S.describe(note[1], note[2]) == "seccomp: i386 ABI syscall getpid (20) blocked"
+        assert N.describe(note[1], note[2]) == "seccomp: i386 ABI syscall getpid (20) blocked"
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
@@ -974,59 +1006,73 @@ def test_without_listener_kill_is_sigsys() -> None:
 
 
 def test_syscall_names() -> None:
-    assert S.syscall_name(0) == "read"
-    assert S.syscall_name(435) == "clone3"
-    assert S.syscall_name(469) == "file_setattr"
-    assert S.syscall_name(5000) == "syscall 5000"
-    assert S.syscall_name(20, 0x40000003) == "getpid"
-    assert S.describe(0xC000003E, 0x40000000 | 39) == "seccomp: x32 ABI syscall 39 blocked"
-
-
-# --------------------------------------------------------------------------
-# Cost
-
-
-ALLOW_ALL = (0x06).to_bytes(2, "little") + b"\0\0" + (0x7FFF0000).to_bytes(4, "little")  # ret ALLOW
-
-
-def test_getpid_overhead(built: dict[str, Path]) -> None:
-    """Our policies cost no more per syscall than a one-instruction filter.
-
-    Any filter moves syscalls to the kernel's slower entry path (about 10 ns
-    here, 10-15 % of a getpid); beyond that the kernel's action cache skips
-    the program for syscalls it always allows, whatever the policy's size.
-    """
-    exe = str(built["getpid_loop"])
-    progs = {"none": None, "trivial": ALLOW_ALL, "default": prog_for(DEFAULT), "grader": prog_for(GRADER)}
-    times: dict[str, list[float]] = {k: [] for k in progs}
-    for _ in range(9):  # interleaved, best of 9
-        for k, p in progs.items():
-            times[k].append(float(_exec_prog([exe, "200000"], p)))
-    best = {k: min(v) for k, v in times.items()}
-    # Against the one-instruction filter only: the cost of any filter against none is the
-    # kernel's entry path, which a loaded machine stretches (seen: 1.66x for the trivial one).
-    for k in ("default", "grader"):
-        assert best[k] / best["trivial"] < 1.15, best
-
-
-def _exec_prog(argv: list[str], prog: bytes | None) -> str:
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.dup2(w, 1)
-            if prog is not None:
-                S.load(prog)
-            os.execv(argv[0], argv)
-        finally:
-            os._exit(127)
-    os.close(w)
-    out = _read_all(r, 60, pid)
-    os.waitpid(pid, 0)
-    return out
+    assert N.syscall_name(0) == "read"
+    assert N.syscall_name(435) == "clone3"
+    assert N.syscall_name(469) == "file_setattr"
+    assert N.syscall_name(5000) == "syscall 5000"
+    assert N.syscall_name(20, 0x40000003) == "getpid"
+    assert N.describe(0xC000003E, 0x40000000 | 39) == "seccomp: x32 ABI syscall 39 blocked"
 
 
 def test_import_is_light() -> None:
-    code = "import sys; import sandbox.seccomp.filter; print(sorted(m for m in ('ctypes', 'pyseccomp', 'hashlib', 'dataclasses', 're', 'sandbox.seccomp.policy') if m in sys.modules))"
+    """What every run imports: the package, the cache's front end and the loader."""
+    code = ("import sys; import sandbox.seccomp.cache, sandbox.seccomp.load; print(sorted(m for m in "
+            "('ctypes', 'pyseccomp', 'hashlib', 'dataclasses', 're', 'sandbox.seccomp.table', 'sandbox.seccomp.compile') "
+            "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# --------------------------------------------------------------------------
+# The reviewed lists
+
+
+def test_lists_are_data_only() -> None:
+    """lists.py is what a security reviewer diffs: assignments of data, no code, no imports."""
+    import ast
+
+    tree = ast.parse((Path(L.__file__)).read_text())
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom):
+            assert node.module in ("__future__", "typing"), ast.dump(node)
+        elif isinstance(node, ast.Expr):
+            assert isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)  # the docstring
+        else:
+            assert isinstance(node, (ast.Assign, ast.AnnAssign)), ast.dump(node)[:80]
+    code = "import sys; import sandbox.seccomp.lists; print(sorted(m for m in sys.modules if m.startswith('sandbox.seccomp.')))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['sandbox.seccomp.lists']"
+
+
+@pytest.mark.parametrize(
+    "table",
+    [L.CLONE_FLAGS_DENIED, L.IOCTL_DENIED, L.SOCKET_FAMILIES_OK, L.NETLINK_OK, {nr: name for nr, name, _ in L.SOCKET_FAMILIES_OUT}],
+)
+def test_lists_numbers_match_their_names(table: dict[int, str]) -> None:
+    for nr, name in table.items():
+        assert T.CONSTANTS[name] == nr, name
+
+
+def test_lists_errnos_and_names_exist() -> None:
+    for name in [*L.COMPAT_ERRNO.values(), *L.STRICT_COMPAT_ERRNO.values()]:
+        assert isinstance(getattr(errno, name), int), name
+    for name in [*L.ALLOW_STRICT, *L.COMPAT_ERRNO, *L.STRICT_COMPAT_ERRNO, *L.SOCKET_CALLS]:
+        assert name in T.X86_64_NAMES, name
+    families = {nr for nr, _, _ in L.SOCKET_FAMILIES_OUT}
+    assert not families & set(L.SOCKET_FAMILIES_OK)
+    assert families | set(L.SOCKET_FAMILIES_OK) == set(T.SOCKET_FAMILIES.values())  # every family reviewed
+
+
+@pytest.mark.parametrize(
+    "spec, line",
+    [
+        (DEFAULT, "ptrace: violation"),
+        (DEFAULT, "clone(arg0 & 0x10000000 == 0x10000000): violation"),
+        (DEFAULT, "clone3: errno:38"),
+        (STRICT, "read: allow"),
+        (STRICT, "socket: errno:13"),
+        (SeccompSpec(allow=("ptrace",)), "# default: allow; newer than 469: ENOSYS"),
+    ],
+)
+def test_listing(spec: SeccompSpec, line: str) -> None:
+    assert line in listing(spec, "x86_64").splitlines()

@@ -100,7 +100,8 @@ def test_dev_capped() -> None:
 
 
 def test_df_inode_totals(tmp_path: Path) -> None:
-    result = sbx("run", "--disk", "0", "--tmpfs", "/a:size=2M", "--tmpfs", "/b", "--", "df", "-i", "/", "/tmp",
+    # 8G: a byte limit past MAX_INODES * INODE_BYTES, where the inode cap stops growing (nothing is allocated)
+    result = sbx("run", "--disk", "8G", "--tmpfs", "/a:size=2M", "--tmpfs", "/b", "--", "df", "-i", "/", "/tmp",
                  "/dev", "/dev/shm", "/a", "/b")
     assert result.returncode == 0, result.stderr
     totals = {line.split()[-1]: int(line.split()[1]) for line in result.stdout.splitlines()[1:]}

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import host_processes
+from conftest import host_processes, wait_prepared
 from sandbox import Result, Runner
-from sandbox.runtime.supervise import shape_of
+from sandbox.runtime.supervisor import shape_of
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,16 +32,6 @@ def runner(tmp_path: Path) -> object:
 
 # Root inside (the caller on the host): for what only root inside may write (/etc, /root).
 AS_ROOT = ["--uid", "0", "--gid", "0"]
-
-
-def wait_prepared(runner: Runner, **spec_args: object) -> None:
-    """Until the pool holds a prepared sandbox of this run's shape (the next run takes it)."""
-    assert runner.pool is not None
-    shape = shape_of(runner.spec(["true"], **spec_args))  # type: ignore[arg-type]
-    deadline = time.monotonic() + 10
-    while not runner.pool.ready.get(shape):
-        assert time.monotonic() < deadline, "the pool prepared no sandbox for this shape"
-        time.sleep(0.01)
 
 
 def sh(runner: Runner, script: str, **kwargs: object) -> Result:

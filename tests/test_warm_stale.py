@@ -33,12 +33,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, wait_stock
 from sandbox import Result, Runner
 from sandbox.image import ImageError
 from sandbox.warm.pool import bound_paths, identity_of
 from sandbox.model.spec import Spec
-from sandbox.runtime.supervise import shape_of
+from sandbox.runtime.supervisor import shape_of
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -53,15 +53,6 @@ def runner(tmp_path: Path) -> object:
 
 def shape(runner: Runner, argv: list[str], **spec_args: object) -> Spec:
     return shape_of(runner.spec(argv, **spec_args))  # type: ignore[arg-type]
-
-
-def wait_stock(runner: Runner, of: Spec, count: int) -> None:
-    """Until the pool holds `count` prepared sandboxes of this shape (it notifies as it stocks one)."""
-    pool = runner.pool
-    assert pool is not None
-    with pool.cond:
-        assert pool.cond.wait_for(lambda: len(pool.ready.get(of, ())) >= count, timeout=20), \
-            "the pool prepared no sandbox for this shape"
 
 
 def lines(result: Result) -> list[str]:

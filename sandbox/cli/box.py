@@ -7,6 +7,14 @@ import sys
 
 from ..errors import UsageError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ..warm.box import Box
+
+    RunCommand = Callable[[list[str], Box, str], int]
+
 USAGE = """usage: sbx box COMMAND ...
 
 A box is a work directory that survives between runs: compile in it once,
@@ -47,7 +55,8 @@ def _options(args: list[str], allowed: tuple[str, ...]) -> tuple[dict[str, str |
     return found, args[i:]
 
 
-def main(args: list[str]) -> int:
+def main(args: list[str], run_command: RunCommand) -> int:
+    """`run_command(args, box, mode)` is `sbx run` (cli/main.py passes its own: no import back up)."""
     from ..warm.box import Box
 
     if not args or args[0] in ("-h", "--help"):
@@ -67,11 +76,9 @@ def main(args: list[str]) -> int:
             raise UsageError("usage: sbx box run [--root DIR] [--mode MODE] [--wait] NAME [RUN OPTIONS] -- COMMAND")
         box = Box.open(rest[0], _root(opts))
         mode = str(opts.get("--mode", "rw"))
-        from . import main as cli
-
         fd = box.lock(bool(opts.get("--wait")))
         try:
-            return cli.cmd_run(rest[1:], box=box, box_mode=mode)
+            return run_command(rest[1:], box, mode)
         finally:
             os.close(fd)
     if command == "rm":

@@ -165,8 +165,11 @@ def _identity() -> Finding:
 
 
 def _cgroup() -> list[Finding]:
-    """Which delegation applies and which controllers are usable (cgroup.diagnose), then the verdict."""
-    from ..cgroup.manager import CgroupError, diagnose, discover, scope_command
+    """Which delegation applies and which controllers are usable (cgroup/diagnose.py), then the verdict."""
+    from ..cgroup.diagnose import diagnose
+    from ..cgroup.discover import discover
+    from ..cgroup.fs import CgroupError
+    from ..cgroup.systemd import scope_command
 
     found = [Finding(f"cgroup: {what}", "ok" if ok else "warn", detail) for what, ok, detail in diagnose(os.environ)]
     try:
@@ -196,7 +199,7 @@ def _helpers() -> list[Finding]:
                                    ("slirp4netns", "slirp4netns", "user-mode networking when pasta is missing"),
                                    ("nft", "nftables", "egress rules (network.allow/deny)"),
                                    ("newuidmap", "uidmap", "id ranges for images with many owners")):
-        path = which(tool) or next((p for p in NFT_PATHS if tool == "nft" and os.access(p, os.X_OK)), None)
+        path = which(tool, os.environ) or next((p for p in NFT_PATHS if tool == "nft" and os.access(p, os.X_OK)), None)
         found.append(Finding(tool, "ok" if path else "warn", path or f"not installed: needed for {purpose}",
                              "" if path else f"apt-get install {package}"))
     from ..net.network import NetError, check_tun

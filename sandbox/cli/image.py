@@ -10,11 +10,16 @@ import os
 import sys
 
 from ..errors import EXIT_SBX, SbxError, UsageError
+from ..image.ref import short_id, short_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..image import extract
     from ..image.store import Store
+    from ..model.result import Result
+    from ..model.spec import Spec
 
 USAGE = """usage: sbx image [--root DIR] COMMAND ...
 
@@ -135,9 +140,22 @@ def enter_ranges() -> None:
         idmap.enter(ranges)
 
 
+def run_and_save(spec: Spec, name: str, root: str | None, run_spec: Callable[[Spec], Result]) -> Result:
+    """`sbx run --commit NAME`: the run, then its writable layer saved as the image NAME."""
+    from ..image import commit
+
+    enter_ranges()  # the new layer may hold files of other ids: read and store it as their root
+    committed = commit.run_and_commit(spec, name, root, run_spec, os.environ)
+    for line in committed.warnings:
+        sys.stderr.write(f"sbx: warning: {line}\n")
+    if committed.image is not None:
+        sys.stderr.write(f"sbx: saved image {short_name(committed.image)} ({short_id(committed.id)})\n")
+    return committed.result
+
+
 def main(args: list[str]) -> int:
     try:
-        return run(args)
+        return dispatch(args)
     except _Help:
         sys.stdout.write(USAGE)
         return 0
@@ -151,7 +169,7 @@ def main(args: list[str]) -> int:
         return 130
 
 
-def run(args: list[str]) -> int:
+def dispatch(args: list[str]) -> int:
     command, options, positional, root = parse(args)
     profile_settings = None
     if command == "build":
@@ -162,7 +180,7 @@ def run(args: list[str]) -> int:
         enter_ranges()
     from ..image.store import Store
 
-    store = Store(root)
+    store = Store(root, environ=os.environ)
     quiet = bool(options.get("-q") or options.get("--quiet"))
     if command == "pull":
         return cmd_pull(store, options, positional, quiet)
@@ -231,7 +249,7 @@ def cmd_import(store: Store, options: Options, positional: list[str], quiet: boo
                                 platform=oci.parse_platform(platform) if isinstance(platform, str) else None,
                                 limits=limits, log=log)
     for record in records:
-        sys.stdout.write(f"{short_name(str(record['name']))} {str(record['id'])[7:19]}\n")
+        sys.stdout.write(f"{short_name(str(record['name']))} {short_id(str(record['id']))}\n")
     return 0
 
 
@@ -283,8 +301,8 @@ def cmd_build(store: Store, options: Options, positional: list[str], quiet: bool
         file=file, tag=tag, context=context, build_args=build.parse_build_args(build_args, os.environ),
         no_cache=bool(options.get("--no-cache")), network=value("--network") or "none",
         profile=value("--profile") or "build", disk=disk_bytes, limits=import_limits(options),
-        profile_settings=profile_settings), log)
-    sys.stdout.write(f"{short_name(str(record['name']))} {str(record['id'])[7:19]}\n")
+        profile_settings=profile_settings), log, os.environ)
+    sys.stdout.write(f"{short_name(str(record['name']))} {short_id(str(record['id']))}\n")
     return 0
 
 
@@ -294,7 +312,7 @@ def cmd_pull(store: Store, options: Options, positional: list[str], quiet: bool)
     limits = import_limits(options)
     platform = options.get("--platform")
     username = options.get("--username")
-    credentials = pull.credentials_from_env()
+    credentials = pull.credentials_from_env(os.environ)
     if options.get("--password-stdin"):
         if not isinstance(username, str) or not username:
             raise UsageError("--password-stdin needs --username")
@@ -313,15 +331,8 @@ def cmd_pull(store: Store, options: Options, positional: list[str], quiet: bool)
                        insecure=bool(options.get("--insecure")), credentials=credentials,
                        progress="quiet" if quiet else "tty" if sys.stderr.isatty() else "lines", log=log,
                        limits=limits)
-    sys.stdout.write(f"{short_name(str(record['name']))} {str(record['id'])[7:19]}\n")
+    sys.stdout.write(f"{short_name(str(record['name']))} {short_id(str(record['id']))}\n")
     return 0
-
-
-def short_name(name: str) -> str:
-    for prefix in ("docker.io/library/", "docker.io/"):
-        if name.startswith(prefix):
-            return name[len(prefix):]
-    return name
 
 
 def human(size: int) -> str:
@@ -345,7 +356,7 @@ def cmd_ls(store: Store, quiet: bool) -> int:
         size = r.get("size")
         platform = f"{r.get('os') or '?'}/{r.get('architecture') or '?'}" + (f"/{r['variant']}" if r.get("variant")
                                                                               else "")
-        rows.append((short_name(str(r["name"])), str(r.get("id", ""))[7:19],
+        rows.append((short_name(str(r["name"])), short_id(str(r.get("id", ""))),
                      str(len(layers) if isinstance(layers, list) else "?"),
                      human(size) if isinstance(size, int) else "?", platform))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -390,5 +401,5 @@ def cmd_prune(store: Store) -> int:
     return 0
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m sandbox.cli.image ...` until sbx wires it
+if __name__ == "__main__":  # pragma: no cover - `python -m sandbox.cli.image ...`: the tests call it so
     raise SystemExit(main(sys.argv[1:]))

@@ -6,7 +6,8 @@ import os
 import sys
 
 from ..config.profile import BUILTIN, ProfileError, resolve
-from ..config.profile_file import dumps, listing
+from ..config.dump import dumps
+from ..config.profile_file import listing
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -1,8 +1,9 @@
 """Settings (from a profile and from flags) -> a validated Spec.
 
 Settings are dotted keys, the same names profiles use ("limits.memory",
-"sandbox.hostname", ...), holding already-converted values.  Flags override
-profile values; `sandbox.env` merges by name and `mounts` append.
+"sandbox.hostname", ...), holding values already converted by the schema
+(schema.py), read here through typed accessors.  Flags override profile
+values; `sandbox.env` merges by name and `mounts` append.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import os
 
 from ..errors import UsageError
-from ..seccomp.filter import SeccompSpec
 from ..model.spec import BIND_MODES, NETWORK_MODES, LandlockSpec, Limits, Mount, Spec
+from ..seccomp import SeccompSpec
+from . import schema
+from .schema import LANDLOCK_KEYS, LIMIT_KEYS, MAX_ID, SECCOMP_KEYS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -20,31 +23,58 @@ if TYPE_CHECKING:
     from ..image import ImageInfo
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-LIMIT_KEYS = ("memory", "cpus", "cpuset", "pids", "time", "wall_time", "output", "file_size", "open_files",
-              "stack", "io_read_bps", "io_write_bps", "strict")
-SECCOMP_KEYS = ("policy", "allow", "deny", "action")
-LANDLOCK_KEYS = ("enabled", "write", "noexec", "tcp_bind", "tcp_connect")
-MAX_ID = 65535
 
 
 def merge(profile: Mapping[str, object], flags: Mapping[str, object]) -> dict[str, object]:
     merged = dict(profile)
     for key, value in flags.items():
         if key == "sandbox.env":
-            merged[key] = tuple(dict([*_pairs(merged.get(key, ())), *_pairs(value)]).items())
+            merged[key] = tuple(dict([*_pairs(merged, key), *_pairs(flags, key)]).items())
         elif key == "mounts":
-            merged[key] = (*_mounts(merged.get(key, ())), *_mounts(value))
+            merged[key] = (*_mounts(merged), *_mounts(flags))
         else:
             merged[key] = value
     return merged
 
 
-def _pairs(value: object) -> tuple[tuple[str, str], ...]:
-    return value  # type: ignore[return-value]  # validated where it was built
+# Typed reads of settings.  The schema made the values of flags and profiles; the API's own keywords
+# (image=, network=, workdir=) arrive as given, so a value of another type is a UsageError.
+
+def _typed(settings: Mapping[str, object], key: str, kind: type, default: object) -> object:
+    value = settings.get(key, default)
+    if not isinstance(value, kind):
+        raise UsageError(f"{key}: {value!r} is not a {kind.__name__}")
+    return value
 
 
-def _mounts(value: object) -> tuple[Mount, ...]:
-    return value  # type: ignore[return-value]
+def _text(settings: Mapping[str, object], key: str, default: str) -> str:
+    value = _typed(settings, key, str, default)
+    assert isinstance(value, str)
+    return value
+
+
+def _names(settings: Mapping[str, object], key: str) -> tuple[str, ...]:
+    value = _typed(settings, key, tuple, ())
+    assert isinstance(value, tuple)
+    if not all(isinstance(item, str) for item in value):
+        raise UsageError(f"{key}: {value!r} is not a tuple of strings")
+    return value
+
+
+def _pairs(settings: Mapping[str, object], key: str) -> tuple[tuple[str, str], ...]:
+    value = _typed(settings, key, tuple, ())
+    assert isinstance(value, tuple)
+    if not all(isinstance(pair, tuple) and len(pair) == 2 for pair in value):
+        raise UsageError(f"{key}: {value!r} is not a tuple of (name, value) pairs")
+    return value
+
+
+def _mounts(settings: Mapping[str, object]) -> tuple[Mount, ...]:
+    value = _typed(settings, "mounts", tuple, ())
+    assert isinstance(value, tuple)
+    if not all(isinstance(mount, Mount) for mount in value):
+        raise UsageError(f"mounts: {value!r} is not a tuple of Mounts")
+    return value
 
 
 def parse_volume(text: str, cwd: str) -> Mount:
@@ -64,9 +94,7 @@ def parse_volume(text: str, cwd: str) -> Mount:
 
 
 def parse_tmpfs(text: str) -> Mount:
-    """DST[:size=N] (podman's --tmpfs)."""
-    from ..model.units import parse_size
-
+    """DST[:size=N] (podman's --tmpfs); N as a [[mount]]'s size (above 0: tmpfs reads 0 as unbounded)."""
     target, _, options = text.partition(":")
     size = None
     for option in filter(None, options.split(",")):
@@ -74,9 +102,11 @@ def parse_tmpfs(text: str) -> Mount:
         if key != "size":
             raise UsageError(f"--tmpfs {text}: unknown option {key!r} (allowed: size)")
         try:
-            size = parse_size(value)
-        except ValueError as exc:
-            raise UsageError(f"--tmpfs {text}: {exc}") from None
+            checked = schema.SIZE(value)
+        except schema.Bad as bad:
+            raise UsageError(f"--tmpfs {text}: {value!r} is not {bad.args[0]}") from None
+        assert isinstance(checked, int)
+        size = checked
     return Mount(target=sandbox_path(target, f"--tmpfs {text}"), mode="tmpfs", size=size)
 
 
@@ -94,8 +124,8 @@ def sandbox_path(path: str, what: str) -> str:
 def parse_env(text: str, environ: Mapping[str, str]) -> tuple[str, str] | None:
     """NAME=VALUE, or NAME to copy the caller's value (None when the caller has none)."""
     name, eq, value = text.partition("=")
-    if not name or "\0" in text:
-        raise UsageError(f"-e {text}: expected NAME=VALUE or NAME")
+    if not schema.is_env_name(name) or "\0" in text:  # a name as [sandbox] env takes it
+        raise UsageError(f"-e {text}: expected NAME=VALUE or NAME, NAME of letters, digits and '_'")
     if not eq:
         return (name, environ[name]) if name in environ else None
     return name, value
@@ -115,7 +145,8 @@ def read_env_file(path: str, environ: Mapping[str, str]) -> list[tuple[str, str]
         try:
             pair = parse_env(line, environ)
         except UsageError:
-            raise UsageError(f"--env-file {path}:{number}: expected NAME=VALUE or NAME") from None
+            raise UsageError(f"--env-file {path}:{number}: expected NAME=VALUE or NAME, NAME of letters, digits "
+                             "and '_'") from None
         if pair is not None:
             pairs.append(pair)
     return pairs
@@ -145,17 +176,17 @@ def _id(settings: Mapping[str, object], key: str, default: int) -> int:
 def build(settings: Mapping[str, object], argv: list[str], cwd: str, environ: Mapping[str, str],
           images: Callable[[str, str | None], ImageInfo] | None = None) -> Spec:
     """The Spec; `images` resolves an image name (default: image.resolve, holding a new lock fd)."""
-    if not argv and str(settings.get("sandbox.image", "host")) == "host":
+    if not argv and _text(settings, "sandbox.image", "host") == "host":
         raise UsageError("no command given (usage: sbx run [OPTIONS] -- COMMAND [ARG...])")
     if any("\0" in arg for arg in argv):
         raise UsageError("the command's arguments cannot contain NUL bytes")
-    network = str(settings.get("network.mode", "none"))
+    network = _text(settings, "network.mode", "none")
     if network == "nat":
         network = "pasta"
     if network not in NETWORK_MODES:
         raise UsageError(f"network mode {network!r} is not supported (choose one of: {', '.join(NETWORK_MODES)}, nat)")
-    net_fields = _network(network, settings)
-    image = str(settings.get("sandbox.image", "host"))
+    net_fields = _network(network, settings, environ)
+    image = _text(settings, "sandbox.image", "host")
     # With subordinate ids the payload is a uid that owns no host file (idmap.PAYLOAD_ID unless
     # --uid/--gid say otherwise); without them it is the caller, root inside by default.
     from ..kernel import idmap
@@ -173,7 +204,8 @@ def build(settings: Mapping[str, object], argv: list[str], cwd: str, environ: Ma
             from ..image import resolve
 
             images = resolve
-        info = images(image, settings.get("run.image_root"))  # type: ignore[arg-type]
+        root = settings.get("run.image_root")
+        info = images(image, root if isinstance(root, str) else None)
         argv = list(info.command(argv))
         if not argv:
             raise UsageError(f"no command given, and image {image!r} has none (Entrypoint/Cmd)")
@@ -184,12 +216,12 @@ def build(settings: Mapping[str, object], argv: list[str], cwd: str, environ: Ma
             settings = {**settings, "run.image_workdir": info.workdir}
     if tty and "TERM" in environ:
         env["TERM"] = environ["TERM"]
-    for name in _names(settings.get("sandbox.pass_env", ())):
+    for name in _names(settings, "sandbox.pass_env"):
         if name in environ:
             env[name] = environ[name]
-    env.update(_pairs(settings.get("sandbox.env", ())))
-    mounts = _mounts(settings.get("mounts", ()))
-    hostname = str(settings.get("sandbox.hostname", "sbx"))
+    env.update(_pairs(settings, "sandbox.env"))
+    mounts = _mounts(settings)
+    hostname = _text(settings, "sandbox.hostname", "sbx")
     if not hostname or len(hostname) > 64 or "/" in hostname or "\0" in hostname:
         raise UsageError(f"hostname {hostname!r} is not valid (1 to 64 characters, no '/')")
     limits = Limits(**{k: settings[f"limits.{k}"] for k in LIMIT_KEYS if f"limits.{k}" in settings})  # type: ignore[arg-type]
@@ -229,7 +261,7 @@ def _landlock(settings: Mapping[str, object], environ: Mapping[str, str]) -> Lan
     """[landlock] keys; SBX_LANDLOCK=N uses at most ABI N (0: as on a kernel without Landlock)."""
     fields: dict[str, object] = {k: settings[f"landlock.{k}"] for k in LANDLOCK_KEYS if f"landlock.{k}" in settings}
     if "landlock.noexec" in settings:
-        fields["noexec"] = tuple(sandbox_path(p, "landlock.noexec") for p in _names(settings["landlock.noexec"]))
+        fields["noexec"] = tuple(sandbox_path(p, "landlock.noexec") for p in _names(settings, "landlock.noexec"))
     cap = environ.get("SBX_LANDLOCK")
     if cap is not None:
         if not cap.isdigit() or len(cap) > 3:
@@ -238,15 +270,11 @@ def _landlock(settings: Mapping[str, object], environ: Mapping[str, str]) -> Lan
     return LandlockSpec(**fields)  # type: ignore[arg-type]
 
 
-def _names(value: object) -> tuple[str, ...]:
-    return value  # type: ignore[return-value]
-
-
-def _network(mode: str, settings: Mapping[str, object]) -> dict[str, object]:
+def _network(mode: str, settings: Mapping[str, object], environ: Mapping[str, str]) -> dict[str, object]:
     """publish, egress rules and DNS: checked here, host names resolved only when the run starts."""
-    publish_texts = _names(settings.get("network.publish", ()))
-    allow, deny = _names(settings.get("network.allow", ())), _names(settings.get("network.deny", ()))
-    dns = _names(settings.get("network.dns", ()))
+    publish_texts = _names(settings, "network.publish")
+    allow, deny = _names(settings, "network.allow"), _names(settings, "network.deny")
+    dns = _names(settings, "network.dns")
     host_loopback = bool(settings.get("network.host_loopback", False))
     if mode != "pasta":
         if publish_texts:
@@ -268,5 +296,6 @@ def _network(mode: str, settings: Mapping[str, object]) -> dict[str, object]:
             net.parse_rule(server)
     except net.NetError as exc:
         raise UsageError(str(exc)) from None
-    return {"publish": publish, "egress_allow": allow, "egress_deny": deny, "dns": net.sandbox_dns(dns),
-            "host_loopback": host_loopback}
+    helper = net.find_helper(environ)
+    return {"publish": publish, "egress_allow": allow, "egress_deny": deny, "dns": net.sandbox_dns(dns, helper),
+            "host_loopback": host_loopback, "usernet": helper}

@@ -1,111 +1,19 @@
 """Profiles: named TOML files that preset everything a run's flags can set.
 
-This module is imported on every `sbx run`, so it stays small: the error
-type, the resolved `Profile`, the search path, and the built-in `default`.
-A plain `sbx run` only stats a few paths and returns `DEFAULT`; parsing,
-validation and inheritance live in `profile_file`, imported (with tomllib)
-only when a TOML file really has to be read.
-
-Names resolve through the trusted directories only ($XDG_CONFIG_HOME,
-/etc, shipped).  The project's ./.sbx/profiles/ comes first only when the
-caller opts in (`project=True`: --project-profiles, or `sbx profile trust`):
-a submission must not supply the profile that limits it (SECURITY.md).
+`resolve` is the entry point: the built-in default without reading a file when
+nothing overrides it (search.py), else the file and what it extends
+(profile_file.py).  The names callers use (ProfileError, Profile, the search
+path) are re-exported from search.py, which the run path imports alone.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
-from ..errors import UsageError
-from ..model.frozen import dataclass
+from .search import (BUILTIN, DEFAULT, SYSTEM_DIR, Profile, ProfileError, builtin, config_home, project_dir,
+                     search_path, shipped_dir, user_dirs)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
-
-SYSTEM_DIR = "/etc/sbx/profiles"
-BUILTIN = "<built-in>"
-
-
-class ProfileError(UsageError):
-    """A profile that cannot be used; str() is one line without "sbx: error: "."""
-
-
-@dataclass(frozen=True)
-class Profile:
-    """A profile after inheritance: `settings` maps dotted keys to converted values.
-
-    Only keys that some file of the chain sets appear (a limit set to
-    "unlimited" is left out, which is what an unset limit means).  Values
-    are already typed: sizes int bytes, durations float seconds, lists
-    tuples, `sandbox.env` a tuple of (name, value), `mounts` spec.Mount.
-    """
-
-    name: str
-    source: str
-    description: str
-    settings: tuple[tuple[str, object], ...]
-
-    def get(self, key: str, default: object = None) -> object:
-        for name, value in self.settings:
-            if name == key:
-                return value
-        return default
-
-
-# Must equal profiles/default.toml once parsed (tests/test_profile.py checks);
-# it saves the ~14 ms `import tomllib` on every plain `sbx run`.
-DEFAULT = Profile(
-    name="default",
-    source=BUILTIN,
-    description="General use: host programs read-only, no network, none of your files",
-    settings=(
-        ("sandbox.image", "host"),
-        ("sandbox.hostname", "sbx"),
-        ("sandbox.disk", 256 << 20),
-        ("sandbox.tmp_size", 64 << 20),
-        ("network.mode", "none"),
-    ),
-)
-
-
-def config_home(environ: Mapping[str, str]) -> str | None:
-    # XDG: an unset, empty or relative XDG_CONFIG_HOME means $HOME/.config.
-    xdg = environ.get("XDG_CONFIG_HOME", "")
-    if xdg.startswith("/"):
-        return xdg
-    home = environ.get("HOME", "")
-    return home + "/.config" if home.startswith("/") else None
-
-
-def project_dir(cwd: str) -> str:
-    """The project's profiles: used only when the caller opts in."""
-    return os.path.join(cwd, ".sbx", "profiles")
-
-
-def user_dirs(environ: Mapping[str, str]) -> list[str]:
-    """The trusted directories that can override shipped profiles, highest first."""
-    dirs = []
-    config = config_home(environ)
-    if config is not None:
-        dirs.append(os.path.join(config, "sbx", "profiles"))
-    dirs.append(SYSTEM_DIR)
-    return dirs
-
-
-def shipped_dir() -> str:
-    """Installed data files first, else the repository checkout."""
-    installed = os.path.join(sys.prefix, "share", "sbx", "profiles")
-    if os.path.isdir(installed):
-        return installed
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # sandbox/
-    return os.path.join(os.path.dirname(package), "profiles")
-
-
-def search_path(cwd: str, environ: Mapping[str, str], project: bool = False) -> list[str]:
-    """Where a profile name is looked up, in order; ./.sbx/profiles only if `project`."""
-    return ([project_dir(cwd)] if project else []) + user_dirs(environ) + [shipped_dir()]
 
 
 def resolve(
@@ -122,14 +30,14 @@ def resolve(
     (--project-profiles); `warn` gets the line saying a project profile of
     that name was ignored.
     """
-    if name is None or name == "default":
-        # The project's default is looked at even without opting in: to warn
-        # that it is ignored, or to find the directory in the trust list.
-        # lexists, not exists: a dangling default.toml must be an error, not ignored.
-        dirs = [project_dir(cwd), *user_dirs(environ)]
-        if not any(os.path.lexists(os.path.join(d, "default.toml")) for d in dirs):
-            return DEFAULT
-        name = "default"
+    found = builtin(name, cwd, environ)
+    if found is not None:
+        return found
     from . import profile_file
 
+    name = "default" if name is None else name
     return profile_file.resolve(name, cwd=cwd, environ=environ, project=project, warn=warn)
+
+
+__all__ = ["BUILTIN", "DEFAULT", "SYSTEM_DIR", "Profile", "ProfileError", "config_home", "project_dir", "resolve",
+           "search_path", "shipped_dir", "user_dirs"]

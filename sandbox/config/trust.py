@@ -1,4 +1,11 @@
-"""The directories whose ./.sbx/profiles/ the caller trusts, as direnv trusts an .envrc.
+"""Project profiles (./.sbx/profiles/): the rule they keep, and the directories the caller trusts.
+
+The rule (SECURITY.md, 'Profiles'): a submission must not be able to widen
+the sandbox that holds it, so a profile reached through ./.sbx/ may not set
+what `project_refusal` and `source_refusal` list; those lists are the part
+a security reviewer reads.
+
+The trust list: the directories whose ./.sbx/profiles/ the caller trusts, as direnv trusts an .envrc.
 
 `sbx profile trust [DIR]` records DIR's real path with a SHA-256 of its
 .sbx/profiles/*.toml (names and contents): adding, removing or changing any of
@@ -16,13 +23,73 @@ from __future__ import annotations
 
 import os
 
-from .profile import ProfileError, config_home, project_dir
+from .schema import shown
+from .search import SECURITY, ProfileError, config_home, inside, project_dir
+from .tomlfile import MAX_FILE, NotRegular, Refused, open_owned
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
 MAX_LIST = 1 << 20
+
+# ---------------------------------------------------------------- the rule
+
+# All a profile from ./.sbx/ may copy from the caller's environment: a
+# project must not be able to ask for the caller's tokens.
+PROJECT_PASS_ENV = frozenset(
+    ("TERM", "COLORTERM", "NO_COLOR", "LANG", "LANGUAGE", "TZ", "COLUMNS", "LINES")
+)
+# What a profile from ./.sbx/ may not set, why, and how the user grants it.
+_OWN = "use a profile of your own"
+_PROJECT_REFUSED = {
+    ("network.mode", "host"): ("it could carry your files away", "pass --network host yourself"),
+    ("network.mode", "pasta"): ("it could carry your files away", "pass --network pasta yourself"),
+    ("network.mode", "nat"): ("it could carry your files away", "pass --network nat yourself"),
+    ("seccomp.policy", "none"): ("it would widen the kernel the sandbox can attack", _OWN),
+    ("seccomp.action", "log"): ("it would let denied system calls through", _OWN),
+    ("landlock.enabled", False): ("it would take down a fence around the sandbox", _OWN),
+    ("landlock.write", "root"): ("it would let the sandbox write where its profile keeps it from", _OWN),
+}
+
+
+def project_refusal(values: Mapping[str, object]) -> str | None:
+    """Why a profile from ./.sbx/ may not set these (checked) values, for keys other than mounts; None if it may."""
+    for (key, value), (why, instead) in _PROJECT_REFUSED.items():
+        if values.get(key) == value:
+            return f"'{key}' cannot be {shown(value)} in a profile from ./.sbx/: {why} ({SECURITY}); {instead}"
+    if values.get("network.publish"):
+        return f"'network.publish' cannot be set in a profile from ./.sbx/ ({SECURITY}); use -p"
+    for key in ("landlock.noexec", "landlock.tcp_bind", "landlock.tcp_connect"):
+        if key in values:  # the list replaces the one of the profile it extends: it could only widen
+            return (f"'{key}' cannot be set in a profile from ./.sbx/: it would replace the list of the "
+                    f"profile it extends ({SECURITY}); use a profile of your own")
+    if values.get("seccomp.allow"):
+        return ("'seccomp.allow' cannot be set in a profile from ./.sbx/: it would widen the kernel "
+                f"the sandbox can attack ({SECURITY}); use a profile of your own")
+    names = values.get("sandbox.pass_env", ())
+    assert isinstance(names, tuple)
+    for name in names:
+        if name not in PROJECT_PASS_ENV and not name.startswith("LC_"):
+            allowed = ", ".join(sorted(PROJECT_PASS_ENV)) + ", LC_*"
+            return (f"'sandbox.pass_env' cannot copy {name} into the sandbox: a profile from ./.sbx/ "
+                    f"may pass only {allowed} ({SECURITY}); use -e {name} to pass it yourself")
+    return None
+
+
+def source_refusal(label: str, mode: str, source: str, project: str) -> str | None:
+    """Why a [[mount]] of a profile from ./.sbx/ may not bind `source` (expanded, absolute) so: it may
+    see the project (`project`, a real path), never change it."""
+    if mode == "rw":
+        return (f"'{label}.mode' cannot be \"rw\" in a profile from ./.sbx/: the sandbox could change "
+                f"your files ({SECURITY}); use \"overlay\", or pass -v SRC:DST:rw yourself")
+    if not inside(os.path.realpath(source), project):
+        return (f"'{label}.source' {source} is outside the project directory {project}: a profile "
+                f"from ./.sbx/ may bind only paths inside it ({SECURITY}); use -v to bind it yourself")
+    return None
+
+
+# ------------------------------------------------------------ the trust list
 
 
 def list_path(environ: Mapping[str, str]) -> str | None:
@@ -33,8 +100,6 @@ def list_path(environ: Mapping[str, str]) -> str | None:
 def digest(directory: str) -> str | None:
     """What `trust` records for `directory`; None without a .sbx/profiles/ there."""
     import hashlib
-
-    from .profile_file import MAX_FILE
 
     profiles = project_dir(directory)
     try:
@@ -75,8 +140,6 @@ def _content(path: str, limit: int) -> bytes:
 
 def _entries(environ: Mapping[str, str]) -> dict[str, str]:
     """real path -> digest, from the list (checked like a profile: only you or root may change it)."""
-    from .profile_file import NotRegular, Refused, open_owned
-
     path = list_path(environ)
     if path is None:
         return {}

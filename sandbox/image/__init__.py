@@ -10,7 +10,9 @@ no hashlib) and returns what `sbx run --image` stacks and applies:
 
 Modules: `ref` (references), `store` (layout, locks, records), `tar` and
 `extract` (hostile-input-safe layer extraction), `blob` (digests,
-decompression), `oci` (import), `cli` (`sbx image ...`).
+decompression), `source` and `oci` (import), `pull` (registries), `build`,
+`copy` and `containerfile` (`sbx image build`), `commit` (kept writable
+layers), `layout` (writing OCI layouts).  `sbx image ...` is cli/image.py.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from .errors import ImageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from .store import Store
 
 __all__ = ["ImageError", "ImageInfo", "resolve", "find"]
@@ -84,11 +88,13 @@ def find(store: Store, text: str) -> dict[str, object]:
     raise ImageError(f"image {text!r} not found in {store.root} (see 'sbx image ls', 'sbx image import')")
 
 
-def resolve(name: str, root: str | None = None, hold: bool = True) -> ImageInfo:
-    """The image `name` from the store at `root` (default: $SBX_ROOT, else $XDG_DATA_HOME/sbx)."""
+def resolve(name: str, root: str | None = None, hold: bool = True,
+            environ: Mapping[str, str] | None = None) -> ImageInfo:
+    """The image `name` from the store at `root` (default: $SBX_ROOT, else $XDG_DATA_HOME/sbx, as
+    `environ` says; default: this process's environment)."""
     from .store import Store
 
-    store = Store(root, create=False)
+    store = Store(root, create=False, environ=environ)
     if not os.path.isdir(store.images):
         raise ImageError(f"image {name!r} not found: no image store at {store.root} (see 'sbx image import')")
     lock_fd = store.hold() if hold else -1

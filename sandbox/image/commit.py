@@ -25,20 +25,23 @@ import stat
 import tarfile
 import time
 
-from ..kernel import linux
 from ..errors import SbxError, UsageError
+from ..kernel import linux
+from ..model.frozen import dataclass
 from .errors import ImageError
 from .extract import OPAQUE, OPAQUE_XATTR, RESOLVE, WHITEOUT, remove_tree, size_text
 from .store import Record, Store, check_digest, tree_size
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from ..model.result import Result
     from ..model.spec import Spec
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FULL_MARGIN = 64 * 1024  # free bytes on the --disk tmpfs below which the run counts as having filled it
+SENDFILE_CHUNK = 1 << 30
 FULL = "the run filled its writable layer (--disk {}): its writes past that failed"
 UNBOUNDED = ("this kernel's tmpfs has no user xattrs (Linux 6.6+): the writable layer was on the host's disk "
              "while the run wrote, and --disk was checked only after it")
@@ -58,8 +61,8 @@ def new_upper(store: Store) -> str:
 class Kept:
     """One run's kept writable layer, from before the run until it is in the store.
 
-    The sandbox keeps the layer on its --disk tmpfs (rootfs.kept_upper), so the run cannot
-    write more than --disk; init sends the layer directory's fd over a socket this end holds,
+    The sandbox keeps the layer on its --disk tmpfs (runtime/rootfs/plan.kept_upper), so the
+    run cannot write more than --disk; init sends the layer directory's fd over a socket this end holds,
     and that fd keeps the tmpfs alive after the sandbox is gone.  `scratch` (new_upper) is
     where the layer is copied as it is normalized, or, on a kernel whose tmpfs lacks user
     xattrs, the host directory the sandbox writes the layer to (`bounded` is then False).
@@ -93,7 +96,7 @@ class Kept:
         if self.fd < 0:
             return False
         st = os.fstatvfs(self.fd)
-        return st.f_bavail * st.f_frsize < 64 * 1024 or st.f_favail == 0
+        return st.f_bavail * st.f_frsize < FULL_MARGIN or st.f_favail == 0
 
     def save(self, limit: int | None) -> tuple[str, int] | None:
         """After the run: its layer into the store; (diff_id, bytes), or None when it is empty."""
@@ -347,7 +350,7 @@ def _copy_file(src: int, parent: int, name: str, mode: int, size: int) -> None:
     try:
         offset = 0
         while offset < size:
-            sent = os.sendfile(out, src, offset, min(size - offset, 1 << 30))
+            sent = os.sendfile(out, src, offset, min(size - offset, SENDFILE_CHUNK))
             if sent == 0:
                 raise ImageError(f"{name}: changed while being read")
             offset += sent
@@ -405,10 +408,21 @@ def write_record(store: Store, record: Record) -> None:
 
 # -- sbx run --commit ------------------------------------------------------------------
 
-def run(spec: Spec, name: str, root: str | None, run_spec: Callable[[Spec], Result]) -> Result:
-    """Run `spec` keeping its writable layer, then save the image's layers plus that one as `name`."""
-    import sys
+@dataclass(frozen=True)
+class Committed:
+    """What `sbx run --commit` did: the run's result, the image it saved (None when the
+    sandbox was never set up, so nothing of the run's was saved) and warnings for the caller."""
 
+    result: Result
+    image: str | None = None  # the full reference, docker.io/library/NAME:TAG
+    id: str = ""  # sha256:HEX
+    warnings: tuple[str, ...] = ()
+
+
+def run_and_commit(spec: Spec, name: str, root: str | None, run_spec: Callable[[Spec], Result],
+                   environ: Mapping[str, str] | None = None) -> Committed:
+    """Run `spec` keeping its writable layer, then save the image's layers plus that one as `name`
+    in the store at `root` (default: the one `environ` names)."""
     from . import find, ref
 
     try:
@@ -417,23 +431,24 @@ def run(spec: Spec, name: str, root: str | None, run_spec: Callable[[Spec], Resu
         raise UsageError(f"--commit: {exc}") from None
     if not spec.layers:
         raise UsageError("--commit needs --image: the host image has no single root layer to save")
-    store = Store(root)
+    store = Store(root, environ=environ)
     with store.lock(False):
         base = find(store, spec.image)
     layers = ["sha256:" + os.path.basename(path) for path in reversed(spec.layers)]  # what ran, base first
     for diff_id in layers:
         check_digest(diff_id)
+    warnings: list[str] = []
     hold = store.hold()
     kept = Kept(store)
     try:
         result = run_spec(kept.spec(spec))
         if result.verdict == "XX":
-            return result  # the sandbox was never set up (or died): nothing of the run's to save
+            return Committed(result)  # the sandbox was never set up (or died): nothing of the run's to save
         if kept.full():
-            sys.stderr.write(f"sbx: warning: {FULL.format(size_text(spec.disk))}\n")
+            warnings.append(FULL.format(size_text(spec.disk)))
         saved = kept.save(spec.disk)
         if not kept.bounded:
-            sys.stderr.write(f"sbx: warning: {UNBOUNDED}\n")
+            warnings.append(UNBOUNDED)
         if saved is not None:
             layers.append(saved[0])
         config = base.get("config")
@@ -444,7 +459,4 @@ def run(spec: Spec, name: str, root: str | None, run_spec: Callable[[Spec], Resu
     finally:
         kept.close()
         os.close(hold)
-    from ..cli.image import short_name
-
-    sys.stderr.write(f"sbx: saved image {short_name(target)} ({str(record['id'])[7:19]})\n")
-    return result
+    return Committed(result, target, str(record["id"]), tuple(warnings))

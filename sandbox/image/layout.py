@@ -1,4 +1,4 @@
-"""Writing OCI image layouts: the shipped recipes, the tests, and later `sbx image build`.
+"""Writing OCI image layouts: the shipped recipes and the tests (`sbx image build` writes to the store).
 
     blobs = Layout(path)
     desc = blobs.image([layer_tar_bytes, ...], {"Cmd": ["/bin/sh"]}, compression="gzip")

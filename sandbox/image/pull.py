@@ -36,7 +36,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import IO
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
@@ -52,6 +52,7 @@ JOBS = 4
 RETRIES = 5
 TIMEOUT = 60.0
 CHUNK = 1 << 20
+MAX_TOKEN = 1 << 20  # bytes of a token server's answer read
 USER_AGENT = "sbx"
 
 Credentials = tuple[str, str]
@@ -211,7 +212,7 @@ class Client:
             if self.credentials is not None:
                 request.add_unredirected_header("Authorization", basic(self.credentials))
             with self._opener.open(request, timeout=self.timeout) as response:
-                body = response.read(1 << 20)
+                body = response.read(MAX_TOKEN)
         except urllib.error.HTTPError as exc:
             detail = registry_error(_read_limited(exc, 65536))
             exc.close()
@@ -466,8 +467,9 @@ def write_blob(layout: str, digest: str, data: bytes) -> None:
 
 # -- the pull -----------------------------------------------------------------------
 
-def credentials_from_env(environ: dict[str, str] | None = None) -> Credentials | None:
-    value = (os.environ if environ is None else environ).get("SBX_REGISTRY_AUTH")
+def credentials_from_env(environ: Mapping[str, str]) -> Credentials | None:
+    """user:pass from $SBX_REGISTRY_AUTH in `environ`, or None."""
+    value = environ.get("SBX_REGISTRY_AUTH")
     if not value:
         return None
     user, colon, password = value.partition(":")

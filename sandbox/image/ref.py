@@ -23,6 +23,7 @@ TAG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234
 HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-")
 HEX = frozenset("0123456789abcdef")
 DIGEST_LENGTHS = {"sha256": 64, "sha512": 128}
+SHORT_ID = 12  # hex digits of an image id that `sbx image ls` shows, as docker does
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,7 @@ class Reference:
     @property
     def familiar(self) -> str:
         """The short form docker shows: busybox:latest for docker.io/library/busybox:latest."""
-        text = str(self)
-        for prefix in (DOCKER_HUB + "/library/", DOCKER_HUB + "/"):
-            if text.startswith(prefix):
-                return text[len(prefix):]
-        return text
+        return short_name(str(self))
 
     @property
     def api_host(self) -> str:
@@ -93,6 +90,19 @@ def parse(text: str, default_tag: str | None = "latest") -> Reference:
     if tag is None and not at:
         tag = default_tag
     return Reference(registry, path, tag, digest if at else None)
+
+
+def short_name(name: str) -> str:
+    """A stored name as docker shows it: busybox:latest for docker.io/library/busybox:latest."""
+    for prefix in (DOCKER_HUB + "/library/", DOCKER_HUB + "/"):
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
+def short_id(image_id: str) -> str:
+    """An image id as `sbx image ls` shows it: the first 12 hex digits of sha256:HEX."""
+    return image_id.removeprefix("sha256:")[:SHORT_ID]
 
 
 def check_digest(digest: str, text: str) -> str:

@@ -38,6 +38,7 @@ SCHEMA = 1
 
 
 def default_root(environ: Mapping[str, str] | None = None) -> str:
+    """$SBX_ROOT, else $XDG_DATA_HOME/sbx, else ~/.local/share/sbx, in `environ` (default: os.environ)."""
     env = os.environ if environ is None else environ
     if env.get("SBX_ROOT"):
         return os.path.abspath(env["SBX_ROOT"])
@@ -97,8 +98,9 @@ def lock_file(path: str, exclusive: bool, wait_note: str | None = None) -> int:
 
 
 class Store:
-    def __init__(self, root: str | None = None, create: bool = True) -> None:
-        self.root = os.path.abspath(root if root is not None else default_root())
+    def __init__(self, root: str | None = None, create: bool = True, environ: Mapping[str, str] | None = None) -> None:
+        """The store at `root`, else where `environ` (default: this process's) says: default_root()."""
+        self.root = os.path.abspath(root if root is not None else default_root(environ))
         self.layers = os.path.join(self.root, "layers", "sha256")
         self.images = os.path.join(self.root, "images")
         self.tmp = os.path.join(self.root, "tmp")

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import SetupError
+from ..errors import EXIT_SBX, SetupError
 from ..model.frozen import dataclass
 
 TYPE_CHECKING = False
@@ -210,6 +210,29 @@ def write_maps(pid: int, ranges: IdRanges) -> None:
             raise SetupError(failure + " (SBX_ID_RANGES=0 runs with the single id mapping instead)")
 
 
+# The handshake of a child that maps id ranges: it unshares its user namespace and says so
+# (UNSHARED); its parent, still in the initial namespace where newuidmap works, writes the maps
+# and says so (MAPPED).  The sandbox's entry process (runtime/), enter() and run_ranged() use it.
+UNSHARED, MAPPED = b"U", b"G"
+
+
+def announce_unshared(ready_w: int, go_r: int) -> bool:
+    """The child's end, once it has its user namespace: True when the parent has mapped it
+    (False: the parent could not, and says why)."""
+    os.write(ready_w, UNSHARED)
+    return os.read(go_r, 1) == MAPPED
+
+
+def map_when_asked(child: int, ranges: IdRanges, ready_r: int, go_w: int) -> bool:
+    """The parent's end: write the child's maps once it has unshared; False when it died first.
+    SetupError when the maps cannot be written."""
+    if os.read(ready_r, 1) != UNSHARED:
+        return False
+    write_maps(child, ranges)
+    os.write(go_w, MAPPED)
+    return True
+
+
 def enter(ranges: IdRanges) -> None:
     """Continue this command as root of a new user namespace mapping `ranges`.
 
@@ -229,21 +252,19 @@ def enter(ranges: IdRanges) -> None:
         os.close(go_w)
         linux.prctl(linux.PR_SET_PDEATHSIG, _signal.SIGKILL)
         linux.unshare(linux.CLONE_NEWUSER)
-        os.write(ready_w, b"U")
+        mapped = announce_unshared(ready_w, go_r)
         os.close(ready_w)
-        if os.read(go_r, 1) != b"G":
-            os._exit(125)  # the parent could not map us: it says why
+        if not mapped:
+            os._exit(EXIT_SBX)  # the parent could not map us: it says why
         os.close(go_r)
         return
     os.close(ready_w)
     os.close(go_r)
     for signum in (_signal.SIGINT, _signal.SIGQUIT):
         _signal.signal(signum, _signal.SIG_IGN)  # the terminal sends them to the child too
-    status = 125
+    status = EXIT_SBX
     try:
-        if os.read(ready_r, 1) == b"U":
-            write_maps(child, ranges)
-            os.write(go_w, b"G")
+        map_when_asked(child, ranges, ready_r, go_w)
     except SetupError as exc:
         import sys
 
@@ -288,8 +309,7 @@ def run_ranged(ranges: IdRanges, fn: Callable[[], None]) -> None:
             os.close(err_r)
             linux.prctl(linux.PR_SET_PDEATHSIG, _signal.SIGKILL)
             linux.unshare(linux.CLONE_NEWUSER)
-            os.write(ready_w, b"U")
-            if os.read(go_r, 1) == b"G":  # else the parent could not map us: it says why
+            if announce_unshared(ready_w, go_r):  # else the parent could not map us: it says why
                 fn()
                 code = 0
         except OSError as exc:
@@ -307,10 +327,7 @@ def run_ranged(ranges: IdRanges, fn: Callable[[], None]) -> None:
     mapped, failure = False, None
     try:
         try:
-            if os.read(ready_r, 1) == b"U":
-                write_maps(child, ranges)
-                os.write(go_w, b"G")
-                mapped = True
+            mapped = map_when_asked(child, ranges, ready_r, go_w)
         except SetupError as exc:
             failure = exc
         finally:

@@ -15,6 +15,8 @@ import os
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
+# The same handles for the other ctypes users (landlock.py, proctitle.py): libc resolved once.
+libc, syscall = _libc, _syscall
 
 # clone/unshare flags
 CLONE_NEWNS = 0x00020000
@@ -227,3 +229,13 @@ def set_name(name: str) -> None:
     """The process's name in ps/top and /proc/PID/comm (15 bytes at most)."""
     buf = ctypes.create_string_buffer(name.encode()[:15])
     _libc.prctl(PR_SET_NAME, buf, ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+
+
+def close_fds_but(keep: list[int] | tuple[int, ...]) -> None:
+    """Close every fd from 3 up but those in `keep` (a forked child shedding what it inherited)."""
+    low = 3
+    for fd in sorted(k for k in keep if k >= 3):
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)

@@ -46,7 +46,7 @@ def scrub(name: str) -> None:
     arg_start, arg_end, env_start, env_end = _areas()
     if not (0 < arg_start <= arg_end and 0 < env_start <= env_end):
         raise OSError(0, "cannot hide the command line: /proc/self/stat has no argument area")
-    linux._libc.clearenv()  # its handle: a new CDLL(None) costs 10 us
+    linux.libc.clearenv()  # its handle: a new CDLL(None) costs 10 us
     ctypes.memset(env_start, 0, env_end - env_start)
     size = arg_end - arg_start
     ctypes.memset(arg_start, 0, size)

@@ -5,8 +5,9 @@ more than twice bubblewrap's whole cold run.  Type checkers see the real
 `dataclasses.dataclass` (so mypy checks fields, defaults and `replace`); at
 run time this module supplies the small subset sbx uses: keyword or positional
 construction with defaults, immutability, equality, hashing, `repr`,
-`replace` and `fields`.  Defaults must be immutable (tuples, frozensets,
-None, numbers, strings); `field(default_factory=...)` is not supported.
+`replace`, `fields` and `field(default=..., metadata=...)`.  Defaults must be
+immutable (tuples, frozensets, None, numbers, strings); `field(default_factory=...)`
+is not supported.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from dataclasses import dataclass as dataclass
+    from dataclasses import field as field
     from dataclasses import fields as fields
     from dataclasses import replace as replace
 else:
@@ -22,15 +24,25 @@ else:
     class FrozenInstanceError(AttributeError):
         pass
 
-    class _Field:
-        __slots__ = ("name",)
+    MISSING = _MISSING
 
-        def __init__(self, name):
+    class _Field:
+        """A field as `fields()` gives it: its name, default (MISSING: none) and metadata."""
+
+        __slots__ = ("name", "default", "metadata")
+
+        def __init__(self, name, default=_MISSING, metadata=None):
             self.name = name
+            self.default = default
+            self.metadata = {} if metadata is None else metadata
+
+    def field(*, default=_MISSING, metadata=None):
+        return _Field("", default, metadata)
 
     def _field_spec(cls):
         names = []
         defaults = {}
+        metadata = {}
         for klass in reversed(cls.__mro__):
             for name, ann in klass.__dict__.get("__annotations__", {}).items():
                 if isinstance(ann, str) and ann.startswith(("ClassVar", "typing.ClassVar")):
@@ -38,13 +50,20 @@ else:
                 if name not in names:
                     names.append(name)
                 value = klass.__dict__.get(name, _MISSING)
+                if isinstance(value, _Field):
+                    metadata[name] = value.metadata
+                    value = value.default
+                    if value is _MISSING and name in cls.__dict__:
+                        delattr(cls, name)  # a required field: no class attribute
+                    elif name in cls.__dict__:
+                        setattr(cls, name, value)
                 if value is not _MISSING:
                     defaults[name] = value
-        return tuple(names), defaults
+        return tuple(names), defaults, metadata
 
     def dataclass(cls=None, /, *, frozen=False, **_ignored):
         def wrap(cls):
-            names, defaults = _field_spec(cls)
+            names, defaults, metadata = _field_spec(cls)
             required = [n for n in names if n not in defaults]
 
             def __init__(self, *args, **kwargs):
@@ -82,6 +101,7 @@ else:
             cls.__repr__ = __repr__
             cls.__eq__ = __eq__
             cls.__sbx_fields__ = names
+            cls.__sbx_spec__ = (defaults, metadata)  # fields() builds its _Field values on demand
             if frozen:
 
                 def __setattr__(self, name, value):
@@ -100,7 +120,13 @@ else:
         return wrap if cls is None else wrap(cls)
 
     def fields(obj):
-        return tuple(_Field(n) for n in obj.__sbx_fields__)
+        cls = obj if isinstance(obj, type) else type(obj)
+        info = cls.__dict__.get("__sbx_field_info__")
+        if info is None:
+            defaults, metadata = cls.__sbx_spec__
+            info = tuple(_Field(n, defaults.get(n, _MISSING), metadata.get(n)) for n in cls.__sbx_fields__)
+            cls.__sbx_field_info__ = info
+        return info
 
     def replace(obj, /, **changes):
         values = {n: getattr(obj, n) for n in obj.__sbx_fields__}

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal as _signal
+else:
+    import _signal  # `signal` itself imports enum: ~4 ms at start-up
+
 from .frozen import dataclass
 from .spec import Spec
 
@@ -96,19 +102,19 @@ def verdict_for(spec: Spec, exit_code: int | None, signal: int, cause: str, fail
     if cause == "output":
         return "OLE"
     if cause:
-        return "SG"  # a seccomp kill: signal 31 with the syscall in the message
+        return "SG"  # a seccomp kill: SIGSYS with the syscall in the message
     if oom:
         return "MLE"
     time_limit = spec.limits.time
     # RLIMIT_CPU's SIGXCPU (the kernel counts exact runtime; rusage may show a tick less),
     # or its hard SIGKILL a second later.
-    if time_limit is not None and (signal == 24 or (signal == 9 and cpu_time >= time_limit)):
+    if time_limit is not None and (signal == _signal.SIGXCPU or (signal == _signal.SIGKILL and cpu_time >= time_limit)):
         return "TLE"
     # More CPU time than allowed, though nothing had to be killed: the run ended between two
     # checks, or (without a cgroup) a child the supervisor could not watch used it.
     if time_limit is not None and cpu_time > time_limit:
         return "TLE"
-    if signal == 25 and spec.limits.file_size is not None:  # SIGXFSZ
+    if signal == _signal.SIGXFSZ and spec.limits.file_size is not None:
         return "OLE"
     if signal:
         return "SG"

@@ -6,8 +6,8 @@ stages never look at argv, profiles or the environment again.
 
 from __future__ import annotations
 
-from .frozen import dataclass
-from ..seccomp.filter import SeccompSpec
+from .frozen import dataclass, field
+from ..seccomp import SeccompSpec
 
 MiB = 1024 * 1024
 
@@ -85,12 +85,24 @@ class LandlockSpec:
     abi_cap: int | None = None
 
 
+# Metadata of a Spec field that belongs to one run, not to the sandbox it runs in (see Spec);
+# "shape" gives a shape's value where the field has no default.
+PER_RUN = {"run": True}
+
+
 @dataclass(frozen=True)
 class Spec:
-    """A complete run.  `env` is the payload's whole environment."""
+    """A complete run.  `env` is the payload's whole environment.
 
-    argv: tuple[str, ...]
-    env: tuple[tuple[str, str], ...] = ()
+    Two kinds of field.  The shape is what a sandbox is built from: its image, root, mounts,
+    ids, network, sizes and protections; two runs of one shape can use sandboxes prepared the
+    same way (the warm pool keys on it: runtime/supervisor.shape_of).  The fields marked
+    PER_RUN are the run's own: the command, its limits, its files and fds, and the reports;
+    a shape has them at their defaults (argv: ()).
+    """
+
+    argv: tuple[str, ...] = field(metadata={**PER_RUN, "shape": ()})
+    env: tuple[tuple[str, str], ...] = field(default=(), metadata=PER_RUN)
     image: str = "host"
     layers: tuple[str, ...] = ()  # an imported image's layer dirs, top first; () for the host image
     # The imported image's writable layer is kept after the run (image builds, --commit)
@@ -100,7 +112,8 @@ class Spec:
     # a host directory holding upper/ and work/, checked against --disk only after the run.
     upper: str | None = None
     upper_sock: int = -1
-    image_lock: int = -1  # fd holding the image store's use lock for as long as this process lives
+    # fd holding the image store's use lock for as long as this process lives
+    image_lock: int = field(default=-1, metadata=PER_RUN)
     id_ranges: bool = False  # map the caller's subordinate ids too (an image whose files keep owners)
     hostname: str = "sbx"
     uid: int = 0
@@ -113,17 +126,18 @@ class Spec:
     egress_deny: tuple[str, ...] = ()
     dns: tuple[str, ...] = ()  # name servers for resolv.conf in pasta mode
     host_loopback: bool = False  # pasta: the gateway address reaches the host's loopback
+    usernet: str | None = None  # pasta mode: the helper's path, found in the caller's environ (net.find_helper)
     disk: int = 256 * MiB
     tmp_size: int = 64 * MiB
     shm_size: int = 64 * MiB
     tty: bool = False
-    pass_fds: tuple[int, ...] = ()
-    limits: Limits = Limits()
+    pass_fds: tuple[int, ...] = field(default=(), metadata=PER_RUN)
+    limits: Limits = field(default=Limits(), metadata=PER_RUN)
     seccomp: SeccompSpec = SeccompSpec()
     landlock: LandlockSpec = LandlockSpec()
-    stdin: str | None = None
-    stdout: str | None = None
-    stderr: str | None = None
-    result: str | None = None
-    meta: str | None = None
+    stdin: str | None = field(default=None, metadata=PER_RUN)
+    stdout: str | None = field(default=None, metadata=PER_RUN)
+    stderr: str | None = field(default=None, metadata=PER_RUN)
+    result: str | None = field(default=None, metadata=PER_RUN)
+    meta: str | None = field(default=None, metadata=PER_RUN)
     cgroup: str | None = None  # a delegated cgroup v2 directory to run under (else discovered)

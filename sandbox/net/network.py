@@ -30,9 +30,17 @@ from ..model.spec import Publish
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ipaddress
+    import signal as _signal
+    from collections.abc import Mapping
+else:
+    import _signal  # `signal` itself imports enum: ~4 ms at start-up
 
 READY_TIMEOUT = 10.0
 IFNAME = "tap0"
+HELPERS = ("pasta", "slirp4netns")  # in the order tried
+MAX_PORT = 65535
+PIPE_CHUNK = 4096
+POLL_INTERVAL = 0.001  # s between checks for the sandbox's default route
 
 
 class NetError(Exception):
@@ -40,8 +48,8 @@ class NetError(Exception):
 
 
 def _port(text: str, what: str) -> int:
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
-        raise NetError(f"{what}: {text!r} is not a port from 1 to 65535")
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_PORT:
+        raise NetError(f"{what}: {text!r} is not a port from 1 to {MAX_PORT}")
     return int(text)
 
 
@@ -199,7 +207,7 @@ def apply_rules(script: str) -> None:
     os.close(errors_w)
     os.close(rules)
     output = b""
-    while chunk := os.read(errors_r, 4096):
+    while chunk := os.read(errors_r, PIPE_CHUNK):
         output += chunk
     os.close(errors_r)
     _, status = os.waitpid(pid, 0)
@@ -232,33 +240,41 @@ def host_nameservers() -> list[str]:
     return [line.split()[1] for line in lines if line.startswith("nameserver") and len(line.split()) > 1]
 
 
-def tool() -> str | None:
-    """The user-mode networking helper to use: $SBX_USERNET if set, else pasta, else slirp4netns."""
-    wanted = os.environ.get("SBX_USERNET")
-    for name in (wanted,) if wanted in ("pasta", "slirp4netns") else ("pasta", "slirp4netns"):
-        if which(name):
-            return name
+def find_helper(environ: Mapping[str, str]) -> str | None:
+    """The user-mode networking helper's path, on `environ`'s PATH (the caller's environment, which
+    may not be this process's): $SBX_USERNET's if that names one of HELPERS, else pasta's, else
+    slirp4netns's.  compose.build puts it in Spec.usernet."""
+    wanted = environ.get("SBX_USERNET")
+    for name in (wanted,) if wanted in HELPERS else HELPERS:
+        path = which(name, environ)
+        if path is not None:
+            return path
     return None
 
 
-def which(name: str) -> str | None:
-    """shutil.which without shutil (which imports fnmatch and re: ~10 ms)."""
-    for directory in os.environ.get("PATH", "/usr/bin:/bin").split(":") + ["/usr/sbin", "/usr/bin"]:
+def helper_name(path: str | None) -> str | None:
+    """"pasta" or "slirp4netns" for a path find_helper() gave."""
+    return None if path is None else os.path.basename(path)
+
+
+def which(name: str, environ: Mapping[str, str]) -> str | None:
+    """shutil.which on `environ`'s PATH, without shutil (which imports fnmatch and re: ~10 ms)."""
+    for directory in environ.get("PATH", "/usr/bin:/bin").split(":") + ["/usr/sbin", "/usr/bin"]:
         path = os.path.join(directory or ".", name)
         if os.access(path, os.X_OK) and not os.path.isdir(path):
             return path
     return None
 
 
-def sandbox_dns(explicit: tuple[str, ...]) -> tuple[str, ...]:
-    """Name servers for the sandbox's resolv.conf in pasta mode.
+def sandbox_dns(explicit: tuple[str, ...], helper: str | None) -> tuple[str, ...]:
+    """Name servers for the sandbox's resolv.conf in pasta mode, with this helper (find_helper()).
 
     The host's own servers where they are reachable from the sandbox (not on
     its loopback); else pasta forwards DNS sent to the gateway address to them.
     """
     if explicit:
         return explicit
-    if tool() == "slirp4netns":
+    if helper_name(helper) == "slirp4netns":
         return ("10.0.2.3",)
     servers = [s for s in host_nameservers() if not s.startswith("127.") and s != "::1"]
     if servers:
@@ -279,10 +295,11 @@ class UserNet:
         self.exit_w = exit_w
 
     @classmethod
-    def start(cls, target: int, publish: tuple[Publish, ...], dns: tuple[str, ...], host_loopback: bool) -> UserNet:
-        """Start the helper for the network namespace of process `target` (ours, dumpable)."""
-        name = tool()
-        if name is None:
+    def start(cls, target: int, helper: str | None, publish: tuple[Publish, ...], dns: tuple[str, ...],
+              host_loopback: bool) -> UserNet:
+        """Start `helper` (find_helper()) for the network namespace of process `target` (ours, dumpable)."""
+        name = helper_name(helper)
+        if helper is None or name is None:
             raise NetError("--network pasta needs pasta (Debian package 'passt') or slirp4netns; neither is "
                            "installed")
         check_tun()
@@ -304,7 +321,7 @@ class UserNet:
             argv += ["-T", "none", "-U", "none", str(target)]
             log = helper_log()
             try:
-                return cls(name, _spawn(argv, (), log), target, log)
+                return cls(name, _spawn(helper, argv, (), log), target, log)
             except BaseException:
                 os.close(log)
                 raise
@@ -319,7 +336,7 @@ class UserNet:
             fds += (exit_r, exit_w)
             argv = ["slirp4netns", "--configure", "--mtu=65520", f"--ready-fd={ready_w}", f"--exit-fd={exit_r}",
                     *(() if host_loopback else ("--disable-host-loopback",)), str(target), IFNAME]
-            pid = _spawn(argv, (ready_w, exit_r), log)
+            pid = _spawn(helper, argv, (ready_w, exit_r), log)
         except BaseException:
             for fd in (log, *fds):
                 os.close(fd)
@@ -338,7 +355,7 @@ class UserNet:
             if waited:
                 self.pid = 0
                 raise NetError(self._failure(f"{self.name} exited before the network was up", status))
-            time.sleep(0.001)
+            time.sleep(POLL_INTERVAL)
         raise NetError(self._failure(f"{self.name} did not bring the network up within {READY_TIMEOUT:g} s", None))
 
     def _failure(self, what: str, status: int | None) -> str:
@@ -360,7 +377,7 @@ class UserNet:
             self.ready_r = -1
         if self.pid:
             try:
-                os.kill(self.pid, 9)
+                os.kill(self.pid, _signal.SIGKILL)
             except ProcessLookupError:
                 pass
             os.waitpid(self.pid, 0)
@@ -458,23 +475,17 @@ def _has_default_route(pid: int) -> bool:
         return False
 
 
-def _spawn(argv: list[str], keep: tuple[int, ...], log: int) -> int:
+def _spawn(path: str, argv: list[str], keep: tuple[int, ...], log: int) -> int:
     """Fork and exec a helper that dies with us: no stdin or stdout, its stderr to `log`."""
-    path = which(argv[0])
-    assert path is not None
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         try:
             from ..kernel import linux
 
-            linux.prctl(linux.PR_SET_PDEATHSIG, 9)
+            linux.prctl(linux.PR_SET_PDEATHSIG, _signal.SIGKILL)
             if os.getppid() != parent:
                 os._exit(1)
-            if TYPE_CHECKING:
-                import signal as _signal
-            else:
-                import _signal
             for signum in (_signal.SIGPIPE, _signal.SIGXFSZ):  # Python ignores them; exec would keep that
                 _signal.signal(signum, _signal.SIG_DFL)
             null = os.open("/dev/null", os.O_RDWR)

@@ -10,11 +10,9 @@ status and the sandbox's rusage, and exits, which ends the pid namespace.
 Each of these processes dies with its parent (PR_SET_PDEATHSIG), so killing
 the supervisor, even with SIGKILL, brings the whole sandbox down.
 
-Messages to the supervisor are lines on one pipe:
-    P <pid>                      init's pid outside (from enter)
-    R                            root built, payload waiting for release
-    E <message>                  setup failed
-    X <status> <utime> <stime> <maxrss_kib>   the payload's wait status
+Both report to the supervisor on one pipe (protocol.py): init's pid as the supervisor
+sees it (Started, from enter), the root built (Ready), a failed set-up (Failed), and the
+payload's end (Exited).
 """
 
 from __future__ import annotations
@@ -27,19 +25,36 @@ else:
 import os
 import resource
 
-from ..kernel import linux, proctitle
-from . import rootfs
-from ..seccomp import filter as seccomp
-from . import payload as payload_mod
 from ..errors import EXIT_SBX, SbxError
-from .handoff import Handoff
+from ..kernel import linux, proctitle
 from ..model.spec import Spec
+from .protocol import FORWARDED, SHM_RMID_FORCED, Exited, Failed, Handoff, Ready, Started, say
 
-FORWARDED = (_signal.SIGTERM, _signal.SIGHUP, _signal.SIGINT, _signal.SIGQUIT, _signal.SIGUSR1, _signal.SIGUSR2)
+
+def preload() -> None:
+    """Import everything the sandbox's processes use after pivot_root, and what builds the root.
+
+    The new root need not hold the interpreter's stdlib (an image; a pyenv Python whose stdlib
+    is not under /usr failed `--network host` with "No module named 'fcntl'"), so nothing may be
+    imported after the pivot: what runs there (payload.py, protocol.py, landlock.py,
+    seccomp/load.py) imports the rest at its top, and only these lazily; payload.exec_command
+    searches PATH itself (os.execvpe would import warnings).  tests/test_preload.py runs each
+    such path in an image, where the host's stdlib is out of reach.
+
+    Called as this module is imported, by the supervisor (spawn.py) or the warm zygote, before
+    any fork: imported in the entry process instead, the modules cost more (every page they
+    write is a copy-on-write fault after the fork), even where the import would overlap the
+    supervisor's writing of the id maps.
+    """
+    import ctypes  # noqa: F401  (seccomp/load.py)
+    import fcntl  # noqa: F401  (payload._dup_above)
+    import stat  # noqa: F401  (landlock._kind)
+
+    from ..seccomp import load  # noqa: F401
+    from . import payload, rootfs  # noqa: F401
 
 
-def _say(fd: int, line: str) -> None:
-    os.write(fd, (line.replace("\n", " ") + "\n").encode(errors="replace"))
+preload()
 
 
 def _fail(report_w: int, exc: BaseException) -> None:
@@ -56,7 +71,7 @@ def _fail(report_w: int, exc: BaseException) -> None:
 
         traceback.print_exception(exc)
     try:
-        _say(report_w, "E " + message)
+        say(report_w, Failed(message))
     finally:
         os._exit(EXIT_SBX)
 
@@ -72,7 +87,7 @@ def enter(spec: Spec, handoff: Handoff, supervisor: int) -> None:
             os._exit(EXIT_SBX)
         # Only this sandbox's own fds: in a supervisor running several sandboxes at once, a copy
         # of another run's pipe held here would keep that run from ever seeing EOF.
-        payload_mod._close_fds(list(handoff.all()))
+        linux.close_fds_but(handoff.all())
         for signum in FORWARDED:
             _signal.signal(signum, _signal.SIG_IGN)  # the supervisor forwards them to init
         if not spec.tty:
@@ -90,8 +105,9 @@ def enter(spec: Spec, handoff: Handoff, supervisor: int) -> None:
         if handoff.maps is None:
             linux.map_ids(0, uid, 0, gid)
         else:  # id ranges: only our parent may write such maps
-            os.write(handoff.maps[0], b"U")
-            if os.read(handoff.maps[1], 1) != b"G":
+            from ..kernel import idmap
+
+            if not idmap.announce_unshared(*handoff.maps):
                 os._exit(EXIT_SBX)  # the parent could not map them; it says why
             for fd in handoff.maps:
                 os.close(fd)
@@ -100,7 +116,7 @@ def enter(spec: Spec, handoff: Handoff, supervisor: int) -> None:
             init(spec, handoff)
         for fd in (*handoff.payload_only(), *((handoff.keep_w,) if handoff.keep_w >= 0 else ())):
             os.close(fd)
-        _say(report_w, f"P {pid}")
+        say(report_w, Started(pid))
         os.close(report_w)
         while True:
             try:
@@ -113,6 +129,10 @@ def enter(spec: Spec, handoff: Handoff, supervisor: int) -> None:
         _fail(report_w, exc)
 
 
+SIOCSIFFLAGS = 0x8914  # linux/sockios.h
+IFF_UP, IFF_RUNNING = 0x1, 0x40  # linux/if.h
+
+
 def _loopback_up() -> None:
     import _socket
     import fcntl
@@ -120,16 +140,9 @@ def _loopback_up() -> None:
 
     sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
     try:
-        iff_up_running = 0x1 | 0x40
-        fcntl.ioctl(sock.fileno(), 0x8914, struct.pack("16sH22x", b"lo", iff_up_running))  # SIOCSIFFLAGS
+        fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", IFF_UP | IFF_RUNNING))  # struct ifreq
     finally:
         sock.close()
-
-
-# The supervisor sends init this signal when it counts a run's memory (no cgroup): from then on a
-# SysV segment ends with its last attacher (shm_rmid_forced), so every segment is in some process's
-# memory, where the census sees it; otherwise one left unattached would be counted by nothing.
-SHM_RMID_FORCED = _signal.SIGRTMIN + 1
 
 
 def _open_shm_rmid_forced() -> int:
@@ -177,6 +190,10 @@ def init(spec: Spec, handoff: Handoff) -> None:
         with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
             last_cap = int(f.read())
         shm_rmid_forced = _open_shm_rmid_forced()
+        from ..seccomp import load as seccomp
+        from . import payload as payload_mod
+        from . import rootfs
+
         root = rootfs.Root(spec)
         root.build()
         if handoff.keep_w >= 0:
@@ -221,7 +238,7 @@ def _supervise_payload(spec: Spec, payload: int, report_w: int, shm_rmid_forced:
         else:
             _signal.signal(signum, forward)
     _signal.pthread_sigmask(_signal.SIG_UNBLOCK, set(FORWARDED))
-    _say(report_w, "R")
+    say(report_w, Ready())
     status = 0
     while True:
         try:
@@ -241,5 +258,5 @@ def _supervise_payload(spec: Spec, payload: int, report_w: int, shm_rmid_forced:
         except ChildProcessError:
             break
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    _say(report_w, f"X {status} {usage.ru_utime:.6f} {usage.ru_stime:.6f} {usage.ru_maxrss}")
+    say(report_w, Exited(status, usage.ru_utime, usage.ru_stime, usage.ru_maxrss))
     os._exit(0)

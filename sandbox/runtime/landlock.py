@@ -16,7 +16,7 @@ import ctypes
 import os
 
 from ..model.frozen import dataclass
-from ..kernel.linux import _syscall  # libc's syscall(), loaded once there
+from ..kernel.linux import syscall  # libc's syscall(), loaded once there
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ def _check(result: int, what: str) -> int:
 
 def abi() -> int:
     """The kernel's Landlock ABI version; 0 when it has none (too old, or disabled at boot)."""
-    result = _syscall(NR_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(CREATE_RULESET_VERSION))
+    result = syscall(NR_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(CREATE_RULESET_VERSION))
     return max(0, int(result))
 
 
@@ -117,27 +117,27 @@ def create_ruleset(fs: int, net: int = 0, scoped: int = 0) -> int:
     """A ruleset fd handling these rights (all must be known to the kernel: see for_abi)."""
     attr = _RulesetAttr(fs, net, scoped)
     # The full struct even on older kernels: they accept a larger size whose extra bytes are zero.
-    return _check(_syscall(NR_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),
+    return _check(syscall(NR_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),
                              ctypes.c_uint32(0)), "landlock_create_ruleset")
 
 
 def add_path(ruleset: int, fd: int, access: int) -> None:
     """Allow `access` beneath the file or directory `fd` (an O_PATH fd will do)."""
     attr = _PathBeneath(access, fd)
-    _check(_syscall(NR_ADD_RULE, ruleset, ctypes.c_int(RULE_PATH_BENEATH), ctypes.byref(attr),
+    _check(syscall(NR_ADD_RULE, ruleset, ctypes.c_int(RULE_PATH_BENEATH), ctypes.byref(attr),
                       ctypes.c_uint32(0)), "landlock_add_rule")
 
 
 def add_port(ruleset: int, port: int, access: int) -> None:
     """Allow TCP bind and/or connect on `port` (ABI 4)."""
     attr = _NetPort(access, port)
-    _check(_syscall(NR_ADD_RULE, ruleset, ctypes.c_int(RULE_NET_PORT), ctypes.byref(attr),
+    _check(syscall(NR_ADD_RULE, ruleset, ctypes.c_int(RULE_NET_PORT), ctypes.byref(attr),
                       ctypes.c_uint32(0)), f"landlock_add_rule port {port}")
 
 
 def restrict_self(ruleset: int) -> None:
     """Enforce the ruleset on this thread and its future children (needs no_new_privs)."""
-    _check(_syscall(NR_RESTRICT_SELF, ruleset, ctypes.c_uint32(0)), "landlock_restrict_self")
+    _check(syscall(NR_RESTRICT_SELF, ruleset, ctypes.c_uint32(0)), "landlock_restrict_self")
 
 
 def apply(rules: Rules, version: int) -> None:
@@ -173,7 +173,7 @@ def _kind(fd: int) -> str:
     return "dir" if stat.S_ISDIR(mode) else "link" if stat.S_ISLNK(mode) else "file"
 
 
-# -- what a run gets: the supervisor's view (limits.py, supervise.py) and the payload's rules ------
+# -- what a run gets: the supervisor's view (limits.py, watch.py) and the payload's rules ----------
 
 def effective_abi(spec: LandlockSpec) -> int:
     """The ABI a run uses: 0 when disabled, unavailable, or capped to 0 (SBX_LANDLOCK=0)."""

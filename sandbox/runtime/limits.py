@@ -25,7 +25,7 @@ from ..model.spec import Spec
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ..cgroup.manager import Delegation
+    from ..cgroup.discover import Delegation
 
 # limit -> the cgroup controller that enforces it for the whole tree
 CONTROLLER = {"memory": "memory", "pids": "pids", "cpus": "cpu", "cpuset": "cpuset",
@@ -142,7 +142,54 @@ def nproc_limit(spec: Spec) -> int | None:
         return pids  # its own nested user namespace
     helper = 0
     if spec.network == "pasta":
-        from ..net.network import tool
+        from ..net.network import helper_name
 
-        helper = 1 if tool() == "pasta" else 0  # slirp4netns stays outside the user namespace
+        helper = 1 if helper_name(spec.usernet) == "pasta" else 0  # slirp4netns stays outside the user namespace
     return pids + 2 + helper
+
+
+def sandbox_spec(spec: Spec, enforced: dict[str, bool], nproc: int | None = None) -> Spec:
+    """The spec init and the payload get: their rlimits, where the run cgroup does better.
+
+    `nproc`: the RLIMIT_NPROC standing in for the pids controller (nproc_limit), or
+    None; the inner spec's `pids` is that rlimit's value, not a task count.
+
+    No RLIMIT_AS where memory.max holds the whole tree: RLIMIT_AS counts
+    address space, not memory, so a run that maps more than it touches (Go,
+    Java, ASan, a big malloc arena) would fail with ENOMEM, and an over-limit
+    allocation would be an RE instead of the cgroup's MLE.
+
+    RLIMIT_CPU only as a backstop a second past the limit where the supervisor
+    watches the cgroup's CPU time: the payload's own clock also counts its set-up
+    before release, which the run's figure leaves out, so at the limit itself
+    the rlimit would fire first and turn a precise TLE into an early SIGXCPU.
+    """
+    changes: dict[str, object] = {}
+    if spec.limits.pids is not None:
+        changes["pids"] = nproc
+    if spec.limits.memory is not None and enforced.get("memory"):
+        changes["memory"] = None
+    if spec.limits.time is not None and enforced.get("time"):
+        changes["time"] = spec.limits.time + 1.0
+    if not changes:
+        return spec
+    from ..model.frozen import replace
+
+    return replace(spec, limits=replace(spec.limits, **changes))  # type: ignore[arg-type]
+
+
+def rlimits_of(spec: Spec) -> tuple[tuple[int, int, int], ...]:
+    """The payload's rlimits (after sandbox_spec), as (resource, soft, hard)."""
+    import resource
+
+    limits = spec.limits
+    out = []
+    if limits.time is not None:
+        seconds = max(1, int(limits.time + 0.999))
+        out.append((resource.RLIMIT_CPU, seconds, seconds + 1))
+    for which, value in ((resource.RLIMIT_FSIZE, limits.file_size), (resource.RLIMIT_NOFILE, limits.open_files),
+                         (resource.RLIMIT_STACK, limits.stack), (resource.RLIMIT_AS, limits.memory),
+                         (resource.RLIMIT_NPROC, limits.pids)):
+        if value is not None:
+            out.append((which, value, value))
+    return tuple(out)

@@ -11,17 +11,17 @@ if TYPE_CHECKING:
     import signal as _signal
 else:
     import _signal  # `signal` itself imports enum: ~4 ms at start-up
+import errno
 import os
 import resource
 
 from . import landlock
 from ..kernel import linux
-from ..seccomp import filter as seccomp
+from ..seccomp import load as seccomp
 from ..errors import EXIT_NOEXEC, EXIT_NOTFOUND, EXIT_SBX
-from .handoff import RELEASE, Command, Handoff
+from . import protocol
+from .protocol import RELEASE, Handoff
 from ..model.spec import Spec
-
-MAX_FDS = 3 + 64  # stdio and --pass-fd descriptors in one channel message
 
 
 def _reset_signals() -> None:
@@ -129,60 +129,6 @@ def _set_rlimits(rlimits: tuple[tuple[int, int, int], ...]) -> None:
         resource.setrlimit(which, (soft, hard))
 
 
-def _close_fds(keep: list[int]) -> None:
-    low = 3
-    for fd in sorted(k for k in keep if k >= 3):
-        if fd > low:
-            os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, 1 << 20)
-
-
-def _send(sock_fd: int, data: bytes, fd: int = -1) -> None:
-    """A message to the supervisor; the kernel adds our credentials (it set SO_PASSCRED)."""
-    import _socket
-
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM, 0, sock_fd)  # no probing syscalls
-    try:
-        ancillary = [] if fd < 0 else [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd.to_bytes(4, "little"))]
-        sock.sendmsg([data], ancillary)
-    finally:
-        sock.detach()
-
-
-def _read_exact(fd: int, size: int) -> bytes | None:
-    data = b""
-    while len(data) < size:
-        chunk = os.read(fd, size - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
-
-
-def _read_command(fd: int) -> Command | None:
-    """The run's command from the supervisor; None at EOF (a prepared sandbox discarded unused)."""
-    header = _read_exact(fd, 8)
-    body = None if header is None else _read_exact(fd, int.from_bytes(header, "little"))
-    return None if body is None else Command.decode(body)
-
-
-def _receive_fds(sock_fd: int) -> list[int]:
-    """stdin, stdout, stderr and the --pass-fd descriptors, sent by the supervisor."""
-    import _socket
-
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM, 0, sock_fd)
-    try:
-        _, ancillary, _, _ = sock.recvmsg(1, _socket.CMSG_SPACE(4 * MAX_FDS))
-    finally:
-        sock.detach()
-    fds: list[int] = []
-    for level, kind, data in ancillary:
-        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-            fds += [int.from_bytes(data[i:i + 4], "little") for i in range(0, len(data) - len(data) % 4, 4)]
-    return fds
-
-
 def _place_fds(fds: list[int], pass_fds: tuple[int, ...], ours: list[int]) -> list[int]:
     """fds[0:3] become 0-2, the rest their --pass-fd numbers; returns `ours` (the handoff's fds),
     moved where a target needed their numbers."""
@@ -209,9 +155,29 @@ def _place_fds(fds: list[int], pass_fds: tuple[int, ...], ours: list[int]) -> li
 
 
 def _dup_above(fd: int, floor: int) -> int:
-    import fcntl
+    import fcntl  # preloaded by init (init.preload)
 
     return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
+
+
+def exec_command(argv: tuple[str, ...], env: dict[str, str]) -> None:
+    """os.execvpe, without its PATH lookup's `import warnings` (os.get_exec_path): after the
+    pivot the stdlib may be out of reach, and it cost 0.6 ms.  The first error that is not
+    ENOENT or ENOTDIR wins, as there."""
+    file = argv[0]
+    if "/" in file:
+        os.execve(file, argv, env)
+    last: OSError | None = None
+    first: OSError | None = None
+    for directory in env.get("PATH", os.defpath).split(os.pathsep):
+        try:
+            os.execve(os.path.join(directory, file), argv, env)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            last = exc
+        except OSError as exc:
+            last = exc
+            first = first or exc
+    raise first or last or FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), file)
 
 
 def main(spec: Spec, handoff: Handoff, last_cap: int) -> None:
@@ -237,12 +203,12 @@ def main(spec: Spec, handoff: Handoff, last_cap: int) -> None:
         os.chdir(spec.workdir)
         _drop_privileges(last_cap, ids)
         _fence(spec)
-        _close_fds([exec_w, release_r, channel_w, handoff.command_r])
-        command = _read_command(handoff.command_r)
+        linux.close_fds_but([exec_w, release_r, channel_w, handoff.command_r])
+        command = protocol.read_command(handoff.command_r)
         if command is None:
             os._exit(EXIT_SBX)  # discarded before use
         os.close(handoff.command_r)
-        exec_w, release_r, channel_w = _place_fds(_receive_fds(channel_w), command.pass_fds,
+        exec_w, release_r, channel_w = _place_fds(protocol.receive_run_fds(channel_w), command.pass_fds,
                                                   [exec_w, release_r, channel_w])
         _set_rlimits(command.rlimits)
         listener = -1
@@ -252,24 +218,25 @@ def main(spec: Spec, handoff: Handoff, last_cap: int) -> None:
             listener = seccomp.load(handoff.seccomp, listener=spec.seccomp.action == "kill")
         # Our pid (the kernel adds our credentials), so the supervisor can put us in the run
         # cgroup, and the seccomp listener, whose copy here closes on exec.
-        _send(channel_w, b"P", listener)
+        protocol.send_payload_ready(channel_w, listener)
         if os.read(release_r, 1) != RELEASE:
             os._exit(EXIT_SBX)  # the supervisor is gone: never run unsupervised
         code = EXIT_NOTFOUND
-        os.execvpe(command.argv[0], list(command.argv), dict(command.env))
+        exec_command(command.argv, dict(command.env))
     except OSError as exc:
+        failure: protocol.ExecOutcome
         if code != EXIT_NOTFOUND:
-            message = f"E {exc}"
+            failure = protocol.SetupFailed(str(exc))
         else:
-            if exc.errno not in (2, 20):  # ENOENT, ENOTDIR
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
                 code = EXIT_NOEXEC
-            message = f"X {exc.errno}"
+            failure = protocol.ExecFailed(exc.errno or 0)
         try:
-            os.write(exec_w, message.encode(errors="replace")[:4000])
+            os.write(exec_w, failure.encode())
         finally:
             os._exit(code)
     except BaseException as exc:
         try:
-            os.write(exec_w, f"E {exc!r}".encode(errors="replace")[:4000])
+            os.write(exec_w, protocol.SetupFailed(repr(exc)).encode())
         finally:
             os._exit(code)

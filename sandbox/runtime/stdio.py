@@ -22,7 +22,7 @@ run).  So each stream is classified by fstat and replaced where it must be:
 
 stdout and stderr that lead to the same place (2>&1) share one pipe, so their order is kept.
 
-Pumping never blocks the supervisor's poll loop (supervise._Watch): stdin is written to a
+Pumping never blocks the supervisor's poll loop (watch.Watch): stdin is written to a
 non-blocking pipe of our own (EPIPE, the payload gone, just stops feeding; EOF of the source
 closes it, so the payload sees EOF), and a destination that can block (a pipe, terminal or
 socket shared with others: its O_NONBLOCK flag is not ours to change) is written only once

@@ -45,11 +45,12 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
-    from ..cgroup.manager import Delegation
+    from ..cgroup.discover import Delegation
     from ..image import ImageInfo
     from .pool import Pool
-    from ..seccomp.filter import SeccompSpec
-    from ..runtime.supervise import Prepared, Streams
+    from ..seccomp import SeccompSpec
+    from ..runtime.spawn import Prepared
+    from ..runtime.supervisor import Streams
 
     Stdin = bytes | str | int | None
     Output = str | int | None
@@ -66,9 +67,11 @@ class Runner:
                  depth: int = 2, warn: Callable[[str], None] | None = None) -> None:
         """`profile`: a name or TOML path (default: "default"); `options`: `sbx run` flags that
         apply to every run (["--network", "pasta", "-v", "data:/data"], ...); `root`: the image
-        and box store; `warm`: prepare sandboxes ahead (`depth` per shape: two, so a run that
-        follows another at once still finds one ready); `warn`: gets the
-        warnings `sbx run` prints (default: ignored, the Result's limits_enforced says the same).
+        and box store (default: where `environ` says); `environ`: the only environment sbx reads
+        for this Runner's runs (SBX_ROOT, SBX_USERNET, PATH, ...; default: a copy of os.environ
+        now); `warm`: prepare sandboxes ahead (`depth` per shape: two, so a run that follows
+        another at once still finds one ready); `warn`: gets the warnings `sbx run` prints
+        (default: ignored, the Result's limits_enforced says the same).
         """
         self.profile = profile
         self.options = tuple(options)
@@ -158,20 +161,19 @@ class Runner:
                     limits: Mapping[str, object] | None, env: Mapping[str, str] | None, volumes: Sequence[str],
                     workdir: str | None, image: str | None, network: str | None, box: Box | None,
                     box_mode: str, images: Callable[[str, str | None], ImageInfo]) -> Spec:
-        from ..cli import main as cli
-        from ..config import compose
+        from ..config import compose, flags
 
         profile_name = self.profile if profile is _UNSET else profile
-        raw, rest = cli.parse_run_args([*self.options, *options])
+        raw, rest = flags.parse_run_args([*self.options, *options])
         if rest:
             raise UsageError(f"options: unexpected argument {rest[0]!r} (the command goes in argv)")
         name = raw.pop("profile", profile_name)
         project = raw.pop("project_profiles", False) is True  # options=["--project-profiles"]
         settings = compose.merge(self._profile(name if isinstance(name, str) else None, project),
-                                 cli.flag_settings(raw, self.cwd, self.environ))
+                                 flags.flag_settings(raw, self.cwd, self.environ))
         extra: dict[str, object] = {}
         if limits:
-            extra.update(_limit_settings(limits))
+            extra.update(flags.limit_settings(limits))
         if env:
             for key, value in env.items():
                 if not key or "=" in key or "\0" in key or "\0" in str(value):
@@ -209,7 +211,7 @@ class Runner:
         network.
         """
         if isinstance(box, str):
-            box = Box.open(box, self.root)
+            box = Box.open(box, self.root, self.environ)
         if box_mode not in BOX_MODES:
             raise BoxError(f"box mode {box_mode!r}: choose one of {', '.join(BOX_MODES)}")
         if cpu is not None and (isinstance(cpu, bool) or not isinstance(cpu, int) or cpu < 0
@@ -230,7 +232,7 @@ class Runner:
     def execute(self, spec: Spec, streams: Streams, cpu: int | None = None) -> Result:
         """Run a Spec (as built by spec()) with these streams; they are closed once sent.  A box's
         lock is the caller's to hold (run() does)."""
-        from ..runtime import supervise
+        from ..runtime import supervisor
 
         if self.closed:
             raise SbxError("this Runner is closed")
@@ -239,9 +241,9 @@ class Runner:
             delegation = self._delegation(spec.cgroup)
             prepared = self._take(spec)
             if prepared is None:
-                prepared = self._prepare(supervise.shape_of(spec))
+                prepared = self._prepare(supervisor.shape_of(spec))
             try:
-                return supervise.execute(spec, streams, program, delegation, self.warn, prepared=prepared,
+                return supervisor.execute(spec, streams, program, delegation, self.warn, prepared=prepared,
                                          cpu=cpu, wait=False)
             finally:
                 if self.pool is not None:
@@ -268,26 +270,26 @@ class Runner:
     # -- boxes ------------------------------------------------------------------------------
 
     def create_box(self, name: str | None = None) -> Box:
-        return Box.create(name, self.root)
+        return Box.create(name, self.root, self.environ)
 
     def open_box(self, name: str) -> Box:
-        return Box.open(name, self.root)
+        return Box.open(name, self.root, self.environ)
 
     def remove_box(self, box: Box | str, wait: bool = False) -> None:
         if isinstance(box, str):
-            box = Box.open(box, self.root)
+            box = Box.open(box, self.root, self.environ)
         box.remove(wait)
 
     # -- what a Runner keeps -----------------------------------------------------------------
 
     def _profile(self, name: str | None, project: bool) -> dict[str, object]:
-        from ..cli import main as cli
+        from ..config.flags import profile_settings
 
         key = (name, project)
         with self.lock:
             cached = self.settings.get(key)
         if cached is None:
-            cached = cli.profile_settings(name, self.cwd, self.environ, project, self.warn)
+            cached = profile_settings(name, self.cwd, self.environ, project, self.warn)
             with self.lock:
                 self.settings[key] = cached
         return cached
@@ -297,7 +299,7 @@ class Runner:
         with self.lock:
             info = self.images.get(key)
         if info is None:
-            info, record = _resolve_image(name, root)
+            info, record = _resolve_image(name, root, self.environ)
             with self.lock:
                 if key in self.images:  # another thread won
                     spare = (info.lock_fd, record[1])
@@ -341,9 +343,9 @@ class Runner:
         with self.lock:
             if spec.seccomp in self.programs:
                 return self.programs[spec.seccomp]
-        from ..runtime.supervise import seccomp_program
+        from ..runtime.supervisor import seccomp_program
 
-        program = seccomp_program(spec)
+        program = seccomp_program(spec, self.environ)  # its cache is where self.environ says
         with self.lock:
             self.programs[spec.seccomp] = program
         return program
@@ -352,10 +354,10 @@ class Runner:
         with self.lock:
             if explicit in self.delegations:
                 return self.delegations[explicit]
-        from ..cgroup.manager import remove_stale
-        from ..runtime.supervise import delegation_for
+        from ..cgroup.runcg import remove_stale
+        from ..runtime.supervisor import delegation_for
 
-        delegation = delegation_for(explicit)
+        delegation = delegation_for(explicit, self.environ)  # SBX_CGROUP as self.environ says
         if delegation is not None:
             remove_stale(delegation)
         with self.lock:
@@ -367,7 +369,7 @@ class Runner:
         of the objects their paths name now (pool.Pool.take)."""
         if self.pool is None or spec.tty:
             return None
-        from ..runtime.supervise import shape_of
+        from ..runtime.supervisor import shape_of
 
         return self.pool.take(shape_of(spec))
 
@@ -375,12 +377,12 @@ class Runner:
         """A sandbox of this shape, started now (by the zygote when warm)."""
         if self.pool is not None:
             return self.pool.spawn(shape)
-        from ..runtime.supervise import Prepared
+        from ..runtime.spawn import Prepared
 
         return Prepared.start(shape, *self._inputs(shape))
 
     def _inputs(self, shape: Spec) -> tuple[bytes | None, str | None]:
-        from ..runtime.supervise import egress_rules
+        from ..runtime.supervisor import egress_rules
 
         return self._program(shape), egress_rules(shape)
 
@@ -394,7 +396,8 @@ def run(argv: Sequence[str], **kwargs: object) -> Result:
         return runner.run(argv, **kwargs)  # type: ignore[arg-type]
 
 
-def _resolve_image(name: str, root: str | None) -> tuple[ImageInfo, tuple[str, int, tuple[int, int]]]:
+def _resolve_image(name: str, root: str | None,
+                   environ: Mapping[str, str]) -> tuple[ImageInfo, tuple[str, int, tuple[int, int]]]:
     """The image, and its record file held open (O_PATH) with its (st_dev, st_ino).
 
     The record is read again once held, so the file held is the one read: records are
@@ -406,11 +409,11 @@ def _resolve_image(name: str, root: str | None) -> tuple[ImageInfo, tuple[str, i
     from ..image import resolve
     from ..image.store import Store
 
-    info = resolve(name, root)
+    info = resolve(name, root, environ=environ)
     fd = -1
     try:
         for _ in range(3):
-            store = Store(root, create=False)
+            store = Store(root, create=False, environ=environ)
             for path in (store.record_path(info.name, ".run"), store.record_path(info.name)):
                 try:
                     fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
@@ -419,7 +422,7 @@ def _resolve_image(name: str, root: str | None) -> tuple[ImageInfo, tuple[str, i
                     fd = -1
             if fd < 0:
                 return info, ("", -1, (0, 0))
-            again = resolve(name, root, hold=False)
+            again = resolve(name, root, hold=False, environ=environ)
             held = os.fstat(fd)
             try:
                 st = os.stat(path)
@@ -439,38 +442,13 @@ def _resolve_image(name: str, root: str | None) -> tuple[ImageInfo, tuple[str, i
     return info, ("", -1, (0, 0))
 
 
-def _limit_settings(limits: Mapping[str, object]) -> dict[str, object]:
-    """limits={"memory": "256M", "time": 1.5, "pids": 64, "strict": True} -> settings."""
-    from ..cli import main as cli
-    from ..config import compose
-
-    out: dict[str, object] = {}
-    for name, value in limits.items():
-        key = f"limits.{name}"
-        if name not in compose.LIMIT_KEYS:
-            raise UsageError(f"limits: unknown limit {name!r} (known: {', '.join(compose.LIMIT_KEYS)})")
-        if value is None or value == "unlimited":
-            out[key] = None
-        elif name == "strict":
-            if not isinstance(value, bool):
-                raise UsageError(f"limits: strict must be true or false, not {value!r}")
-            out[key] = value
-        elif name == "cpuset":
-            out[key] = str(value)
-        elif isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise UsageError(f"limits: {name} = {value!r} is not a number or a size/duration string")
-        else:
-            out[key] = cli.convert_value(key, str(value), f"limits.{name}")
-    return out
-
-
 _STREAMS = ("stdin", "stdout", "stderr")
 
 
 def _streams(stdin: object, stdout: object, stderr: object, capture_limit: int) -> Streams:
     from ..runtime import stdio
     from .interact import Owned
-    from ..runtime.supervise import Streams
+    from ..runtime.supervisor import Streams
 
     opened: list[int] = []
     try:

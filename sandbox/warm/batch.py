@@ -224,7 +224,7 @@ def _parse_args(args: list[str]) -> tuple[dict[str, object], str]:
         arg = args[i]
         name, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
         if arg in ("-h", "--help"):
-            from ..cli.main import HelpRequested
+            from ..config.flags import HelpRequested
 
             raise HelpRequested(USAGE)
         if name in ("-j", "--jobs", "--profile", "--root"):

@@ -33,10 +33,11 @@ class BoxBusy(BoxError):
     """Another run holds the box."""
 
 
-def boxes_dir(root: str | None = None) -> str:
+def boxes_dir(root: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """ROOT/boxes; ROOT as `environ` (default: this process's) says when not given (store.default_root)."""
     from ..image.store import default_root
 
-    return os.path.join(root or default_root(os.environ), "boxes")
+    return os.path.join(root or default_root(environ), "boxes")
 
 
 def check_name(name: str) -> str:
@@ -57,9 +58,10 @@ class Box:
         return self.path + "/work"
 
     @classmethod
-    def create(cls, name: str | None = None, root: str | None = None) -> Box:
+    def create(cls, name: str | None = None, root: str | None = None,
+               environ: Mapping[str, str] | None = None) -> Box:
         """A new, empty box (a generated name when none is given); an existing name is an error."""
-        parent = boxes_dir(root)
+        parent = boxes_dir(root, environ)
         os.makedirs(parent, mode=0o700, exist_ok=True)
         if name is None:
             import secrets
@@ -80,15 +82,15 @@ class Box:
         return cls(name, path)
 
     @classmethod
-    def open(cls, name: str, root: str | None = None) -> Box:
-        path = os.path.join(boxes_dir(root), check_name(name))
+    def open(cls, name: str, root: str | None = None, environ: Mapping[str, str] | None = None) -> Box:
+        path = os.path.join(boxes_dir(root, environ), check_name(name))
         if not os.path.isdir(path + "/work") or os.path.islink(path):
             raise BoxError(f"box {name!r} does not exist (create it with 'sbx box create {name}')")
         return cls(name, path)
 
     @classmethod
-    def all(cls, root: str | None = None) -> list[Box]:
-        parent = boxes_dir(root)
+    def all(cls, root: str | None = None, environ: Mapping[str, str] | None = None) -> list[Box]:
+        parent = boxes_dir(root, environ)
         try:
             names = sorted(os.listdir(parent))
         except FileNotFoundError:

@@ -1,7 +1,7 @@
 """Sandboxes built ahead of their runs, so a warm run only sends its command.
 
 A run's sandbox depends on its shape (image, mounts, network, ids, sizes:
-supervise.shape_of), not on its command, limits or files.  After a run of a
+supervisor.shape_of), not on its command, limits or files.  After a run of a
 shape, the pool's thread builds the next sandbox of that shape (namespaces,
 root, a payload waiting for its command) while the caller does something
 else.  Each sandbox still serves exactly one run: nothing is reused between
@@ -34,7 +34,7 @@ import os
 import threading
 
 from ..errors import SbxError, SetupError
-from ..runtime.supervise import Prepared
+from ..runtime.spawn import Prepared
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def _entry(st: os.stat_result) -> Entry:
 
 
 def identity_of(paths: tuple[str, ...]) -> Identity | None:
-    """What these paths name now, as the sandbox resolves them (following symlinks, rootfs.py).
+    """What these paths name now, as the sandbox resolves them (following symlinks, runtime/rootfs).
 
     Each ancestor directory, lstat (a renamed or re-created ancestor, a symlink among them
     repointed), once however many paths share it; then each path itself, lstat (a symlink as

@@ -40,12 +40,12 @@ class Zygote:
 
         ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        code = f"import sys; sys.path.insert(0, {package_parent!r}); from sandbox.warm.zygote import main; main()"
+        code = (f"import sys; sys.path.insert(0, {package_parent!r}); from sandbox.warm.zygote import main; "
+                f"main({theirs.fileno()}, {os.getpid()})")
         try:
             # -E: the caller's PYTHON* variables must not change what the zygote imports.
-            self.process = subprocess.Popen([sys.executable, "-E", "-c", code, str(theirs.fileno()),
-                                             str(os.getpid())], pass_fds=[theirs.fileno()], close_fds=True,
-                                            stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen([sys.executable, "-E", "-c", code], pass_fds=[theirs.fileno()],
+                                            close_fds=True, stdin=subprocess.DEVNULL)
         finally:
             theirs.close()
         self.sock = ours
@@ -84,13 +84,12 @@ class Zygote:
         self.process.wait()
 
 
-def main() -> None:
-    """The zygote process: argv = [sock fd, the Runner's pid]."""
+def main(sock_fd: int, parent: int) -> None:
+    """The zygote process: serve the Runner `parent` on the socket `sock_fd`."""
     import signal as _signal
 
     from ..kernel import linux, proctitle
 
-    sock_fd, parent = int(sys.argv[1]), int(sys.argv[2])
     linux.prctl(linux.PR_SET_PDEATHSIG, _signal.SIGKILL)
     linux.set_name("sbx-zygote")
     proctitle.scrub("sbx-zygote")  # the Runner's environment; each entry process scrubs its copy too
@@ -103,13 +102,10 @@ def main() -> None:
     import select
 
     # Everything a sandbox's processes import, imported once here rather than in each of them.
-    import fcntl  # noqa: F401
-    import resource  # noqa: F401
-    import struct  # noqa: F401
-    import warnings  # noqa: F401  (os.execvpe's PATH search imports it, after the pivot: too late there)
+    import struct  # noqa: F401  (init's loopback set-up)
 
-    from ..seccomp import filter as seccomp
-    from ..runtime import supervise
+    from ..seccomp import load as seccomp
+    from ..runtime import spawn  # and init, which preloads what every sandbox needs after its pivot
     from ..errors import SbxError
 
     seccomp.prepare()
@@ -126,7 +122,7 @@ def main() -> None:
             break
         try:
             shape, program, nft = pickle.loads(request)
-            child, ends = supervise.spawn(shape, program, nft)
+            child, ends = spawn.spawn(shape, program, nft)
         except (SbxError, OSError) as exc:
             sock.send(marshal.dumps(("error", f"cannot start the sandbox: {exc}")))
             continue

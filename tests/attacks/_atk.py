@@ -10,7 +10,7 @@ the sandbox must print it (the mechanism works where the kernel allows it),
 the runs inside sbx must not.  The programs use only the standard library
 and ctypes, so that /usr/bin/python3 runs them in the sandbox, where none of
 the repository is visible; tests/test_attacks.py checks the syscall numbers
-below against sandbox.seccomp_policy.
+below against sandbox.seccomp.table.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ sandbox, or a wrong control, cannot take the host down with it.
 import os
 import signal
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _atk import ename, result  # noqa: E402
@@ -19,9 +18,7 @@ if len(visible) > 8:
     sys.exit(0)
 try:
     os.kill(-1, signal.SIGKILL)
-    time.sleep(0.1)
-    after = [p for p in os.listdir("/proc") if p.isdigit()]
-    result("kill_all", True, f"kill(-1) signalled someone: {len(visible)} processes before, {len(after)} after")
+    result("kill_all", True, f"kill(-1) signalled someone ({len(visible)} processes visible)")
 except OSError as exc:
     # init (pid 1) is spared by kill(-1); ESRCH: nobody else was in reach.  Init must still be
     # there: EPERM says it is (it is root's, the payload under id ranges is not).

@@ -13,24 +13,30 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from sandbox.cgroup import manager as cgroup
+from sandbox.cgroup.diagnose import diagnose
+from sandbox.cgroup.discover import LEAF, Delegation, discover
+from sandbox.cgroup.fs import CgroupError, own_cgroup_dir
+from sandbox.cgroup.runcg import RunCgroup
+from sandbox.cgroup.stats import next_check_delay, usable_cpus
 from sandbox.model.spec import MiB, Limits
+
+MakeRun = Callable[..., RunCgroup]  # the make_run fixture: a run cgroup with these limits, removed after the test
 
 PY = [sys.executable, "-I", "-S", "-c"]
 BUSY = "while :; do :; done"
 
 
 @pytest.fixture(scope="module")
-def deleg() -> cgroup.Delegation:
-    d = cgroup.discover(None, os.environ)
+def deleg() -> Delegation:
+    d = discover(None, os.environ)
     assert d is not None, (
         "no delegated cgroup v2 subtree: run these tests in the VM stage "
         "(tests/vm/run_stage.py) or under a Delegate=yes scope; "
-        f"diagnose: {cgroup.diagnose(os.environ)}"
+        f"diagnose: {diagnose(os.environ)}"
     )
     for ctrl in ("cpu", "memory", "pids"):
         assert ctrl in d.controllers, d
@@ -38,11 +44,11 @@ def deleg() -> cgroup.Delegation:
 
 
 @pytest.fixture
-def make_run(deleg: cgroup.Delegation, request: pytest.FixtureRequest) -> Iterator[object]:
-    made: list[cgroup.RunCgroup] = []
+def make_run(deleg: Delegation, request: pytest.FixtureRequest) -> Iterator[MakeRun]:
+    made: list[RunCgroup] = []
 
-    def make(limits: Limits = Limits(), name: str | None = None) -> cgroup.RunCgroup:
-        run = cgroup.RunCgroup.create(deleg, limits, name or f"test-{request.node.name[:40]}-{len(made)}")
+    def make(limits: Limits = Limits(), name: str | None = None) -> RunCgroup:
+        run = RunCgroup.create(deleg, limits, name or f"test-{request.node.name[:40]}-{len(made)}")
         made.append(run)
         return run
 
@@ -51,7 +57,7 @@ def make_run(deleg: cgroup.Delegation, request: pytest.FixtureRequest) -> Iterat
         run.remove()
 
 
-def start(run: cgroup.RunCgroup, *argv: str, **kw: object) -> subprocess.Popen[bytes]:
+def start(run: RunCgroup, *argv: str, **kw: object) -> subprocess.Popen[bytes]:
     """Start argv held on a pipe, move it into `run`, then release it."""
     r, w = os.pipe()
     proc = subprocess.Popen(
@@ -60,7 +66,7 @@ def start(run: cgroup.RunCgroup, *argv: str, **kw: object) -> subprocess.Popen[b
     os.close(r)
     try:
         run.add(proc.pid)
-        proc.cpu_before_add = cpu_seconds(proc.pid)  # type: ignore[attr-defined]
+        proc.cpu_before_add = cpu_seconds(proc.pid)
     finally:
         os.close(w)
     return proc  # type: ignore[no-any-return]
@@ -73,43 +79,47 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_for(pred: object, timeout: float = 20.0) -> bool:
+def wait_for(pred: Callable[[], object], timeout: float = 20.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if pred():  # type: ignore[operator]
+        if pred():
             return True
         time.sleep(0.05)
     return False
 
 
-def test_discovery(deleg: cgroup.Delegation) -> None:
+def test_discovery(deleg: Delegation) -> None:
     # The processes that were in the delegated cgroup are now in its leaf.
     assert deleg.how in ("own", "explicit")
-    own = cgroup.own_cgroup_dir()
-    assert own == os.path.join(deleg.path, cgroup.LEAF)
+    own = own_cgroup_dir()
+    assert own == os.path.join(deleg.path, LEAF)
     with open(os.path.join(deleg.path, "cgroup.procs")) as f:
         assert f.read().split() == []
     subtree = open(os.path.join(deleg.path, "cgroup.subtree_control")).read().split()
     assert set(deleg.controllers) <= set(subtree)
     # A second sbx finds the same delegation; an explicit path is taken as is.
-    again = cgroup.discover(None, {})
+    again = discover(None, {})
     assert again is not None and again.path == deleg.path and again.how == "own"
-    explicit = cgroup.discover(None, {"SBX_CGROUP": deleg.path})
+    explicit = discover(None, {"SBX_CGROUP": deleg.path})
     assert explicit is not None and explicit.how == "explicit" and explicit.controllers == deleg.controllers
-    assert all(ok for what, ok, _ in cgroup.diagnose({}) if what != "controller io" and "cpuset" not in what)
+    assert all(ok for what, ok, _ in diagnose({}) if what != "controller io" and "cpuset" not in what)
 
 
-def test_explicit_errors(deleg: cgroup.Delegation) -> None:
-    with pytest.raises(cgroup.CgroupError, match="not a cgroup v2 directory"):
-        cgroup.discover("/tmp", {})
-    with pytest.raises(cgroup.CgroupError, match="not delegated"):
-        cgroup.discover(os.path.dirname(deleg.path), {})  # the root cgroup: root's
+def test_explicit_errors(deleg: Delegation) -> None:
+    with pytest.raises(CgroupError, match="not a cgroup v2 directory"):
+        discover("/tmp", {})
+    with pytest.raises(CgroupError, match="not delegated"):
+        discover(os.path.dirname(deleg.path), {})  # the root cgroup: root's
 
 
-def test_limits_written(make_run: object) -> None:
+def test_limits_written(make_run: MakeRun) -> None:
     limits = Limits(memory=64 * MiB, pids=32, cpus=1.5)
-    run = make_run(limits)  # type: ignore[operator]
-    read = lambda name: open(os.path.join(run.path, name)).read().strip()  # noqa: E731
+    run = make_run(limits)
+
+    def read(name: str) -> str:
+        with open(os.path.join(run.path, name)) as f:
+            return f.read().strip()
+
     assert read("memory.max") == str(64 * MiB)
     assert read("memory.oom.group") == "1"
     assert read("pids.max") == "32"
@@ -121,8 +131,8 @@ def test_limits_written(make_run: object) -> None:
     assert os.path.samestat(os.fstat(fd), os.stat(run.path))
 
 
-def test_memory_limit_kills_and_counts(make_run: object) -> None:
-    run = make_run(Limits(memory=48 * MiB))  # type: ignore[operator]
+def test_memory_limit_kills_and_counts(make_run: MakeRun) -> None:
+    run = make_run(Limits(memory=48 * MiB))
     base = run.stats()
     proc = start(run, *PY, "x = b'1' * (200 << 20); print(len(x))", stdout=subprocess.PIPE)
     out, _ = proc.communicate(timeout=60)
@@ -132,8 +142,8 @@ def test_memory_limit_kills_and_counts(make_run: object) -> None:
     assert st.memory_peak is not None and 8 * MiB < st.memory_peak <= 48 * MiB
 
 
-def test_memory_peak_without_oom(make_run: object) -> None:
-    run = make_run(Limits(memory=256 * MiB))  # type: ignore[operator]
+def test_memory_peak_without_oom(make_run: MakeRun) -> None:
+    run = make_run(Limits(memory=256 * MiB))
     proc = start(run, *PY, "x = b'1' * (40 << 20)")
     assert proc.wait(timeout=60) == 0
     st = run.stats()
@@ -141,8 +151,8 @@ def test_memory_peak_without_oom(make_run: object) -> None:
     assert st.memory_peak is not None and 40 * MiB <= st.memory_peak < 200 * MiB
 
 
-def test_pids_limit(make_run: object) -> None:
-    run = make_run(Limits(pids=8))  # type: ignore[operator]
+def test_pids_limit(make_run: MakeRun) -> None:
+    run = make_run(Limits(pids=8))
     # A small fork bomb: 30 sleepers wanted, pids.max refuses most of them.
     proc = start(run, "sh", "-c", "for i in $(seq 30); do sleep 30 & done 2>/dev/null; sleep 30",
                  stderr=subprocess.DEVNULL)
@@ -155,8 +165,8 @@ def test_pids_limit(make_run: object) -> None:
     assert run.pids() == [] and not run.populated()
 
 
-def test_cpu_max_quota(make_run: object) -> None:
-    run = make_run(Limits(cpus=0.5))  # type: ignore[operator]
+def test_cpu_max_quota(make_run: MakeRun) -> None:
+    run = make_run(Limits(cpus=0.5))
     base = run.stats()
     t0 = time.monotonic()
     proc = start(run, "sh", "-c", f"{BUSY} & {BUSY}")  # two busy processes, half a CPU
@@ -170,8 +180,8 @@ def test_cpu_max_quota(make_run: object) -> None:
     assert st.throttled_usec > 0
 
 
-def test_cpu_stat_matches_rusage(make_run: object) -> None:
-    run = make_run()  # type: ignore[operator]
+def test_cpu_stat_matches_rusage(make_run: MakeRun) -> None:
+    run = make_run()
     base = run.stats()
     proc = start(run, *PY, "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass")
     _pid, status, ru = os.wait4(proc.pid, 0)
@@ -188,18 +198,18 @@ def test_cpu_stat_matches_rusage(make_run: object) -> None:
     assert abs(st.user_usec + st.system_usec - st.cpu_usec) <= 0.05 * st.cpu_usec + 20_000
 
 
-def test_cpu_time_watch_overshoot(make_run: object) -> None:
+def test_cpu_time_watch_overshoot(make_run: MakeRun) -> None:
     """Checking at next_check_delay() stops a run within ms of its CPU limit."""
-    run = make_run()  # type: ignore[operator]
+    run = make_run()
     limit = 1.0
     base = run.stats().cpu_usec
     proc = start(run, "sh", "-c", f"{BUSY} & {BUSY}")
-    ncpus = cgroup.usable_cpus()
+    ncpus = usable_cpus()
     checks = 0
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         used = (run.stats().cpu_usec - base) / 1e6
-        delay = cgroup.next_check_delay(limit, used, ncpus)
+        delay = next_check_delay(limit, used, ncpus)
         if delay == 0:
             run.kill()
             break
@@ -214,8 +224,8 @@ def test_cpu_time_watch_overshoot(make_run: object) -> None:
     assert checks < 40
 
 
-def test_kill_kills_the_tree(make_run: object) -> None:
-    run = make_run()  # type: ignore[operator]
+def test_kill_kills_the_tree(make_run: MakeRun) -> None:
+    run = make_run()
     # Sleepers in new sessions and nested children: not reachable by a process-group kill.
     script = "setsid sleep 60 & (sleep 60 & setsid sh -c 'sleep 60 & sleep 60') & sleep 60"
     proc = start(run, "sh", "-c", script)
@@ -225,9 +235,9 @@ def test_kill_kills_the_tree(make_run: object) -> None:
     assert proc.wait(timeout=10) == -signal.SIGKILL
 
 
-def test_kill_without_cgroup_kill(make_run: object) -> None:
+def test_kill_without_cgroup_kill(make_run: MakeRun) -> None:
     """The pre-5.14 path: freeze, then SIGKILL until empty."""
-    run = make_run()  # type: ignore[operator]
+    run = make_run()
     proc = start(run, "sh", "-c", f"sleep 60 & setsid sleep 60 & {BUSY}")
     assert wait_for(lambda: len(run.pids()) >= 3)
     run._kill_by_signal(time.monotonic() + 10)
@@ -235,8 +245,8 @@ def test_kill_without_cgroup_kill(make_run: object) -> None:
     assert proc.wait(timeout=10) == -signal.SIGKILL
 
 
-def test_nested_cgroups_and_remove(deleg: cgroup.Delegation, make_run: object) -> None:
-    run = make_run()  # type: ignore[operator]
+def test_nested_cgroups_and_remove(deleg: Delegation, make_run: MakeRun) -> None:
+    run = make_run()
     # The payload may make cgroups of its own below the run's.
     inner = os.path.join(run.path, "inner", "deeper")
     os.makedirs(inner)
@@ -250,21 +260,21 @@ def test_nested_cgroups_and_remove(deleg: cgroup.Delegation, make_run: object) -
     run.remove()  # twice is harmless
 
 
-def test_remove_leaves_nothing(deleg: cgroup.Delegation) -> None:
+def test_remove_leaves_nothing(deleg: Delegation) -> None:
     before = set(os.listdir(deleg.path))
-    run = cgroup.RunCgroup.create(deleg, Limits(memory=32 * MiB, pids=4, cpus=1), "test-leftover")
+    run = RunCgroup.create(deleg, Limits(memory=32 * MiB, pids=4, cpus=1), "test-leftover")
     proc = start(run, "true")
     assert proc.wait(timeout=20) == 0
     run.remove()
     assert set(os.listdir(deleg.path)) == before
     # A stale empty cgroup of the same name is taken over.
     os.mkdir(os.path.join(deleg.path, "test-stale"))
-    cgroup.RunCgroup.create(deleg, Limits(), "test-stale").remove()
+    RunCgroup.create(deleg, Limits(), "test-stale").remove()
     assert set(os.listdir(deleg.path)) == before
 
 
-def test_io_limit(make_run: object) -> None:
-    run = make_run(Limits(io_read_bps=10 * MiB, io_write_bps=5 * MiB))  # type: ignore[operator]
+def test_io_limit(make_run: MakeRun) -> None:
+    run = make_run(Limits(io_read_bps=10 * MiB, io_write_bps=5 * MiB))
     io_max = open(os.path.join(run.path, "io.max")).read()
     # Either enforced on at least one disk, or reported as not enforced.
     assert ("rbps=10485760" in io_max and "wbps=5242880" in io_max) or run.unenforced == ("io",), (io_max, run.unenforced)

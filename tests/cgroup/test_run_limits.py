@@ -23,7 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.cgroup import manager as cgroup
+from sandbox.cgroup.diagnose import diagnose
+from sandbox.cgroup.discover import LEAF, discover
+from sandbox.cgroup.iodev import devices_behind
 
 REPO = Path(__file__).resolve().parents[2]
 PROBE_C = Path(__file__).resolve().parent / "probe.c"
@@ -34,8 +36,8 @@ TLE_OVERSHOOT = 0.1
 
 @pytest.fixture(scope="module")
 def deleg() -> str:
-    d = cgroup.discover(None, os.environ)
-    assert d is not None, f"no delegated cgroup v2 subtree; diagnose: {cgroup.diagnose(os.environ)}"
+    d = discover(None, os.environ)
+    assert d is not None, f"no delegated cgroup v2 subtree; diagnose: {diagnose(os.environ)}"
     for ctrl in ("cpu", "memory", "pids"):
         assert ctrl in d.controllers, d
     return d.path
@@ -61,7 +63,7 @@ def run_cgroups(path: str) -> list[str]:
     """Run cgroups (sbx-*) anywhere below `path`."""
     found = []
     for top, dirs, _files in os.walk(path):
-        found += [os.path.join(top, d) for d in dirs if d.startswith("sbx-") and d != cgroup.LEAF]
+        found += [os.path.join(top, d) for d in dirs if d.startswith("sbx-") and d != LEAF]
     return found
 
 
@@ -208,7 +210,7 @@ def test_io_write_throttled(work: Path) -> None:
     io_dir.mkdir()
     io_dir.chmod(0o777)  # the payload is a subordinate id under id ranges: "other" must write
     st_dev = os.stat(io_dir).st_dev
-    devices = cgroup.devices_behind([str(io_dir)])
+    devices = devices_behind([str(io_dir)])
     if not devices:
         pytest.skip(f"{io_dir} is not on a block device (st_dev {os.major(st_dev)}:{os.minor(st_dev)})")
     mib = 3
@@ -306,9 +308,9 @@ def test_systemd_style_scope_discovery(work: Path, deleg: str) -> None:
         assert r["verdict"] == "OK" and r["limits_enforced"] == {"memory": True}, r
         assert r.stderr == "", r
         # sbx moved itself into the scope's leaf to enable the controllers there.
-        assert os.path.isdir(os.path.join(scope, cgroup.LEAF)), os.listdir(scope)
+        assert os.path.isdir(os.path.join(scope, LEAF)), os.listdir(scope)
         assert run_cgroups(scope) == []
     finally:
-        for path in (os.path.join(scope, cgroup.LEAF), scope):
+        for path in (os.path.join(scope, LEAF), scope):
             if os.path.isdir(path):
                 os.rmdir(path)

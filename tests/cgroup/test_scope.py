@@ -1,4 +1,4 @@
-"""Discovery step 3: a transient systemd user scope (cgroup.scope_command).
+"""Discovery step 3: a transient systemd user scope (sandbox/cgroup/systemd.py, scope_command).
 
 Needs a `systemd --user` manager: the VM stage starts one when
 SBX_VM_USER_MANAGER=1 (tests/vm/user_manager.sh; test.sh sets it), next to a
@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.cgroup import manager as cgroup
+from sandbox.cgroup.discover import LEAF, usable_own
+from sandbox.cgroup.systemd import user_manager_socket
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,7 +39,7 @@ pytestmark = pytest.mark.skipif(
 def session() -> str:
     path = os.environ.get("SBX_VM_SESSION_CGROUP", "")
     assert path and os.path.isdir(path), f"SBX_VM_SESSION_CGROUP={path!r}: guest_setup did not start the manager"
-    assert cgroup.user_manager_socket(os.environ) is not None, "no systemd --user answers"
+    assert user_manager_socket(os.environ) is not None, "no systemd --user answers"
     return path
 
 
@@ -83,7 +84,7 @@ def sbx_in_session(session: str, *args: str, env: dict[str, str] | None = None,
 def test_session_scope_is_not_usable(session: str) -> None:
     """The premise: a root-owned, unmarked session scope is no delegation."""
     assert not os.access(session, os.W_OK)
-    assert cgroup._usable_own(session, os.environ) is None
+    assert usable_own(session, os.environ) is None
 
 
 def test_runs_in_a_transient_scope(session: str) -> None:
@@ -99,7 +100,7 @@ def test_runs_in_a_transient_scope(session: str) -> None:
     assert scopes, seen
     unit = scopes[0].split("/app.slice/", 1)[1].split("/", 1)[0]
     assert unit.startswith("sbx-") and unit.endswith(".scope"), seen
-    assert any(line.endswith(f"/{unit}/{cgroup.LEAF}") for line in seen), seen
+    assert any(line.endswith(f"/{unit}/{LEAF}") for line in seen), seen
     # Gone once the run is over (--collect, and a scope ends with its last process).
     for _ in range(100):
         if unit not in systemctl_scopes():

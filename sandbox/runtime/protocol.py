@@ -1,0 +1,324 @@
+"""The pipes between the supervisor and the processes it starts, and every message on them.
+
+Both ends of each pipe use this module: what is written and how it is read sit together.
+
+    pipe         from -> to                     messages
+    report       entry, init -> supervisor      Started, Ready, Failed, Exited (lines)
+    command      supervisor -> payload          Command (length-prefixed), EOF: discarded unused
+    channel      supervisor -> payload          the run's fds (RUN_FDS, by SCM_RIGHTS)
+                 payload -> supervisor          PAYLOAD_READY: its pid (SCM_CREDENTIALS), seccomp listener
+    release      supervisor -> payload          RELEASE; EOF: the supervisor is gone
+    exec         payload -> supervisor          ExecFailed or SetupFailed; EOF alone: exec'd (close-on-exec)
+    id maps      entry <-> supervisor           kernel/idmap.py (announce_unshared, map_when_asked), shared
+                                                with the other forks that map id ranges (kernel/ is below runtime/)
+
+`Handoff` is the bundle of child ends the supervisor forks the sandbox with.
+"""
+
+from __future__ import annotations
+
+import _socket  # built in here, but in lib-dynload on some builds: both ends need it, before the pivot
+import os
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal as _signal
+else:
+    import _signal  # `signal` itself imports enum: ~4 ms at start-up
+
+from ..model.frozen import dataclass
+
+# Signals the supervisor sends init: these it forwards to the payload; SHM_RMID_FORCED when the
+# supervisor counts a run's memory (no cgroup): from then on a SysV segment ends with its last
+# attacher (shm_rmid_forced), so every segment is in some process's memory, where the census sees
+# it; otherwise one left unattached would be counted by nothing.
+FORWARDED = (_signal.SIGTERM, _signal.SIGHUP, _signal.SIGINT, _signal.SIGQUIT, _signal.SIGUSR1, _signal.SIGUSR2)
+SHM_RMID_FORCED = _signal.SIGRTMIN + 1
+RELEASE = b"G"  # the supervisor's go byte on the release pipe
+RUN_FDS = b"C"  # the supervisor's channel message carrying stdin, stdout, stderr and --pass-fd fds
+PAYLOAD_READY = b"P"  # the payload's channel message: ready to exec, its listener fd attached
+MAX_FDS = 3 + 64  # stdio and --pass-fd descriptors in one channel message
+EXEC_MESSAGE_MAX = 4000  # what the exec pipe carries at most (one write, below PIPE_BUF)
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """The child ends of one sandbox's pipes, and the compiled seccomp filter.
+
+    report_w: Report lines to the supervisor.
+    release_r: the payload waits here for RELEASE; EOF means the supervisor is gone.
+    exec_w: close-on-exec; the payload writes why exec failed, if it did (ExecFailed, SetupFailed).
+    channel_w: a unix datagram socket shared with the supervisor.  The supervisor's message
+        carries the run's fds (stdin, stdout, stderr, then --pass-fd ones); the payload's
+        tells its pid (by SCM_CREDENTIALS) and carries its seccomp listener fd.
+    command_r: the run's Command, length-prefixed; EOF before it means the sandbox was
+        prepared and then discarded.
+    seccomp: the BPF program to load last before execve (None: no filter).
+    nft: egress rules for the sandbox's network namespace, host names already resolved.
+    maps: (write end, read end) for id ranges: the entry process announces its user namespace
+        and waits until its parent has written the maps (idmap.announce_unshared); or None,
+        when it maps its one id itself.
+    keep_w: Spec.upper_sock's copy (or -1): init sends the kept writable layer's directory
+        fd over it once the root is built, then closes it.
+
+    Everything that differs from one run to the next comes through command_r and
+    channel_w, so a sandbox can be built before its run is known (warm runs).
+    """
+
+    report_w: int
+    release_r: int
+    exec_w: int
+    channel_w: int
+    command_r: int
+    seccomp: bytes | None = None
+    nft: str | None = None
+    maps: tuple[int, int] | None = None
+    keep_w: int = -1
+
+    def payload_only(self) -> tuple[int, ...]:
+        """Fds that init must close once the payload has its copies."""
+        return (self.release_r, self.exec_w, self.channel_w, self.command_r)
+
+    def all(self) -> tuple[int, ...]:
+        return (self.report_w, *self.payload_only(), *(self.maps or ()), *((self.keep_w,) if self.keep_w >= 0 else ()))
+
+
+# -- the report pipe: one line per message, from two processes (entry and init) -------------------
+
+
+@dataclass(frozen=True)
+class Started:
+    """Init's pid as the supervisor sees it (from the entry process, which forked init)."""
+
+    pid: int
+
+    def encode(self) -> bytes:
+        return f"P {self.pid}\n".encode()
+
+
+@dataclass(frozen=True)
+class Ready:
+    """Init has built the root; the payload waits for its command and release."""
+
+    def encode(self) -> bytes:
+        return b"R\n"
+
+
+@dataclass(frozen=True)
+class Failed:
+    """Setting up the sandbox failed (entry or init), and why."""
+
+    message: str
+
+    def encode(self) -> bytes:
+        return ("E " + self.message.replace("\n", " ") + "\n").encode(errors="replace")
+
+
+@dataclass(frozen=True)
+class Exited:
+    """The payload's wait status, and the rusage of everything init reaped (its children)."""
+
+    wstatus: int
+    utime: float
+    stime: float
+    maxrss_kib: int
+
+    def encode(self) -> bytes:
+        return f"X {self.wstatus} {self.utime:.6f} {self.stime:.6f} {self.maxrss_kib}\n".encode()
+
+
+Report = Started | Ready | Failed | Exited
+_EXITED = b"X "
+
+
+def decode_report(line: bytes) -> Report | None:
+    """One line without its newline; None for a line no sender writes."""
+    kind, _, rest = line.decode(errors="replace").partition(" ")
+    try:
+        if kind == "P":
+            return Started(int(rest))
+        if kind == "R":
+            return Ready()
+        if kind == "E":
+            return Failed(rest)
+        if kind == "X":
+            wstatus, utime, stime, maxrss = rest.split()
+            return Exited(int(wstatus), float(utime), float(stime), int(maxrss))
+    except ValueError:
+        pass
+    return None
+
+
+def say(fd: int, report: Report) -> None:
+    os.write(fd, report.encode())
+
+
+class ReportReader:
+    """The supervisor's end of the report pipe, read straight from the fd (no io buffering layers)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = b""
+
+    def pop(self) -> Report | None:
+        """The next whole report already read, or None."""
+        while b"\n" in self.buffer:
+            line, _, self.buffer = self.buffer.partition(b"\n")
+            report = decode_report(line)
+            if report is not None:
+                return report
+        return None
+
+    def fill(self) -> bool:
+        """Read what is there; False at EOF."""
+        chunk = os.read(self.fd, 4096)
+        self.buffer += chunk
+        return bool(chunk)
+
+    def next(self) -> Report | None:
+        """The next report, blocking; None at EOF."""
+        while True:
+            report = self.pop()
+            if report is not None or not self.fill():
+                return report
+
+    def exit_pending(self) -> bool:
+        """Whether what was read so far begins with the payload's Exited."""
+        return self.buffer.startswith(_EXITED)
+
+
+# -- the command pipe ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    """One run's per-run part: what to exec, and the rlimits to set first.
+
+    `pass_fds`: the numbers the --pass-fd descriptors get, in the order they
+    follow stdin, stdout and stderr in the channel message.
+    """
+
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    rlimits: tuple[tuple[int, int, int], ...]  # (resource, soft, hard)
+    pass_fds: tuple[int, ...] = ()
+
+    def encode(self) -> bytes:
+        import marshal  # built in, and a data-only format: no code objects are sent
+
+        body = marshal.dumps((self.argv, self.env, self.rlimits, self.pass_fds))
+        return len(body).to_bytes(8, "little") + body
+
+    @classmethod
+    def decode(cls, body: bytes) -> Command:
+        import marshal
+
+        argv, env, rlimits, pass_fds = marshal.loads(body)
+        return cls(tuple(argv), tuple(env), tuple(rlimits), tuple(pass_fds))
+
+
+def _read_exact(fd: int, size: int) -> bytes | None:
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def read_command(fd: int) -> Command | None:
+    """The run's command from the supervisor; None at EOF (a prepared sandbox discarded unused)."""
+    header = _read_exact(fd, 8)
+    body = None if header is None else _read_exact(fd, int.from_bytes(header, "little"))
+    return None if body is None else Command.decode(body)
+
+
+def write_command(fd: int, command: Command) -> None:
+    view = memoryview(command.encode())
+    while view:
+        view = view[os.write(fd, view):]
+
+
+# -- the channel: a unix datagram socketpair, fds and credentials --------------------------------
+
+
+def _fds_message(fds: tuple[int, ...] | list[int]) -> list[tuple[int, int, bytes]]:
+    return [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, b"".join(fd.to_bytes(4, "little") for fd in fds))]
+
+
+def send_run_fds(sock: _socket.socket, fds: tuple[int, ...]) -> None:
+    """The supervisor's one message: stdin, stdout, stderr, then the --pass-fd descriptors."""
+    sock.sendmsg([RUN_FDS], _fds_message(fds))
+
+
+def receive_run_fds(sock_fd: int) -> list[int]:
+    """The payload's end of send_run_fds."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM, 0, sock_fd)  # no probing syscalls
+    try:
+        _, ancillary, _, _ = sock.recvmsg(1, _socket.CMSG_SPACE(4 * MAX_FDS))
+    finally:
+        sock.detach()
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds += [int.from_bytes(data[i:i + 4], "little") for i in range(0, len(data) - len(data) % 4, 4)]
+    return fds
+
+
+def send_payload_ready(sock_fd: int, listener: int) -> None:
+    """The payload's one message; the kernel adds its credentials (the supervisor set SO_PASSCRED),
+    and `listener` (its seccomp listener fd, or -1) rides along."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM, 0, sock_fd)
+    try:
+        sock.sendmsg([PAYLOAD_READY], [] if listener < 0 else _fds_message([listener]))
+    finally:
+        sock.detach()
+
+
+def receive_payload_ready(sock: _socket.socket) -> tuple[int, int]:
+    """The payload's pid as the supervisor sees it (-1: no credentials came) and its listener fd (or -1)."""
+    _, ancillary, _, _ = sock.recvmsg(1, _socket.CMSG_SPACE(12) + _socket.CMSG_SPACE(4))
+    pid = listener = -1
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_CREDENTIALS and len(data) >= 12:
+            pid = int.from_bytes(data[:4], "little")
+        elif level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS and len(data) >= 4:
+            listener = int.from_bytes(data[:4], "little")
+    return pid, listener
+
+
+# -- the exec pipe: close-on-exec, so EOF with nothing written means the exec happened ----------
+
+
+@dataclass(frozen=True)
+class ExecFailed:
+    """execve itself failed: the command's errno (not found, not executable...)."""
+
+    errno: int
+
+    def encode(self) -> bytes:
+        return f"X {self.errno}".encode()
+
+
+@dataclass(frozen=True)
+class SetupFailed:
+    """The payload failed before it could exec (the last of the set-up happens after the release)."""
+
+    message: str
+
+    def encode(self) -> bytes:
+        return f"E {self.message}".encode(errors="replace")[:EXEC_MESSAGE_MAX]
+
+
+ExecOutcome = ExecFailed | SetupFailed
+
+
+def decode_exec(data: bytes) -> ExecOutcome | None:
+    """What the exec pipe held at EOF: None once the payload has exec'd."""
+    if not data:
+        return None
+    kind, _, detail = data.decode(errors="replace").partition(" ")
+    if kind == "X" and detail.isdigit():
+        return ExecFailed(int(detail))
+    return SetupFailed(detail)
