@@ -88,6 +88,11 @@ class Context:
     def target(self, inside: str, is_dir: bool = True) -> int:
         return resolve(self.rootfd, inside, is_dir)
 
+    def parent(self, inside: str) -> tuple[int, str]:
+        """The directory holding `inside` (resolved in the root) and the name in it."""
+        head, _, name = inside.rpartition("/")
+        return self.target(head or "/"), name
+
     def mount_target(self, inside: str, is_dir: bool = True) -> int:
         """target(), refusing the root itself: an image's link there (`/data -> /`) would put the
         mount over the whole tree, and pivot_root into it."""
@@ -274,8 +279,7 @@ class Write(Op):
     text: str
 
     def execute(self, ctx: Context) -> None:
-        head, _, name = self.target.rpartition("/")
-        parent = ctx.target(head or "/")
+        parent, name = ctx.parent(self.target)
         try:
             try:
                 os.unlink(name, dir_fd=parent)
@@ -304,8 +308,7 @@ class Symlink(Op):
     dest: str
 
     def execute(self, ctx: Context) -> None:
-        head, _, name = self.target.rpartition("/")
-        parent = ctx.target(head or "/")
+        parent, name = ctx.parent(self.target)
         try:
             os.symlink(self.dest, name, dir_fd=parent)
         finally:
