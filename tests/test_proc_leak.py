@@ -131,7 +131,8 @@ def test_cli_run_hides_options_paths_and_environment(tmp_path: Path) -> None:
 
 def test_interactor_arguments_hidden_from_the_solution(tmp_path: Path) -> None:
     secret, own = f"SECRETARG-{tag()}", f"probe-{tag()}"
-    interactor = shlex.join(["python3", "-c", "import sys; sys.stdin.readline(); print('ok')", secret])
+    # The interactor only reads: a reply could meet a solution that has already exited (EPIPE).
+    interactor = shlex.join(["python3", "-c", "import sys; sys.stdin.readline()", secret])
     result = sbx("run", "--interactor", interactor, "--", "python3", "-c", PROBE, own, "solution",
                  cwd=str(tmp_path), timeout=60)
     assert result.returncode == 0, result.stderr
