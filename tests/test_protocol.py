@@ -121,6 +121,30 @@ def test_channel() -> None:
         theirs.close()
 
 
+def test_kept_layer(tmp_path: object) -> None:
+    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+    try:
+        assert protocol.receive_kept_layer(ours) == -1  # nothing sent: the layer is on the host
+        directory = os.open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY)
+        protocol.send_kept_layer(theirs.detach(), directory)  # closes its end
+        got = protocol.receive_kept_layer(ours)
+        try:
+            assert os.path.samestat(os.fstat(got), os.fstat(directory))
+        finally:
+            os.close(got)
+            os.close(directory)
+    finally:
+        ours.close()
+    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+    try:
+        theirs.send(b"K")  # no fd: refused, never taken for a layer
+        with pytest.raises(ValueError):
+            protocol.receive_kept_layer(ours)
+    finally:
+        ours.close()
+        theirs.close()
+
+
 def test_shape_strips_exactly_the_per_run_fields() -> None:
     run = Spec(argv=("true",), env=(("A", "1"),), image_lock=5, pass_fds=(3,), limits=Limits(time=1.0),
                stdin="/in", stdout="/out", stderr="/err", result="/r", meta="/m", hostname="h",

@@ -118,20 +118,12 @@ class Kept:
 
     def _received(self) -> int:
         """The directory fd init sent, or -1 when it sent none (the layer is in `scratch`)."""
-        import socket
-        import sys
+        from ..runtime.protocol import receive_kept_layer
 
         try:
-            _, ancillary, flags, _ = self.sock.recvmsg(1, socket.CMSG_SPACE(4), socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return -1
-        fds = [int.from_bytes(data[i:i + 4], sys.byteorder) for level, kind, data in ancillary
-               if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS) for i in range(0, len(data) - 3, 4)]
-        if len(fds) != 1 or flags & socket.MSG_CTRUNC:
-            for fd in fds:
-                os.close(fd)
-            raise ImageError("the sandbox handed over its writable layer wrongly")
-        return fds[0]
+            return receive_kept_layer(self.sock)
+        except ValueError:
+            raise ImageError("the sandbox handed over its writable layer wrongly") from None
 
 
 def save_layer(store: Store, scratch: str, limit: int | None = None, kept: int = -1) -> tuple[str, int] | None:

@@ -28,7 +28,7 @@ import resource
 from ..errors import EXIT_SBX, SbxError
 from ..kernel import linux, proctitle
 from ..model.spec import Spec
-from .protocol import FORWARDED, SHM_RMID_FORCED, Exited, Failed, Handoff, Ready, Started, say
+from .protocol import FORWARDED, SHM_RMID_FORCED, Exited, Failed, Handoff, Ready, Started, say, send_kept_layer
 
 
 def preload() -> None:
@@ -155,23 +155,6 @@ def _open_shm_rmid_forced() -> int:
         return -1
 
 
-def _hand_over(keep_w: int, kept: int) -> None:
-    """Send the kept writable layer's directory (on the --disk tmpfs) to whoever saves it
-    (commit.Kept): its fd keeps the tmpfs alive after the sandbox is gone.  Nothing is sent
-    when the layer is a host directory instead (kept < 0)."""
-    import _socket
-    import sys
-
-    sock = _socket.socket(fileno=keep_w)
-    try:
-        if kept >= 0:
-            sock.sendmsg([b"K"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, kept.to_bytes(4, sys.byteorder))])
-    finally:
-        sock.close()
-        if kept >= 0:
-            os.close(kept)
-
-
 def init(spec: Spec, handoff: Handoff) -> None:
     """Pid 1 of the new pid namespace."""
     report_w = handoff.report_w
@@ -197,7 +180,11 @@ def init(spec: Spec, handoff: Handoff) -> None:
         root = rootfs.Root(spec)
         root.build()
         if handoff.keep_w >= 0:
-            _hand_over(handoff.keep_w, root.kept)
+            if root.kept >= 0:  # else the layer is the host directory spec.upper: nothing to send
+                send_kept_layer(handoff.keep_w, root.kept)
+                os.close(root.kept)
+            else:
+                os.close(handoff.keep_w)
         root.pivot()
         if handoff.seccomp is not None:
             seccomp.prepare()  # resolve ctypes symbols once, before the fork

@@ -9,6 +9,7 @@ Both ends of each pipe use this module: what is written and how it is read sit t
                  payload -> supervisor          PAYLOAD_READY: its pid (SCM_CREDENTIALS), seccomp listener
     release      supervisor -> payload          RELEASE; EOF: the supervisor is gone
     exec         payload -> supervisor          ExecFailed or SetupFailed; EOF alone: exec'd (close-on-exec)
+    keep         init -> the layer's saver      KEPT_LAYER, the kept layer's directory fd (image/commit.Kept)
     id maps      entry <-> supervisor           kernel/idmap.py (announce_unshared, map_when_asked), shared
                                                 with the other forks that map id ranges (kernel/ is below runtime/)
 
@@ -37,6 +38,7 @@ SHM_RMID_FORCED = _signal.SIGRTMIN + 1
 RELEASE = b"G"  # the supervisor's go byte on the release pipe
 RUN_FDS = b"C"  # the supervisor's channel message carrying stdin, stdout, stderr and --pass-fd fds
 PAYLOAD_READY = b"P"  # the payload's channel message: ready to exec, its listener fd attached
+KEPT_LAYER = b"K"  # init's message on keep_w: the kept writable layer's directory fd attached
 MAX_FDS = 3 + 64  # stdio and --pass-fd descriptors in one channel message
 EXEC_MESSAGE_MAX = 4000  # what the exec pipe carries at most (one write, below PIPE_BUF)
 
@@ -286,6 +288,32 @@ def receive_payload_ready(sock: _socket.socket) -> tuple[int, int]:
         elif level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS and len(data) >= 4:
             listener = int.from_bytes(data[:4], "little")
     return pid, listener
+
+
+def send_kept_layer(sock_fd: int, kept: int) -> None:
+    """Init's one message on Handoff.keep_w (then closed): the kept writable layer's directory
+    on the --disk tmpfs, whose fd keeps that tmpfs alive after the sandbox is gone."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM, 0, sock_fd)
+    try:
+        sock.sendmsg([KEPT_LAYER], _fds_message([kept]))
+    finally:
+        sock.close()
+
+
+def receive_kept_layer(sock: _socket.socket) -> int:
+    """The saver's end of send_kept_layer, after the run: the directory fd, or -1 when none was
+    sent (the layer is the host directory Spec.upper).  ValueError for any other message."""
+    try:
+        data, ancillary, flags, _ = sock.recvmsg(1, _socket.CMSG_SPACE(4), _socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return -1
+    fds = [int.from_bytes(part[i:i + 4], "little") for level, kind, part in ancillary
+           if (level, kind) == (_socket.SOL_SOCKET, _socket.SCM_RIGHTS) for i in range(0, len(part) - 3, 4)]
+    if data != KEPT_LAYER or len(fds) != 1 or flags & _socket.MSG_CTRUNC:
+        for fd in fds:
+            os.close(fd)
+        raise ValueError("not one kept-layer directory")
+    return fds[0]
 
 
 # -- the exec pipe: close-on-exec, so EOF with nothing written means the exec happened ----------
