@@ -37,14 +37,14 @@ def cmd_run(args: list[str], box: Box | None = None, box_mode: str = "rw", entry
     """`sbx run ARGS`; `entry`: this is the process's own command line (it may re-run in a scope)."""
     from ..runtime import supervisor
 
+    raw = parse_run_args(args)[0]
     if entry:
-        _rerun_in_scope(parse_run_args(args)[0].get("run.cgroup"))
-    if box is None and _interactive(args):
+        _rerun_in_scope(raw.get("run.cgroup"))
+    if box is None and "run.interactor" in raw:
         from .interactor import cmd_interactive
 
         return cmd_interactive(args)
     spec = build_spec(args, os.getcwd(), os.environ, box, box_mode)
-    raw = parse_run_args(args)[0]
     commit, root = raw.get("run.commit"), raw.get("run.image_root")
     reports: tuple[int | None, int | None] = (None, None)  # --result, --meta
     if spec.result is not None or spec.meta is not None:  # else nothing to open, nothing imported
@@ -88,12 +88,6 @@ def _rerun_in_scope(explicit: object) -> None:
             os.execvpe(scope[0][0], scope[0], scope[1])
         except OSError:
             pass  # no systemd-run after all: the degraded path, with its warning
-
-
-def _interactive(args: list[str]) -> bool:
-    if not any(arg.startswith("--interactor") for arg in args):
-        return False
-    return "run.interactor" in parse_run_args(args)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
