@@ -1,11 +1,13 @@
 """Start-up import budget of `sbx run -- /bin/true`: which modules the run path imports and
 what they cost (python -X importtime), against the bare interpreter's own start-up imports.
 
-    python bench/imports.py [--runs 30] [--list]
+    python bench/imports.py [--runs 30] [--list] [--instructions]
 
 Prints the module counts (all, and sbx's own), the median summed import time of each, and
-the ratio.  A benchmark, not a test: it asserts nothing.  The architecture issue's rule is
-that the run path's budget must not grow.
+the ratio.  --instructions adds the CPU instructions of importing the same modules in the same
+order (valgrind's callgrind, PYTHONHASHSEED=0): one figure that a loaded machine does not
+move, for comparing two trees.  A benchmark, not a test: it asserts nothing.  The
+architecture issue's rule is that the run path's budget must not grow.
 """
 
 from __future__ import annotations
@@ -41,10 +43,23 @@ def importtime(code: str) -> list[tuple[str, int]]:
     return out
 
 
+def instructions(modules: list[str], here: str) -> int:
+    """Instructions callgrind counts for importing `modules` in order, less the bare interpreter's."""
+    def count(names: list[str]) -> int:
+        code = f"import gc, importlib; gc.disable()\nfor m in {names!r}: importlib.import_module(m)"
+        done = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+                               "-c", code], capture_output=True, text=True, stdin=subprocess.DEVNULL, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": here})
+        return int(done.stderr.split("Collected : ")[1].split()[0])
+
+    return count(modules) - count([])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--list", action="store_true", help="print the run path's modules")
+    parser.add_argument("--instructions", action="store_true", help="also count instructions (needs valgrind)")
     args = parser.parse_args()
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.path.insert(0, here)
@@ -65,6 +80,11 @@ def main() -> int:
         mine = [name for name in SUPERVISOR if name.split(".")[0] == "sandbox"]
         print(f"  of which the supervisor process itself holds {len(mine)} sbx modules; the rest are imported "
               "by the sandbox's entry process")
+    if args.instructions:
+        # From the first of sbx's own: what the interpreter's start-up imported is not the run path's.
+        start = next(i for i, name in enumerate(modules) if name.split(".")[0] == "sandbox")
+        print(f"  importing those {len(modules) - start} modules: "
+              f"{instructions(modules[start:], here) / 1e6:.2f} M instructions (callgrind)")
     if args.list:
         for name in ours:
             print("  " + name)

@@ -1,7 +1,7 @@
 """No sbx process visible inside a sandbox shows the caller's command line or environment.
 
 Init (pid 1) is a fork of the `sbx` process (or of the Runner's zygote), and /proc/1/cmdline reads the
-argv strings of the memory it was forked from: without sandbox.proctitle the payload read `-e`
+argv strings of the memory it was forked from: without linux.scrub_title the payload read `-e`
 values, host paths and an interactor's arguments there.  The payload reads every /proc/PID/cmdline
 and environ it can see; the controls show the same secrets in the supervisor's own /proc files on
 the host, and the probe's own argument in its /proc/self/cmdline (the reading works).
@@ -168,11 +168,11 @@ def runner_zygote_pid(runner: Runner) -> int:
 
 
 def test_scrub_in_a_fresh_process() -> None:
-    """proctitle.scrub alone: cmdline reads the name; environ, libc's getenv and os.environ after it."""
+    """linux.scrub_title alone: cmdline reads the name; environ, libc's getenv and os.environ after it."""
     secret = f"scrub-{tag()}"
     code = ("import ctypes, os, sys\n"
-            "from sandbox.kernel import proctitle\n"
-            "proctitle.scrub('sbx-test')\n"
+            "from sandbox.kernel import linux\n"
+            "linux.scrub_title('sbx-test')\n"
             "libc = ctypes.CDLL(None); libc.getenv.restype = ctypes.c_char_p\n"
             "print(open('/proc/self/cmdline', 'rb').read(), open('/proc/self/environ', 'rb').read().strip(b'\\0'),"
             " libc.getenv(b'TOKEN'), os.environ['TOKEN'] == sys.argv[1], sys.argv[1:] == [os.environ['TOKEN']])\n")

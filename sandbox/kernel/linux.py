@@ -1,22 +1,102 @@
-"""Thin ctypes wrappers over the Linux calls Python 3.11's `os` lacks.
+"""Thin wrappers over the Linux calls Python 3.10's `os` lacks, and the way sbx calls libc.
 
 Every wrapper raises OSError(errno, "call(arg): strerror") on failure.  The
 new mount API (fsopen/fsmount/open_tree/move_mount/mount_setattr) and
 openat2 are used so that every mount lands on a file descriptor resolved
 inside the new root: a path string is never re-resolved after we checked it.
 Syscall numbers from 424 on are shared by all architectures.
+
+libc is called through ctypes' C core, `_ctypes`, not `ctypes`: `import ctypes` runs
+ctypes/__init__.py (some forty types and helpers, with `types` and `struct`), ~1.3 ms of every
+start-up, a third of bubblewrap's whole run.  sbx passes integers, byte strings and addresses
+and reads errno, which takes the five types below; structures go to the kernel as packed bytes
+(`pack`), which it only reads.
 """
 
 from __future__ import annotations
 
-import ctypes
+import _ctypes
 import os
+import sys
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
-# The same handles for the other ctypes users (landlock.py, proctitle.py): libc resolved once.
-libc, syscall = _libc, _syscall
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    LibcFunction = Callable[..., int]
+
+
+class Int(_ctypes._SimpleCData):  # type: ignore[type-arg]
+    _type_ = "i"
+
+
+class UInt(_ctypes._SimpleCData):  # type: ignore[type-arg]
+    _type_ = "I"
+
+
+class Long(_ctypes._SimpleCData):  # type: ignore[type-arg]
+    _type_ = "l"
+
+
+class ULong(_ctypes._SimpleCData):  # type: ignore[type-arg]
+    """unsigned long: also size_t, and an address."""
+
+    _type_ = "L"
+
+
+class CharP(_ctypes._SimpleCData):  # type: ignore[type-arg]
+    """char *: holds its bytes alive while the pointer is in use (see address)."""
+
+    _type_ = "z"
+
+
+class _IntFunction(_ctypes.CFuncPtr):
+    _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+    _restype_ = Int
+
+
+class _LongFunction(_ctypes.CFuncPtr):  # functions returning long or a pointer
+    _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+    _restype_ = Long
+
+
+class Library:
+    """A shared library, dlopen()ed: `name` None is the program itself, with its libc.
+    OSError when it cannot be loaded."""
+
+    def __init__(self, name: str | None) -> None:
+        self._handle = _ctypes.dlopen(name, _ctypes.RTLD_LOCAL)  # type: ignore[arg-type]
+
+    def function(self, name: str, returns_long: bool = False) -> LibcFunction:
+        """Its function `name` (C int result, else long or a pointer), keeping errno for
+        get_errno().  Plain int arguments go as C int; wider ones as ULong(...), byte strings
+        as pointers, None as NULL."""
+        kind = _LongFunction if returns_long else _IntFunction
+        return kind((name, self))  # type: ignore[arg-type]  # any object with a _handle will do
+
+
+function = Library(None).function  # libc's functions
+
+
+get_errno: Callable[[], int] = _ctypes.get_errno
+
+
+def address(pointer: CharP) -> int:
+    """The address a CharP holds: of its bytes, alive as long as the CharP is."""
+    return int(ULong.from_address(_ctypes.addressof(pointer)).value)
+
+
+def pack(*fields: tuple[int, int]) -> bytes:
+    """A C structure as bytes from (value, size) pairs in order (no padding: give it as fields)."""
+    return b"".join(value.to_bytes(size, sys.byteorder, signed=value < 0) for value, size in fields)
+
+
+syscall = function("syscall", returns_long=True)
+prctl_call = function("prctl")
+_unshare = function("unshare")
+_mount = function("mount")
+_umount2 = function("umount2")
+_sethostname = function("sethostname")
 
 # clone/unshare flags
 CLONE_NEWNS = 0x00020000
@@ -26,6 +106,7 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
+CLONE_NEWTIME = 0x00000080  # unshare/clone3 only: clone(2) uses the bit for CSIGNAL
 
 # mount(2)
 MS_RDONLY = 0x1
@@ -86,7 +167,7 @@ NR_MOUNT_SETATTR = 442
 
 def _check(result: int, what: str) -> int:
     if result < 0:
-        err = ctypes.get_errno()
+        err = get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
     return result
 
@@ -96,7 +177,7 @@ def _b(path: str) -> bytes:
 
 
 def unshare(flags: int) -> None:
-    _check(_libc.unshare(flags), "unshare")
+    _check(_unshare(flags), "unshare")
 
 
 def write_file(path: str, text: str) -> None:
@@ -118,11 +199,11 @@ def map_ids(inside_uid: int, outside_uid: int, inside_gid: int, outside_gid: int
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     _check(
-        _libc.mount(
+        _mount(
             None if source is None else _b(source),
             _b(target),
             None if fstype is None else _b(fstype),
-            ctypes.c_ulong(flags),
+            ULong(flags),
             None if data is None else _b(data),
         ),
         f"mount {target}",
@@ -130,105 +211,82 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
 
 
 def umount2(target: str, flags: int) -> None:
-    _check(_libc.umount2(_b(target), flags), f"umount {target}")
+    _check(_umount2(_b(target), flags), f"umount {target}")
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
-    _check(_syscall(_NR["pivot_root"], _b(new_root), _b(put_old)), "pivot_root")
+    _check(syscall(_NR["pivot_root"], _b(new_root), _b(put_old)), "pivot_root")
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0) -> int:
     return _check(
-        _libc.prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), ctypes.c_ulong(0), ctypes.c_ulong(0)),
+        prctl_call(option, ULong(arg2), ULong(arg3), ULong(0), ULong(0)),
         f"prctl({option})",
     )
 
 
 def sethostname(name: str) -> None:
     raw = name.encode()
-    _check(_libc.sethostname(raw, len(raw)), "sethostname")
+    _check(_sethostname(raw, len(raw)), "sethostname")
 
 
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+_CAPABILITY_VERSION_3 = 0x20080522
 
 
 def clear_capabilities() -> None:
     """Empty the effective, permitted and inheritable sets (v3 capability ABI)."""
-    header = _CapHeader(0x20080522, 0)
-    data = (_CapData * 2)()
-    _check(_syscall(_NR["capset"], ctypes.byref(header), ctypes.byref(data)), "capset")
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+    # struct __user_cap_header_struct {u32 version; int pid}: the kernel writes it back only
+    # for a version it does not know, so read-only bytes will do.
+    header = pack((_CAPABILITY_VERSION_3, 4), (0, 4))
+    data = bytes(2 * 3 * 4)  # two struct __user_cap_data_struct {u32 effective, permitted, inheritable}
+    _check(syscall(_NR["capset"], header, data), "capset")
 
 
 def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
-    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
-    return _check(
-        _syscall(NR_OPENAT2, dirfd, _b(path), ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))),
-        f"open {path}",
-    )
+    how = pack((flags | os.O_CLOEXEC, 8), (mode, 8), (resolve, 8))  # struct open_how
+    return _check(syscall(NR_OPENAT2, dirfd, _b(path), how, ULong(len(how))), f"open {path}")
 
 
 def open_tree(dirfd: int, path: str, flags: int) -> int:
-    return _check(_syscall(NR_OPEN_TREE, dirfd, _b(path), ctypes.c_uint(flags | os.O_CLOEXEC)), f"open_tree {path}")
-
-
-class _MountAttr(ctypes.Structure):
-    _fields_ = [
-        ("attr_set", ctypes.c_uint64),
-        ("attr_clr", ctypes.c_uint64),
-        ("propagation", ctypes.c_uint64),
-        ("userns_fd", ctypes.c_uint64),
-    ]
+    return _check(syscall(NR_OPEN_TREE, dirfd, _b(path), UInt(flags | os.O_CLOEXEC)), f"open_tree {path}")
 
 
 def mount_setattr(fd: int, attr_set: int, recursive: bool = True) -> None:
-    attr = _MountAttr(attr_set, 0, 0, 0)
+    attr = pack((attr_set, 8), (0, 8), (0, 8), (0, 8))  # struct mount_attr: set, clr, propagation, userns_fd
     flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
-    _check(
-        _syscall(NR_MOUNT_SETATTR, fd, b"", ctypes.c_uint(flags), ctypes.byref(attr), ctypes.c_size_t(32)),
-        "mount_setattr",
-    )
+    _check(syscall(NR_MOUNT_SETATTR, fd, b"", UInt(flags), attr, ULong(len(attr))), "mount_setattr")
 
 
 def move_mount(mount_fd: int, target_fd: int) -> None:
     flags = MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH
-    _check(_syscall(NR_MOVE_MOUNT, mount_fd, b"", target_fd, b"", ctypes.c_uint(flags)), "move_mount")
+    _check(syscall(NR_MOVE_MOUNT, mount_fd, b"", target_fd, b"", UInt(flags)), "move_mount")
 
 
 def fsopen(fstype: str) -> int:
-    return _check(_syscall(NR_FSOPEN, _b(fstype), ctypes.c_uint(FSOPEN_CLOEXEC)), f"fsopen {fstype}")
+    return _check(syscall(NR_FSOPEN, _b(fstype), UInt(FSOPEN_CLOEXEC)), f"fsopen {fstype}")
 
 
 def fsconfig(fd: int, key: str | None, value: str | None = None) -> None:
     """Set a string option, a flag (value None), or create the superblock (key None)."""
     if key is None:
-        result = _syscall(NR_FSCONFIG, fd, ctypes.c_uint(FSCONFIG_CMD_CREATE), None, None, 0)
+        result = syscall(NR_FSCONFIG, fd, UInt(FSCONFIG_CMD_CREATE), None, None, 0)
         what = "create"
     elif value is None:
-        result = _syscall(NR_FSCONFIG, fd, ctypes.c_uint(FSCONFIG_SET_FLAG), _b(key), None, 0)
+        result = syscall(NR_FSCONFIG, fd, UInt(FSCONFIG_SET_FLAG), _b(key), None, 0)
         what = key
     else:
-        result = _syscall(NR_FSCONFIG, fd, ctypes.c_uint(FSCONFIG_SET_STRING), _b(key), _b(value), 0)
+        result = syscall(NR_FSCONFIG, fd, UInt(FSCONFIG_SET_STRING), _b(key), _b(value), 0)
         what = f"{key}={value}"
     _check(result, f"fsconfig {what}")
 
 
 def fsmount(fd: int, attrs: int) -> int:
-    return _check(_syscall(NR_FSMOUNT, fd, ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(attrs)), "fsmount")
+    return _check(syscall(NR_FSMOUNT, fd, UInt(FSMOUNT_CLOEXEC), UInt(attrs)), "fsmount")
 
 
 def set_name(name: str) -> None:
     """The process's name in ps/top and /proc/PID/comm (15 bytes at most)."""
-    buf = ctypes.create_string_buffer(name.encode()[:15])
-    _libc.prctl(PR_SET_NAME, buf, ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+    prctl_call(PR_SET_NAME, name.encode()[:15], ULong(0), ULong(0), ULong(0))  # bytes end in NUL
 
 
 def close_fds_but(keep: list[int] | tuple[int, ...]) -> None:
@@ -239,3 +297,58 @@ def close_fds_but(keep: list[int] | tuple[int, ...]) -> None:
             os.closerange(low, fd)
         low = fd + 1
     os.closerange(low, 1 << 20)
+
+
+# -- the process title ----------------------------------------------------------------------------
+# scrub_title: hide the caller's command line and environment from /proc/PID/cmdline and
+# /proc/PID/environ.
+#
+# The entry process and init are forks of the `sbx` process (or of the
+# zygote), so the memory those two files read, the argv and environment
+# strings the kernel put at the top of the stack at execve, is the caller's:
+# `-e` values, host paths, an interactor's arguments (a secret of the
+# problem).  /proc/1/cmdline is readable by anyone in the pid namespace, dumpable
+# or not.  `scrub_title` zeroes both areas in place and writes a short name where
+# argv[0] was; a fork made after it inherits the scrubbed copy.
+#
+# prctl(PR_SET_MM_ARG_START...) could point the kernel elsewhere, but needs
+# CAP_SYS_RESOURCE in the initial user namespace.  Nothing reads those areas
+# later: CPython copied argv and the environment at start-up (sys.argv,
+# sys.orig_argv, Py_GetArgcArgv, os.environ are heap copies), and the C
+# library's `environ`, which pointed into the area, is emptied with
+# clearenv() (what a child exec'd with the inherited environment, such as
+# nft, then gets); its `program_invocation_name` is argv[0], now the name.
+
+
+def _title_areas() -> tuple[int, int, int, int]:
+    """arg_start, arg_end, env_start, env_end: /proc/self/stat fields 48-51 (Linux 3.5+)."""
+    fd = os.open("/proc/self/stat", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        stat = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    fields = stat[stat.rindex(b")") + 2:].split()  # after comm, which may hold spaces: field 3 on
+    arg_start, arg_end, env_start, env_end = (int(x) for x in fields[45:49])
+    return arg_start, arg_end, env_start, env_end
+
+
+def scrub_title(name: str) -> None:
+    """Zero this process's argv and environment strings; /proc/PID/cmdline then reads `name`.
+
+    Raises OSError if /proc/self/stat cannot be read or lacks the fields:
+    the caller fails closed.
+    """
+    arg_start, arg_end, env_start, env_end = _title_areas()
+    if not (0 < arg_start <= arg_end and 0 < env_start <= env_end):
+        raise OSError(0, "cannot hide the command line: /proc/self/stat has no argument area")
+    function("clearenv")()
+    memset, memmove = function("memset", returns_long=True), function("memmove", returns_long=True)
+    memset(ULong(env_start), 0, ULong(env_end - env_start))
+    size = arg_end - arg_start
+    memset(ULong(arg_start), 0, ULong(size))
+    title = name.encode()[: max(size - 2, 0)]
+    memmove(ULong(arg_start), title, ULong(len(title)))
+    if size >= len(title) + 2:
+        # A non-NUL last byte is the kernel's sign of a rewritten title (setproctitle): it then
+        # reads up to the first NUL, so cmdline is the name alone, not the name and the padding.
+        memset(ULong(arg_end - 1), 0x20, ULong(1))

@@ -61,58 +61,63 @@ else:
                     defaults[name] = value
         return tuple(names), defaults, metadata
 
+    # One shared set of methods for every class: a class costs only its field scan, not a
+    # closure per method (dozens of these classes load on every start-up).
+    def _init(self, *args, **kwargs):
+        cls = self.__class__
+        names = cls.__sbx_fields__
+        defaults = cls.__sbx_spec__[0]
+        if len(args) > len(names):
+            raise TypeError(f"{cls.__name__}() takes {len(names)} positional arguments")
+        values = dict(zip(names, args))
+        for key, value in kwargs.items():
+            if key not in names:
+                raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {key!r}")
+            if key in values:
+                raise TypeError(f"{cls.__name__}() got multiple values for {key!r}")
+            values[key] = value
+        missing = [n for n in names if n not in values and n not in defaults]
+        if missing:
+            raise TypeError(f"{cls.__name__}() missing arguments: {', '.join(missing)}")
+        for name in names:
+            object.__setattr__(self, name, values[name] if name in values else defaults.get(name))
+        post = getattr(self, "__post_init__", None)
+        if post is not None:
+            post()
+
+    def _key(self):
+        return tuple(getattr(self, n) for n in self.__sbx_fields__)
+
+    def _repr(self):
+        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__sbx_fields__)
+        return f"{self.__class__.__qualname__}({inner})"
+
+    def _eq(self, other):
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return _key(self) == _key(other)
+
+    def _hash(self):
+        return hash(_key(self))
+
+    def _setattr(self, name, value):
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def _delattr(self, name):
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
     def dataclass(cls=None, /, *, frozen=False, **_ignored):
         def wrap(cls):
             names, defaults, metadata = _field_spec(cls)
-            required = [n for n in names if n not in defaults]
-
-            def __init__(self, *args, **kwargs):
-                if len(args) > len(names):
-                    raise TypeError(f"{cls.__name__}() takes {len(names)} positional arguments")
-                values = dict(zip(names, args))
-                for key, value in kwargs.items():
-                    if key not in names:
-                        raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {key!r}")
-                    if key in values:
-                        raise TypeError(f"{cls.__name__}() got multiple values for {key!r}")
-                    values[key] = value
-                missing = [n for n in required if n not in values]
-                if missing:
-                    raise TypeError(f"{cls.__name__}() missing arguments: {', '.join(missing)}")
-                for name in names:
-                    object.__setattr__(self, name, values.get(name, defaults.get(name)))
-                post = getattr(self, "__post_init__", None)
-                if post is not None:
-                    post()
-
-            def __repr__(self):
-                inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in names)
-                return f"{cls.__qualname__}({inner})"
-
-            def _key(self):
-                return tuple(getattr(self, n) for n in names)
-
-            def __eq__(self, other):
-                if other.__class__ is not self.__class__:
-                    return NotImplemented
-                return _key(self) == _key(other)
-
-            cls.__init__ = __init__
-            cls.__repr__ = __repr__
-            cls.__eq__ = __eq__
+            cls.__init__ = _init
+            cls.__repr__ = _repr
+            cls.__eq__ = _eq
             cls.__sbx_fields__ = names
             cls.__sbx_spec__ = (defaults, metadata)  # fields() builds its _Field values on demand
             if frozen:
-
-                def __setattr__(self, name, value):
-                    raise FrozenInstanceError(f"cannot assign to field {name!r}")
-
-                def __delattr__(self, name):
-                    raise FrozenInstanceError(f"cannot delete field {name!r}")
-
-                cls.__setattr__ = __setattr__
-                cls.__delattr__ = __delattr__
-                cls.__hash__ = lambda self: hash(_key(self))
+                cls.__setattr__ = _setattr
+                cls.__delattr__ = _delattr
+                cls.__hash__ = _hash
             else:
                 cls.__hash__ = None
             return cls

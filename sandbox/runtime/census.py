@@ -283,9 +283,9 @@ class _Memfds:
     def _borrowed_stat(self, pidfd: int, fd: int) -> os.stat_result | None:
         """fstat of another process's descriptor, through a copy pidfd_getfd(2) gives us."""
         if self.syscall is None:
-            import ctypes
+            from ..kernel.linux import syscall
 
-            self.syscall = ctypes.CDLL(None, use_errno=True).syscall
+            self.syscall = syscall
         copy = self.syscall(438, pidfd, fd, 0)  # SYS_pidfd_getfd (x86_64 and the generic table)
         if copy < 0:
             return None

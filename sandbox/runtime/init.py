@@ -24,9 +24,10 @@ else:
     import _signal  # `signal` itself imports enum: ~4 ms at start-up
 import os
 import resource
+import sys
 
 from ..errors import EXIT_SBX, SbxError
-from ..kernel import linux, proctitle
+from ..kernel import linux
 from ..model.spec import Spec
 from .protocol import FORWARDED, SHM_RMID_FORCED, Exited, Failed, Handoff, Ready, Started, say, send_kept_layer
 
@@ -46,7 +47,6 @@ def preload() -> None:
     write is a copy-on-write fault after the fork), even where the import would overlap the
     supervisor's writing of the id maps.
     """
-    import ctypes  # noqa: F401  (seccomp/load.py)
     import fcntl  # noqa: F401  (payload._dup_above)
     import stat  # noqa: F401  (landlock._kind)
 
@@ -82,7 +82,7 @@ def enter(spec: Spec, handoff: Handoff, supervisor: int) -> None:
     try:
         linux.prctl(linux.PR_SET_PDEATHSIG, _signal.SIGKILL)
         linux.set_name("sbx-entry")
-        proctitle.scrub("sbx-entry")  # the caller's argv and environment: init is forked from here
+        linux.scrub_title("sbx-entry")  # the caller's argv and environment: init is forked from here
         if os.getppid() != supervisor:
             os._exit(EXIT_SBX)
         # Only this sandbox's own fds: in a supervisor running several sandboxes at once, a copy
@@ -136,11 +136,12 @@ IFF_UP, IFF_RUNNING = 0x1, 0x40  # linux/if.h
 def _loopback_up() -> None:
     import _socket
     import fcntl
-    import struct
 
+    # struct ifreq: char ifr_name[16], short ifr_flags, padding to 40 bytes (no `struct` import)
+    ifreq = b"lo".ljust(16, b"\0") + (IFF_UP | IFF_RUNNING).to_bytes(2, sys.byteorder) + bytes(22)
     sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
     try:
-        fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", IFF_UP | IFF_RUNNING))  # struct ifreq
+        fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, ifreq)
     finally:
         sock.close()
 
@@ -162,7 +163,7 @@ def init(spec: Spec, handoff: Handoff) -> None:
         linux.prctl(linux.PR_SET_PDEATHSIG, _signal.SIGKILL)
         linux.prctl(linux.PR_SET_DUMPABLE, 0)  # the payload must not ptrace or read init's memory
         linux.set_name("sbx-init")
-        proctitle.scrub("sbx-init")  # /proc/1/cmdline: readable by the payload
+        linux.scrub_title("sbx-init")  # /proc/1/cmdline: readable by the payload
         linux.sethostname(spec.hostname)
         if spec.network != "host":
             _loopback_up()
@@ -173,7 +174,6 @@ def init(spec: Spec, handoff: Handoff) -> None:
         with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
             last_cap = int(f.read())
         shm_rmid_forced = _open_shm_rmid_forced()
-        from ..seccomp import load as seccomp
         from . import payload as payload_mod
         from . import rootfs
 
@@ -186,8 +186,6 @@ def init(spec: Spec, handoff: Handoff) -> None:
             else:
                 os.close(handoff.keep_w)
         root.pivot()
-        if handoff.seccomp is not None:
-            seccomp.prepare()  # resolve ctypes symbols once, before the fork
         # Signals are ignored here until init's handlers exist; hold them instead, so one that
         # arrives now is delivered later (to init's forwarder, or to the payload once it resets).
         _signal.pthread_sigmask(_signal.SIG_BLOCK, set(FORWARDED))

@@ -12,11 +12,10 @@ signals.  Syscall numbers from 424 on are shared by all architectures.
 
 from __future__ import annotations
 
-import ctypes
 import os
 
 from ..model.frozen import dataclass
-from ..kernel.linux import syscall  # libc's syscall(), loaded once there
+from ..kernel.linux import UInt, ULong, get_errno, pack, syscall
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -76,30 +75,16 @@ class Rules:
     ports: tuple[tuple[int, int], ...] = ()
 
 
-class _RulesetAttr(ctypes.Structure):
-    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
-                ("scoped", ctypes.c_uint64)]
-
-
-class _PathBeneath(ctypes.Structure):
-    _pack_ = 1  # __attribute__((packed)): 12 bytes
-    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
-
-
-class _NetPort(ctypes.Structure):
-    _fields_ = [("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64)]
-
-
 def _check(result: int, what: str) -> int:
     if result < 0:
-        err = ctypes.get_errno()
+        err = get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
     return result
 
 
 def abi() -> int:
     """The kernel's Landlock ABI version; 0 when it has none (too old, or disabled at boot)."""
-    result = syscall(NR_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(CREATE_RULESET_VERSION))
+    result = syscall(NR_CREATE_RULESET, None, ULong(0), UInt(CREATE_RULESET_VERSION))
     return max(0, int(result))
 
 
@@ -115,29 +100,27 @@ def for_abi(rules: Rules, version: int) -> Rules:
 
 def create_ruleset(fs: int, net: int = 0, scoped: int = 0) -> int:
     """A ruleset fd handling these rights (all must be known to the kernel: see for_abi)."""
-    attr = _RulesetAttr(fs, net, scoped)
-    # The full struct even on older kernels: they accept a larger size whose extra bytes are zero.
-    return _check(syscall(NR_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),
-                             ctypes.c_uint32(0)), "landlock_create_ruleset")
+    # struct landlock_ruleset_attr {u64 handled_access_fs, handled_access_net, scoped}: the full
+    # struct even on older kernels, which accept a larger size whose extra bytes are zero.
+    attr = pack((fs, 8), (net, 8), (scoped, 8))
+    return _check(syscall(NR_CREATE_RULESET, attr, ULong(len(attr)), UInt(0)), "landlock_create_ruleset")
 
 
 def add_path(ruleset: int, fd: int, access: int) -> None:
     """Allow `access` beneath the file or directory `fd` (an O_PATH fd will do)."""
-    attr = _PathBeneath(access, fd)
-    _check(syscall(NR_ADD_RULE, ruleset, ctypes.c_int(RULE_PATH_BENEATH), ctypes.byref(attr),
-                      ctypes.c_uint32(0)), "landlock_add_rule")
+    attr = pack((access, 8), (fd, 4))  # struct landlock_path_beneath_attr, packed: 12 bytes
+    _check(syscall(NR_ADD_RULE, ruleset, RULE_PATH_BENEATH, attr, UInt(0)), "landlock_add_rule")
 
 
 def add_port(ruleset: int, port: int, access: int) -> None:
     """Allow TCP bind and/or connect on `port` (ABI 4)."""
-    attr = _NetPort(access, port)
-    _check(syscall(NR_ADD_RULE, ruleset, ctypes.c_int(RULE_NET_PORT), ctypes.byref(attr),
-                      ctypes.c_uint32(0)), f"landlock_add_rule port {port}")
+    attr = pack((access, 8), (port, 8))  # struct landlock_net_port_attr
+    _check(syscall(NR_ADD_RULE, ruleset, RULE_NET_PORT, attr, UInt(0)), f"landlock_add_rule port {port}")
 
 
 def restrict_self(ruleset: int) -> None:
     """Enforce the ruleset on this thread and its future children (needs no_new_privs)."""
-    _check(syscall(NR_RESTRICT_SELF, ruleset, ctypes.c_uint32(0)), "landlock_restrict_self")
+    _check(syscall(NR_RESTRICT_SELF, ruleset, UInt(0)), "landlock_restrict_self")
 
 
 def apply(rules: Rules, version: int) -> None:

@@ -70,16 +70,15 @@ def program(spec: SeccompSpec, *, environ: Mapping[str, str] | None = None, cach
 
 def libseccomp_version() -> str:
     """libseccomp's version via dlopen (no bindings import), or "none"."""
-    import ctypes
+    from ..kernel.linux import Library, UInt
 
     try:
-        lib = ctypes.CDLL("libseccomp.so.2")
+        lib = Library("libseccomp.so.2")
     except OSError:
         return "none"
-    fn = lib.seccomp_version
-    fn.restype = ctypes.POINTER(ctypes.c_uint * 3)
-    v = fn().contents
-    return f"{v[0]}.{v[1]}.{v[2]}"
+    version = lib.function("seccomp_version", returns_long=True)()  # const struct {uint major, minor, micro} *
+    major, minor, micro = (UInt.from_address(version + 4 * i).value for i in range(3))
+    return f"{major}.{minor}.{micro}"
 
 
 def _digest(data: bytes, size: int) -> bytes:

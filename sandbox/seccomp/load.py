@@ -1,8 +1,8 @@
 """Installing a compiled filter in the payload: its last step before execve.
 
-Plain ctypes `seccomp(2)` (or `prctl(PR_SET_SECCOMP)` where that syscall is
-missing), no libseccomp.  Init calls `prepare()` before it forks the payload,
-so the payload's `load()` costs little more than the kernel's work.
+Plain `seccomp(2)` (or `prctl(PR_SET_SECCOMP)` where that syscall is
+missing) through kernel/linux.py's libc functions, resolved when init imported
+it: the payload's `load()` costs little more than the kernel's work.  No libseccomp.
 
 Action "kill" and reporting the syscall: the compiled program kills with
 SECCOMP_RET_KILL_PROCESS.  `load(prog, listener=True)` rewrites those
@@ -18,9 +18,7 @@ from __future__ import annotations
 import errno
 import os
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    import ctypes
+from ..kernel.linux import CharP, address, get_errno, prctl_call, syscall
 
 BPF_MAXINSNS = 4096  # the kernel's limit on one filter
 INSN_SIZE = 8  # struct sock_filter: u16 code, u8 jt, u8 jf, u32 k
@@ -40,32 +38,6 @@ _BPF_RET_K = 0x06
 # "ret #k" instructions as little-endian u64 (code, jt 0, jf 0, k)
 _INSN_RET_KILL = _BPF_RET_K | (_RET_KILL_PROCESS << 32)
 _INSN_RET_NOTIF = _BPF_RET_K | (_RET_USER_NOTIF << 32)
-
-_libc: ctypes.CDLL | None = None  # resolved once per process (see prepare)
-
-
-def libc() -> ctypes.CDLL:
-    """The C library, through ctypes (errno kept)."""
-    global _libc
-    if _libc is None:
-        import ctypes
-
-        _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc
-
-
-def prepare() -> None:
-    """Resolve what `load` needs (ctypes, libc's prctl and syscall).
-
-    Call it in the process that forks the payload: the payload's `load`
-    then costs little more than the kernel's work (about 0.25 ms here,
-    against 0.6-1.2 ms when the child resolves them itself after fork).
-    """
-    import ctypes
-
-    lib = libc()
-    lib.prctl, lib.syscall, ctypes.c_char_p, ctypes.c_size_t  # noqa: B018 - cached by ctypes
-
 
 def _swap_ret(prog: bytes, old: int, new: int) -> bytes:
     """Replace every `ret #old` instruction with `ret #new`."""
@@ -96,10 +68,7 @@ def load(prog: bytes, *, listener: bool = False) -> int:
     n = len(prog) // INSN_SIZE
     if not 0 < n <= BPF_MAXINSNS or len(prog) % INSN_SIZE:
         raise OSError(errno.EINVAL, "seccomp: malformed BPF program")
-    import ctypes
-
-    lib = libc()
-    if lib.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+    if prctl_call(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         _raise_errno()
     nr = _SYS_SECCOMP.get(os.uname().machine)
     if listener and nr is not None:
@@ -107,35 +76,27 @@ def load(prog: bytes, *, listener: bool = False) -> int:
         if notif is not prog:
             # sock_fprog {u16 len; pad; sock_filter *filter}; bytes passed as
             # char* are not copied: both stay alive for the call
-            code = ctypes.c_char_p(notif)
-            fprog = ctypes.c_char_p(n.to_bytes(8, "little") + _address(code).to_bytes(8, "little"))
-            fd = int(lib.syscall(nr, _SECCOMP_SET_MODE_FILTER, _SECCOMP_FILTER_FLAG_NEW_LISTENER, fprog))
+            code = CharP(notif)
+            fprog = CharP(n.to_bytes(8, "little") + address(code).to_bytes(8, "little"))
+            fd = int(syscall(nr, _SECCOMP_SET_MODE_FILTER, _SECCOMP_FILTER_FLAG_NEW_LISTENER, fprog))
             if fd >= 0:
                 os.set_inheritable(fd, False)
                 return fd
-            e = ctypes.get_errno()
+            e = get_errno()
             if e not in _NO_LISTENER:
                 raise OSError(e, os.strerror(e))
-    code = ctypes.c_char_p(prog)
-    fprog = ctypes.c_char_p(n.to_bytes(8, "little") + _address(code).to_bytes(8, "little"))
+    code = CharP(prog)
+    fprog = CharP(n.to_bytes(8, "little") + address(code).to_bytes(8, "little"))
     if nr is not None:
-        if lib.syscall(nr, _SECCOMP_SET_MODE_FILTER, 0, fprog) == 0:
+        if syscall(nr, _SECCOMP_SET_MODE_FILTER, 0, fprog) == 0:
             return -1
-        if ctypes.get_errno() != errno.ENOSYS:  # a kernel before 3.17 has prctl only
+        if get_errno() != errno.ENOSYS:  # a kernel before 3.17 has prctl only
             _raise_errno()
-    if lib.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, fprog, 0, 0) != 0:
+    if prctl_call(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, fprog, 0, 0) != 0:
         _raise_errno()
     return -1
 
 
-def _address(p: ctypes.c_char_p) -> int:
-    import ctypes
-
-    return int(ctypes.c_size_t.from_address(ctypes.addressof(p)).value)
-
-
 def _raise_errno() -> None:
-    import ctypes
-
-    e = ctypes.get_errno()
+    e = get_errno()
     raise OSError(e, os.strerror(e))

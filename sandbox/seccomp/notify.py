@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import os
 
-from .load import libc
+from ..kernel.linux import ULong, get_errno, syscall
 from .table import AUDIT_ARCH_NAMES, X32_SYSCALL_BIT
 
 _SYS_PIDFD_OPEN = 434  # the same on every architecture
@@ -25,13 +25,10 @@ _NOTIF_NR = slice(16, 20)
 _NOTIF_ARCH = slice(20, 24)
 
 
-def _call(fn_name: str, *args: int) -> int:
-    import ctypes
-
-    fn = getattr(libc(), fn_name)
-    r = int(fn(*(ctypes.c_ulong(a) for a in args)))
+def _syscall(*args: int) -> int:
+    r = int(syscall(*(ULong(a) for a in args)))
     if r < 0:
-        e = ctypes.get_errno()
+        e = get_errno()
         raise OSError(e, os.strerror(e))
     return r
 
@@ -43,9 +40,9 @@ def take_listener(pid: int, fd: int) -> int:
     payload's parent or an ancestor).  The payload must wait until this is
     done before execve, since its own copy is closed on exec.
     """
-    pidfd = _call("syscall", _SYS_PIDFD_OPEN, pid, 0)
+    pidfd = _syscall(_SYS_PIDFD_OPEN, pid, 0)
     try:
-        new = _call("syscall", _SYS_PIDFD_GETFD, pidfd, fd, 0)
+        new = _syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
     finally:
         os.close(pidfd)
     os.set_inheritable(new, False)

@@ -7,6 +7,10 @@ violation; elsewhere libseccomp's own tables are used (compile.py).
 
 from __future__ import annotations
 
+# The CLONE_NEW* flags a condition may name (CONSTANTS below) are the kernel wrappers' own.
+from ..kernel.linux import (CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWTIME,
+                            CLONE_NEWUSER, CLONE_NEWUTS)
+
 # --------------------------------------------------------------------------
 # Architectures
 
@@ -98,14 +102,6 @@ REVIEWED_MAX = {"x86_64": len(_X86_64_TABLE) - 1}
 # --------------------------------------------------------------------------
 # Constants usable in profile conditions
 
-CLONE_NEWNS = 0x00020000
-CLONE_NEWCGROUP = 0x02000000
-CLONE_NEWUTS = 0x04000000
-CLONE_NEWIPC = 0x08000000
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWPID = 0x20000000
-CLONE_NEWNET = 0x40000000
-CLONE_NEWTIME = 0x00000080  # unshare/clone3 only: clone(2) uses the bit for CSIGNAL
 TIOCSTI = 0x5412
 TIOCLINUX = 0x541C
 

@@ -88,11 +88,11 @@ def main(sock_fd: int, parent: int) -> None:
     """The zygote process: serve the Runner `parent` on the socket `sock_fd`."""
     import signal as _signal
 
-    from ..kernel import linux, proctitle
+    from ..kernel import linux
 
     linux.prctl(linux.PR_SET_PDEATHSIG, _signal.SIGKILL)
     linux.set_name("sbx-zygote")
-    proctitle.scrub("sbx-zygote")  # the Runner's environment; each entry process scrubs its copy too
+    linux.scrub_title("sbx-zygote")  # the Runner's environment; each entry process scrubs its copy too
     if os.getppid() != parent:
         os._exit(1)  # the Runner is already gone
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # the Runner decides; we die with it
@@ -101,14 +101,8 @@ def main(sock_fd: int, parent: int) -> None:
     import pickle
     import select
 
-    # Everything a sandbox's processes import, imported once here rather than in each of them.
-    import struct  # noqa: F401  (init's loopback set-up)
-
-    from ..seccomp import load as seccomp
     from ..runtime import spawn  # and init, which preloads what every sandbox needs after its pivot
     from ..errors import SbxError
-
-    seccomp.prepare()
 
     sock = _socket.socket(fileno=sock_fd)
     poller = select.poll()
