@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 from conftest import INSTALLED, REPO, SBX
-from sandbox.net import network as net
+from sandbox.net import helper as net
 
 MARKER = "sbx-test-7c1e"
 PREFIX = "sbx: error: "
@@ -159,5 +159,74 @@ def test_newuidmap_words_are_the_error(tmp_path: Path) -> None:
     line = error_line(result)
     assert line.startswith("cannot map the id ranges: newuidmap failed: newuidmap: "), line
     assert len(line) > len("cannot map the id ranges: newuidmap failed: newuidmap: ") + 5, line
+    debug = run("run", "--", "true", env={**env, "SBX_DEBUG": "1"}, wrap=bwrap(*binds))
+    said = line[len("cannot map the id ranges: newuidmap failed: "):-len(" (SBX_ID_RANGES=0 runs with the single "
+                                                                       "id mapping instead)")]
+    assert f"sbx: newuidmap's stderr:\n" in debug.stderr and said in debug.stderr.split(PREFIX)[0], debug.stderr
     # the control: the single mapping needs no newuidmap there
     assert run("run", "--", "true", env={**env, "SBX_ID_RANGES": "0"}, wrap=bwrap(*binds)).returncode == 0
+
+
+def test_a_silent_newuidmap_is_said_to_be_silent(tmp_path: Path) -> None:
+    """A stand-in bound over newuidmap (setuid means nothing in bwrap's namespace anyway)."""
+    subid = tmp_path / "subid"
+    subid.write_text("1000:100000:65536\n")
+    silent = tmp_path / "newuidmap"
+    silent.write_text("#!/bin/sh\nexit 4\n")
+    silent.chmod(0o755)
+    binds = ["--ro-bind", str(subid), "/etc/subuid", "--ro-bind", str(subid), "/etc/subgid"] if os.getuid() == 0 else []
+    env = {k: v for k, v in os.environ.items() if k != "SBX_ID_RANGES"}
+    line = error_line(run("run", "--", "true", env=env, wrap=bwrap(*binds, "--bind", str(silent), "/usr/bin/newuidmap")))
+    assert line.startswith("cannot map the id ranges: newuidmap failed (exit status 4; it said nothing)"), line
+
+
+NFT_SAYS = ("/proc/self/fd/3:4:32-36: Error: Service out of range\n"
+            " ip daddr 10.0.0.0/8 tcp dport 99999 accept\n"
+            "                               ^^^^^\n")  # nft's own format (Debian 12's 1.0.6)
+
+
+def test_nft_words_are_the_error(tmp_path: Path) -> None:
+    """init loads the egress rules with nft: when nft refuses them, its reason and the rule it
+    quotes end the error line (a stand-in bound over /usr/sbin/nft: sbx's rules are valid)."""
+    stand_in = tmp_path / "nft"
+    stand_in.write_text(f"#!/bin/sh\nprintf '%s' '{NFT_SAYS}' >&2\nexit 1\n")
+    stand_in.chmod(0o755)
+    profile = tmp_path / "deny.toml"
+    profile.write_text('[network]\nmode = "pasta"\ndeny = ["192.0.2.7/32"]\n')
+    single = {**os.environ, "SBX_ID_RANGES": "0"}
+    wrap = bwrap("--bind", str(stand_in), "/usr/sbin/nft")
+    line = error_line(run("run", "--profile", str(profile), "--", "true", env=single, wrap=wrap))
+    assert line == ("cannot install the egress rules: nft failed: Service out of range "
+                    "(in: ip daddr 10.0.0.0/8 tcp dport 99999 accept)")
+    debug = run("run", "--profile", str(profile), "--", "true", env={**single, "SBX_DEBUG": "1"}, wrap=wrap)
+    assert f"sbx: nft's stderr:\n{NFT_SAYS}" in debug.stderr
+    # the control: the real nft loads the same rules there
+    assert run("run", "--profile", str(profile), "--", "true", env=single, wrap=bwrap()).returncode == 0
+
+
+def test_a_silent_nft_is_said_to_be_silent(tmp_path: Path) -> None:
+    stand_in = tmp_path / "nft"
+    stand_in.write_text("#!/bin/sh\nexit 2\n")
+    stand_in.chmod(0o755)
+    profile = tmp_path / "deny.toml"
+    profile.write_text('[network]\nmode = "pasta"\ndeny = ["192.0.2.7/32"]\n')
+    line = error_line(run("run", "--profile", str(profile), "--", "true", env={**os.environ, "SBX_ID_RANGES": "0"},
+                          wrap=bwrap("--bind", str(stand_in), "/usr/sbin/nft")))
+    assert line == "cannot install the egress rules: nft failed: exit status 2"
+
+
+def test_the_route_watch_names_what_it_saw() -> None:
+    """The payload is released on the watch's netlink event, which SBX_DEBUG quotes."""
+    for helper, seen in (("pasta", "sbx: pasta is up: tap0 "), ("slirp4netns", "sbx: slirp4netns is up: tap0 "
+                                                                               "10.0.2.100/24 via 10.0.2.2")):
+        result = run("run", "--network", "pasta", "--", "true", env={**os.environ, "SBX_USERNET": helper,
+                                                                     "SBX_DEBUG": "1"})
+        assert result.returncode == 0, result
+        assert seen in result.stderr, result.stderr
+
+
+def test_fuzz_helper_words(tmp_path: Path) -> None:
+    """The readers of helpers' words and doctor's host readings never raise (fuzz/fuzz_helper_words.py)."""
+    from test_fuzz import run_harness
+
+    run_harness("helper_words", tmp_path)

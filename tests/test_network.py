@@ -8,6 +8,7 @@ reaches a server the test starts.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SBX, sbx, sh
+from conftest import REPO, SBX, sbx, sbx_environ, sh, wait_for
 from sandbox.net import network as net
 
 
@@ -221,3 +222,54 @@ def test_slirp4netns_fallback(server: Server) -> None:
     result = sbx("run", "--network", "pasta", "--", "python3", "-c", CONNECT, "10.0.2.2", str(server.ports[0]),
                  env=env, check=True)
     assert result.stdout.split()[:2] == [str(server.ports[0]), "ERR"]
+
+
+def test_only_the_user_mode_network_imports_pyroute2() -> None:
+    """pyroute2 costs ~120 ms to import: `none` and `host` never load it, and `pasta` loads it only
+    in the child that watches the sandbox's route, never in the supervisor."""
+    code = ("import os, sys; sys.argv = ['sbx', 'run', '--network', sys.argv[1], '--', '/bin/true']; "
+            "from sandbox.cli.main import main; code = main(); "
+            "os.write(2, f'supervisor holds pyroute2: {\"pyroute2\" in sys.modules}\\n'.encode()); os._exit(code)")
+    for mode, imported in (("none", False), ("host", False), ("pasta", True)):
+        result = subprocess.run([sys.executable, "-X", "importtime", "-c", code, mode], capture_output=True,
+                                text=True, timeout=60, env=sbx_environ(), stdin=subprocess.DEVNULL)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "supervisor holds pyroute2: False" in result.stderr, result.stderr[-2000:]
+        loaded = any(line.endswith("| pyroute2") for line in result.stderr.splitlines())  # children inherit -X
+        assert loaded == imported, mode
+
+
+def test_a_slow_helper_is_waited_for(tmp_path: Path) -> None:
+    """The payload is released on the route's netlink event, however late it comes: a pasta that
+    starts only when the test says so, after sbx has started waiting for it."""
+    pasta = subprocess.run(["sh", "-c", "command -v pasta"], capture_output=True, text=True).stdout.strip()
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "pasta").write_text(f"#!/bin/sh\nread go < {gate}\nexec {pasta} \"$@\"\n")
+    (bin_dir / "pasta").chmod(0o755)
+    env = {**sbx_environ(), "PATH": f"{bin_dir}:{os.environ['PATH']}", "SBX_USERNET": "pasta"}
+    proc = subprocess.Popen([*SBX, "run", "--network", "pasta", "--", "cat", "/proc/net/route"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    writer: list[int] = []
+
+    def stand_in_waits() -> bool:  # a FIFO opens for writing once its reader, the stand-in, has it open
+        try:
+            writer.append(os.open(gate, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+        return bool(writer) or proc.poll() is not None
+
+    try:
+        assert wait_for(stand_in_waits) and writer, proc.communicate()
+        assert proc.poll() is None  # still waiting for the route
+        os.write(writer[0], b"go\n")
+        os.close(writer[0])
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, err
+    assert any(row.split()[:2] == ["tap0", "00000000"] for row in out.splitlines()), out

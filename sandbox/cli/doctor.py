@@ -11,6 +11,10 @@ import sys
 
 from ..model.frozen import dataclass
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -28,54 +32,53 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _probe_in_child() -> dict[str, str]:
-    """Fork; in the child create the namespaces and try what init does; report key=value lines."""
+def _in_child(probe: Callable[[list[str]], None]) -> dict[str, str]:
+    """Fork; `probe` runs in the child and reports key=value lines on a pipe (never raises out of it)."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(read_fd)
         out: list[str] = []
         try:
-            _probe(out)
+            probe(out)
         except BaseException as exc:  # report, never raise out of a forked child
-            out.append(f"error={exc}")
-        os.write(write_fd, "\n".join(out).encode())
+            out.append(f"error={type(exc).__name__}: {exc}")
+        os.write(write_fd, "\n".join(out).encode(errors="replace"))
         os._exit(0)
     os.close(write_fd)
     chunks = []
-    while True:
-        chunk = os.read(read_fd, 4096)
-        if not chunk:
-            break
+    while chunk := os.read(read_fd, 4096):
         chunks.append(chunk)
     os.close(read_fd)
     os.waitpid(pid, 0)
-    return dict(line.split("=", 1) for line in b"".join(chunks).decode().splitlines() if "=" in line)
+    return dict(line.split("=", 1) for line in b"".join(chunks).decode(errors="replace").splitlines() if "=" in line)
 
 
 def _probe(out: list[str]) -> None:
+    """What init does, step by step, each step's errno reported (userns_errno, mount_errno, proc_errno)."""
     from ..kernel import linux
     from ..runtime import rootfs
 
     uid, gid = os.getuid(), os.getgid()
     try:
-        linux.unshare(linux.CLONE_NEWUSER | linux.CLONE_NEWNS)
+        linux.unshare(linux.CLONE_NEWUSER | linux.CLONE_NEWNS | linux.CLONE_NEWPID)
         linux.map_ids(0, uid, 0, gid)
     except OSError as exc:
-        out.append(f"userns=no: {exc.strerror}")
+        out += [f"userns=no: {exc.strerror}", f"userns_errno={exc.errno}"]
         return
-    out.append("userns=yes")
-    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
-    base = rootfs.staging_dir()
+    out += ["userns=yes", "userns_errno=0"]
     try:
+        linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+        base = rootfs.staging_dir()
         rootfs.attach(rootfs.tmpfs(1 << 20, "0755", 0), os.open(base, os.O_PATH | os.O_CLOEXEC))
     except OSError as exc:
-        out.append(f"tmpfs=no: {exc.strerror}")
+        out += [f"tmpfs=no: {exc.strerror}", f"mount_errno={exc.errno}"]
         return
-    out.append("tmpfs=yes")
+    out += ["tmpfs=yes", "mount_errno=0"]
     out.append("xattr=" + ("yes" if rootfs.supports_user_xattrs(base) else "no"))
-    for name in ("u", "w", "m"):
+    for name in ("u", "w", "m", "p"):
         os.mkdir(f"{base}/{name}")
+    out.append(f"proc_errno={_fresh_proc(f'{base}/p')}")
     try:
         fd = rootfs.overlay(["/usr"], f"{base}/u", f"{base}/w", 0)
         rootfs.attach(fd, os.open(f"{base}/m", os.O_PATH | os.O_CLOEXEC))
@@ -84,38 +87,79 @@ def _probe(out: list[str]) -> None:
         out.append(f"overlay=no: {exc.strerror}")
 
 
+def _fresh_proc(target: str) -> int:
+    """Mount a procfs for our new pid namespace on `target`, from its first process; the errno (0: mounted).
+    An outer container that masks parts of its /proc makes the kernel refuse it (EPERM)."""
+    from ..kernel import linux
+
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            linux.mount("proc", target, "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
+        except OSError as exc:
+            code = exc.errno or 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _network(out: list[str]) -> None:
+    from ..net.link import probe
+
+    out.append(f"netlink={probe()}")
+
+
+def _errno(probe: dict[str, str], key: str) -> int | None:
+    value = probe.get(key, "")
+    return int(value) if value.isdigit() else None
+
+
 def findings() -> list[Finding]:
+    from . import confinement
+
     result = [Finding("kernel", "ok", os.uname().release)]
-    probe = _probe_in_child()
+    probe = _in_child(_probe)
+    readings = confinement.read_host()
+    tried = confinement.Probe(_errno(probe, "userns_errno"), _errno(probe, "mount_errno"),
+                              _errno(probe, "proc_errno"))
+    confined = [Finding(v.name, v.status, v.detail, v.fix) for v in (
+        [confinement.apparmor(readings, tried, confinement.interpreter())] + confinement.container(readings, tried))
+        if v is not None]
     userns = probe.get("userns", "no")
     if userns != "yes":
         hints = []
-        if _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
-            hints.append("AppArmor restricts unprivileged user namespaces: "
-                         "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0 (or an AppArmor profile for sbx)")
         if _read("/proc/sys/kernel/unprivileged_userns_clone") == "0":
             hints.append("sysctl -w kernel.unprivileged_userns_clone=1")
         if _read("/proc/sys/user/max_user_namespaces") == "0":
             hints.append("sysctl -w user.max_user_namespaces=15000")
-        result.append(Finding("user namespaces", "fail", userns.partition(": ")[2] or "unavailable",
-                              "; ".join(hints) or "enable unprivileged user namespaces in the kernel"))
-        return result + _helpers()
+        fix = "; ".join(hints) or ("see the findings below" if any(f.status == "fail" for f in confined)
+                                   else "enable unprivileged user namespaces in the kernel")
+        result.append(Finding("user namespaces", "fail", userns.partition(": ")[2] or "unavailable", fix))
+        return result + confined + _helpers()
     result.append(Finding("user namespaces", "ok", "unprivileged user namespaces work"))
     tmpfs = probe.get("tmpfs", "no")
     result.append(Finding("tmpfs in a user namespace", "ok" if tmpfs == "yes" else "fail", tmpfs))
+    if tried.proc not in (0, None):
+        result.append(Finding("fresh /proc", "fail", f"a procfs for a new pid namespace: {os.strerror(tried.proc)} "
+                              "(the kernel refuses one while the /proc sbx runs under has parts hidden by mounts "
+                              "over them, as an outer container's masked paths are)",
+                              "docker run --security-opt systempaths=unconfined; podman run --security-opt "
+                              "unmask=ALL"))
     if probe.get("xattr") == "yes" and probe.get("overlay") == "yes":
         result.append(Finding("writable layer", "ok", "overlayfs over the host image, upper on tmpfs "
                                                       "(tmpfs has user xattrs)"))
     elif probe.get("overlay", "").startswith("no"):
         result.append(Finding("writable layer", "fail", f"overlay in a user namespace: {probe.get('overlay')}",
                               "sbx needs Linux >= 5.11 for overlayfs in a user namespace"))
-    else:
+    elif tmpfs == "yes":
         result.append(Finding("writable layer", "warn",
                               "tmpfs has no user.* xattrs (Linux < 6.6): the host image's /usr, /bin, ... are "
                               "read-only binds instead of copy-on-write overlays, and -v SRC:DST:overlay is "
                               "refused; /, /tmp, /etc, new paths and rw binds stay writable and size-limited",
                               "Linux >= 6.6 gives tmpfs user xattrs"))
-    return result + [_identity(), _landlock()] + _cgroup() + _helpers()
+    return result + confined + [_identity(), _landlock()] + _cgroup() + _helpers()
 
 
 def _landlock() -> Finding:
@@ -193,7 +237,8 @@ def _cgroup() -> list[Finding]:
 
 def _helpers() -> list[Finding]:
     found = []
-    from ..net.network import NFT_PATHS, which
+    from ..net.egress import NFT_PATHS
+    from ..net.network import which
 
     for tool, package, purpose in (("pasta", "passt", "user-mode networking (--network pasta)"),
                                    ("slirp4netns", "slirp4netns", "user-mode networking when pasta is missing"),
@@ -202,13 +247,20 @@ def _helpers() -> list[Finding]:
         path = which(tool, os.environ) or next((p for p in NFT_PATHS if tool == "nft" and os.access(p, os.X_OK)), None)
         found.append(Finding(tool, "ok" if path else "warn", path or f"not installed: needed for {purpose}",
                              "" if path else f"apt-get install {package}"))
-    from ..net.network import NetError, check_tun
+    from ..net.helper import check_tun
+    from ..net.network import NetError
 
     try:
         check_tun()
         found.append(Finding("/dev/net/tun", "ok", "this user may open it (--network pasta)"))
     except NetError as exc:
         found.append(Finding("/dev/net/tun", "warn", str(exc), "as root: chmod 0666 /dev/net/tun (what udev sets)"))
+    network = _in_child(_network)
+    said = network.get("netlink") or network.get("error", "the probe said nothing")
+    found.append(Finding("network namespace", "ok" if said == "yes" else "warn",
+                         "loopback, a tap device, its address and default route set by netlink (pyroute2), as "
+                         "--network pasta needs" if said == "yes" else said.removeprefix("no: "),
+                         "" if said == "yes" else "--network none and host still work"))
     import ctypes.util
 
     lib = ctypes.util.find_library("seccomp")

@@ -242,6 +242,7 @@ def build(settings: Mapping[str, object], argv: list[str], cwd: str, environ: Ma
         **net_fields,  # type: ignore[arg-type]
         tty=tty,
         id_ranges=ranged,
+        debug=bool(environ.get("SBX_DEBUG")),
         limits=limits,
         seccomp=seccomp,
         landlock=landlock,

@@ -163,8 +163,9 @@ def for_run() -> IdRanges | None:
     return available()
 
 
-def write_maps(pid: int, ranges: IdRanges) -> None:
-    """Give process `pid`, which has just unshared its user namespace, these ranges."""
+def write_maps(pid: int, ranges: IdRanges, debug: bool = False) -> None:
+    """Give process `pid`, which has just unshared its user namespace, these ranges.  `debug`
+    (SBX_DEBUG): a failing helper's whole stderr on ours, not only its last line in the error."""
     if ranges.direct:
         from .linux import write_file
 
@@ -203,9 +204,14 @@ def write_maps(pid: int, ranges: IdRanges) -> None:
                 detail = (detail + chunk)[-4096:]
             os.close(err_r)
             _, wstatus = os.waitpid(child, 0)
+            said = detail.decode(errors="replace")
+            if wstatus != 0 and said and debug:  # all it said; its last line ends the error
+                os.write(2, f"sbx: {helper}'s stderr:\n{said.rstrip()}\n".encode(errors="replace"))
             if wstatus != 0 and failure is None:
-                lines = detail.decode(errors="replace").strip().splitlines()
-                failure = f"cannot map the id ranges: {helper} failed" + (f": {lines[-1]}" if lines else "")
+                lines = [" ".join(line.split()) for line in said.splitlines() if line.strip()]
+                code = os.waitstatus_to_exitcode(wstatus)
+                silent = f" (exit status {code}; it said nothing)" if code >= 0 else f" (killed by signal {-code})"
+                failure = f"cannot map the id ranges: {helper} failed" + (f": {lines[-1]}" if lines else silent)
         if failure is not None:
             raise SetupError(failure + " (SBX_ID_RANGES=0 runs with the single id mapping instead)")
 
@@ -223,12 +229,12 @@ def announce_unshared(ready_w: int, go_r: int) -> bool:
     return os.read(go_r, 1) == MAPPED
 
 
-def map_when_asked(child: int, ranges: IdRanges, ready_r: int, go_w: int) -> bool:
+def map_when_asked(child: int, ranges: IdRanges, ready_r: int, go_w: int, debug: bool = False) -> bool:
     """The parent's end: write the child's maps once it has unshared; False when it died first.
     SetupError when the maps cannot be written."""
     if os.read(ready_r, 1) != UNSHARED:
         return False
-    write_maps(child, ranges)
+    write_maps(child, ranges, debug)
     os.write(go_w, MAPPED)
     return True
 

@@ -115,6 +115,7 @@ class Spec:
     # fd holding the image store's use lock for as long as this process lives
     image_lock: int = field(default=-1, metadata=PER_RUN)
     id_ranges: bool = False  # map the caller's subordinate ids too (an image whose files keep owners)
+    debug: bool = False  # SBX_DEBUG in the caller's environment: set-up tracebacks, helpers' whole stderr
     hostname: str = "sbx"
     uid: int = 0
     gid: int = 0

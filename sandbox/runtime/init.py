@@ -57,7 +57,7 @@ def preload() -> None:
 preload()
 
 
-def _fail(report_w: int, exc: BaseException) -> None:
+def _fail(report_w: int, exc: BaseException, debug: bool) -> None:
     if isinstance(exc, SbxError):
         message = str(exc)
     elif isinstance(exc, OSError):
@@ -66,7 +66,7 @@ def _fail(report_w: int, exc: BaseException) -> None:
             message = f"cannot set up the sandbox: {exc.args[-1]}"
     else:
         message = f"cannot set up the sandbox: {exc!r}"
-    if os.environ.get("SBX_DEBUG"):
+    if debug:
         import traceback
 
         traceback.print_exception(exc)
@@ -126,7 +126,7 @@ def enter(spec: Spec, handoff: Handoff, supervisor: int) -> None:
                 break
         os._exit(0)
     except BaseException as exc:
-        _fail(report_w, exc)
+        _fail(report_w, exc, spec.debug)
 
 
 SIOCSIFFLAGS = 0x8914  # linux/sockios.h
@@ -168,9 +168,9 @@ def init(spec: Spec, handoff: Handoff) -> None:
         if spec.network != "host":
             _loopback_up()
         if handoff.nft is not None:
-            from ..net import network as net
+            from ..net.egress import apply_rules
 
-            net.apply_rules(handoff.nft)
+            apply_rules(handoff.nft, debug=spec.debug)
         with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
             last_cap = int(f.read())
         shm_rmid_forced = _open_shm_rmid_forced()
@@ -196,7 +196,7 @@ def init(spec: Spec, handoff: Handoff) -> None:
         for fd in set(handoff.payload_only()):
             os.close(fd)
     except BaseException as exc:
-        _fail(report_w, exc)
+        _fail(report_w, exc, spec.debug)
     _supervise_payload(spec, payload, report_w, shm_rmid_forced)
 
 

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     import signal as _signal
 
     from ..kernel.idmap import IdRanges
-    from ..net.network import UserNet
+    from ..net.helper import UserNet
 else:
     import _signal  # `signal` itself imports enum: ~4 ms at start-up
 
@@ -204,7 +204,7 @@ def spawn(shape: Spec, program: bytes | None, nft: str | None) -> tuple[int, tup
         os.close(fd)
     if ranges is not None:
         try:
-            _map_ranges(child, ranges, asked_r, mapped_w)
+            _map_ranges(child, ranges, asked_r, mapped_w, shape.debug)
         except BaseException:
             os.kill(child, _signal.SIGKILL)
             os.waitpid(child, 0)
@@ -215,11 +215,11 @@ def spawn(shape: Spec, program: bytes | None, nft: str | None) -> tuple[int, tup
     return child, (*ends, ours.detach())
 
 
-def _map_ranges(child: int, ranges: IdRanges, asked_r: int, mapped_w: int) -> None:
+def _map_ranges(child: int, ranges: IdRanges, asked_r: int, mapped_w: int, debug: bool) -> None:
     from ..kernel import idmap
 
     try:
-        if not idmap.map_when_asked(child, ranges, asked_r, mapped_w):
+        if not idmap.map_when_asked(child, ranges, asked_r, mapped_w, debug):
             raise SetupError("the sandbox died before its user namespace could be mapped")
     finally:
         os.close(asked_r)
@@ -247,9 +247,10 @@ def _await_ready(reports: ReportReader) -> int:
 def _start_usernet(spec: Spec, target: int) -> UserNet:
     """pasta (or slirp4netns) on the entry process's namespaces, up before the payload is released."""
     from ..net import network as net
+    from ..net.helper import UserNet
 
     try:
-        usernet = net.UserNet.start(target, spec.usernet, spec.publish, spec.dns, spec.host_loopback)
+        usernet = UserNet.start(target, spec.usernet, spec.publish, spec.dns, spec.host_loopback, spec.debug)
         try:
             usernet.wait_ready()
         except BaseException:

@@ -206,11 +206,12 @@ def egress_rules(spec: Spec) -> str | None:
     """The run's egress rules as an nft script for init, host names resolved now (None: none)."""
     if spec.network != "pasta" or not (spec.egress_allow or spec.egress_deny):
         return None
-    from ..net import network as net
+    from ..net.egress import nft_script, resolve_rules
+    from ..net.network import NetError
 
     try:
-        return net.nft_script(net.resolve_rules(spec.egress_allow), net.resolve_rules(spec.egress_deny), spec.dns)
-    except net.NetError as exc:
+        return nft_script(resolve_rules(spec.egress_allow), resolve_rules(spec.egress_deny), spec.dns)
+    except NetError as exc:
         raise SbxError(str(exc)) from None
 
 
