@@ -22,7 +22,11 @@ import atheris
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 with atheris.instrument_imports():
-    import tomllib  # noqa: F401  (instrumented: config/tomlfile.py imports it lazily)
+    # Instrumented: config/tomlfile.py imports the parser lazily (tomli on Python 3.10).
+    if sys.version_info >= (3, 11):
+        import tomllib  # noqa: F401
+    else:
+        import tomli  # noqa: F401
 
     from sandbox.config import dump, profile
     from sandbox.config import layers, profile_file, schema, tomlfile, trust  # noqa: F401  (loaded lazily)

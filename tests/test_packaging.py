@@ -1,12 +1,16 @@
-"""Packaging: the wheel carries every module and data file (issue #12).
+"""Packaging: the wheel and the sdist carry everything (issues #12, #18).
 
 Users and distributions install a wheel, not the checkout.  In the editable
 stage (root, /opt/sbx-test-venv) a wheel is built from the tree and its file
-list compared with the tree; in the installed stage (SBX_TEST_INSTALLED=1,
-test.sh's unprivileged stage: a fresh venv with the wheel installed, run from a
-copy of the tree without sandbox/) the installed package itself is used:
-imported from site-packages, every module importable, the commands working.
-Either way a subpackage or data file left out of the wheel fails CI.
+list compared with the tree (modules, profiles, image recipes, the man page,
+every launcher of bin/), and an sdist is built, checked to hold the whole
+project, and built into a wheel that must equal the tree's; in the installed
+stage (SBX_TEST_INSTALLED=1, test.sh's unprivileged stages, under the machine's
+Python and under 3.10: a fresh venv with the wheel installed, run from a copy
+of the tree without sandbox/) the installed package itself is used: imported
+from site-packages, every module importable, its data files in place, the
+commands working (`sbx --version` from the metadata, `sbx image ls`).
+Either way a subpackage or data file left out fails CI.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -25,42 +30,94 @@ from conftest import INSTALLED, REPO
 
 SHIPPED_PROFILES = sorted(p.name for p in (REPO / "profiles").glob("*.toml"))
 # What pyproject.toml builds the wheel from (the rest of the tree is not packaged).
-SOURCES = ("pyproject.toml", "README.md", "bin", "profiles", "sandbox")
+SOURCES = ("pyproject.toml", "README.md", "bin", "profiles", "sandbox", "man", "images")
+# What the sdist carries besides (MANIFEST.in): everything a distribution builds and tests from.
+SDIST_EXTRA = ("MANIFEST.in", "SECURITY.md", "test.sh", "tests", "fuzz", "bench", ".ci")
+LAUNCHERS = sorted(p.name for p in (REPO / "bin").iterdir())
 
 installed_only = pytest.mark.skipif(not INSTALLED, reason="installed stage only (SBX_TEST_INSTALLED=1)")
 checkout_only = pytest.mark.skipif(INSTALLED, reason="needs the checkout's sandbox/ (editable stage)")
 
 
-def package_files(root: Path) -> list[str]:
-    """Every file of the package in the tree, relative to `root` (compiled files aside)."""
-    return sorted(str(p.relative_to(root)) for p in (root / "sandbox").rglob("*")
+def package_files(root: Path, top: str = "sandbox") -> list[str]:
+    """Every file under `top` in the tree, relative to `root` (compiled files aside)."""
+    return sorted(str(p.relative_to(root)) for p in (root / top).rglob("*")
                   if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
 
 
-@checkout_only
-@pytest.mark.timeout(600)
-def test_wheel_carries_every_module_and_data_file(tmp_path: Path) -> None:
-    source = tmp_path / "src"
-    source.mkdir()
-    for name in SOURCES:  # a clean copy: no stale build/ of an earlier in-tree build
+def clean_copy(names: tuple[str, ...], dest: Path) -> Path:
+    """The tree's `names` copied to `dest`: no stale build/ of an earlier in-tree build, no caches."""
+    dest.mkdir()
+    for name in names:
         if (REPO / name).is_dir():
-            shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
-            shutil.copy2(REPO / name, source / name)
-    dist = tmp_path / "dist"
+            shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
+def build_wheel(source: Path, dist: Path) -> list[str]:
+    """The names in the wheel pip builds from `source` (as users and test.sh build it)."""
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "--no-deps",
                             "-w", str(dist), str(source)], capture_output=True, text=True, timeout=540)
     assert built.returncode == 0, built.stdout + built.stderr
     wheels = list(dist.glob("sbx-*.whl"))
     assert len(wheels) == 1, wheels
     with zipfile.ZipFile(wheels[0]) as wheel:
-        names = wheel.namelist()
+        return sorted(wheel.namelist())
+
+
+@pytest.fixture(scope="module")
+def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    root = tmp_path_factory.mktemp("wheel")
+    return build_wheel(clean_copy(SOURCES, root / "src"), root / "dist")
+
+
+def data_files(names: list[str], share: str) -> list[str]:
+    """The wheel's data files under <prefix>/share/`share`/, relative to it."""
+    marker = f".data/data/share/{share}/"
+    return sorted(n.split(marker, 1)[1] for n in names if marker in n)
+
+
+@checkout_only
+@pytest.mark.timeout(600)
+def test_wheel_carries_every_module_and_data_file(wheel_names: list[str]) -> None:
+    names = wheel_names
     in_wheel = sorted(n for n in names if n.startswith("sandbox/"))
     assert in_wheel == package_files(REPO), "the wheel and the tree's sandbox/ differ"
     assert any(n.startswith("sandbox/image/") for n in in_wheel)  # the subpackage once left out
-    data = sorted(n.rsplit("/", 1)[1] for n in names if "/data/share/sbx/profiles/" in n)
-    assert data == SHIPPED_PROFILES
-    assert any(n.endswith(".data/scripts/sbx") for n in names)
+    assert data_files(names, "sbx/profiles") == SHIPPED_PROFILES
+    # Every recipe of images/ (pyproject.toml lists one data-files entry per directory).
+    recipes = [str(Path(p).relative_to("images")) for p in package_files(REPO, "images")]
+    assert data_files(names, "sbx/images") == recipes, "an images/ directory is missing from pyproject's data-files"
+    assert data_files(names, "man/man1") == ["sbx.1"]
+    assert sorted(n.rsplit("/", 1)[1] for n in names if ".data/scripts/" in n) == LAUNCHERS
+
+
+@checkout_only
+@pytest.mark.timeout(900)
+def test_sdist_carries_everything(tmp_path: Path, wheel_names: list[str]) -> None:
+    """The sdist holds the whole project (sources, tests, fuzz, bench, docs), and the wheel a
+    distribution builds from it is the wheel built from the tree."""
+    source = clean_copy(SOURCES + SDIST_EXTRA, tmp_path / "src")
+    dist = tmp_path / "dist"
+    built = subprocess.run([sys.executable, "-c", "import sys, setuptools.build_meta as b; "
+                            "print(b.build_sdist(sys.argv[1]))", str(dist)],
+                           capture_output=True, text=True, timeout=300, cwd=source)
+    assert built.returncode == 0, built.stdout + built.stderr
+    sdist = dist / built.stdout.split()[-1]
+    with tarfile.open(sdist) as archive:
+        top = archive.getnames()[0].split("/")[0]
+        names = sorted(n.split("/", 1)[1] for n in archive.getnames() if "/" in n and archive.getmember(n).isfile())
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # our own archive, all the same
+        archive.extractall(tmp_path / "unpacked", **safe)  # type: ignore[arg-type]
+    expected = sorted(name for top_name in SOURCES + SDIST_EXTRA for name in
+                      (package_files(REPO, top_name) if (REPO / top_name).is_dir() else [top_name]))
+    missing = sorted(set(expected) - set(names))
+    assert not missing, f"not in the sdist: {missing[:20]}"
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    from_sdist = build_wheel(tmp_path / "unpacked" / top, tmp_path / "wheel")
+    assert from_sdist == wheel_names
 
 
 @installed_only
@@ -102,6 +159,38 @@ def test_shipped_profiles_installed() -> None:
     assert sorted(p.name for p in installed.glob("*.toml")) == SHIPPED_PROFILES
     for name in SHIPPED_PROFILES:
         assert (installed / name).read_bytes() == (REPO / "profiles" / name).read_bytes(), name
+
+
+@installed_only
+def test_installed_data_files() -> None:
+    """The image recipes, the man page and the launchers, where the wheel put them."""
+    share = Path(sys.prefix) / "share"
+    for name in package_files(REPO, "images"):
+        assert (share / "sbx" / name).read_bytes() == (REPO / name).read_bytes(), name
+    assert (share / "man" / "man1" / "sbx.1").read_bytes() == (REPO / "man" / "sbx.1").read_bytes()
+    scripts = Path(sysconfig.get_paths()["scripts"])
+    for name in LAUNCHERS:
+        assert os.access(scripts / name, os.X_OK), name
+
+
+@installed_only
+def test_installed_version_is_the_metadatas(tmp_path: Path) -> None:
+    from importlib import metadata
+
+    import sandbox
+
+    assert metadata.version("sbx") == sandbox.__version__  # one source: pyproject.toml reads __version__
+    done = installed_sbx("--version", cwd=tmp_path)
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"sbx {metadata.version('sbx')}\n", "")
+
+
+@checkout_only
+def test_checkout_version() -> None:
+    """Run from the checkout (not the installed distribution), --version says the tree's own."""
+    import sandbox
+    from sandbox.cli.version import version
+
+    assert version() == sandbox.__version__
 
 
 def installed_sbx(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

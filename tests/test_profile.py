@@ -6,10 +6,14 @@ import os
 import subprocess
 import sys
 import textwrap
-import tomllib
 from pathlib import Path
 
 import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 from sandbox.config import dump, profile_file, search
 from sandbox.config.profile import DEFAULT, Profile, ProfileError, resolve, search_path

@@ -3,12 +3,15 @@
 Every file a profile names (and the trust list, trust.py) is read with
 `open_owned`: nobody but you or root may be able to change a profile you use
 (SECURITY.md, 'Profiles').  Failures are one-line ProfileErrors naming the file.
+The parser is the standard library's tomllib, or on Python 3.10 its original,
+tomli (a dependency there only), imported when a file is parsed.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import sys
 
 from ..model.units import format_size
 from .search import SECURITY, ProfileError
@@ -139,7 +142,10 @@ def _parse(display: str, data: bytes) -> dict[str, object]:
         line = data.count(b"\n", 0, error.start) + 1
         column = error.start - data.rfind(b"\n", 0, error.start)
         raise ProfileError(f"{display}:{line}:{column}: invalid TOML: not UTF-8 text") from None
-    import tomllib
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # the same parser, before it joined the standard library
+        import tomli as tomllib
 
     try:
         return tomllib.loads(text)
@@ -152,7 +158,7 @@ def _parse(display: str, data: bytes) -> dict[str, object]:
 
 
 def _toml_error(display: str, text: str, message: str) -> str:
-    """tomllib says "Invalid value (at line 3, column 10)"; we say "f.toml:3:10: ..."."""
+    """tomllib (and tomli) says "Invalid value (at line 3, column 10)"; we say "f.toml:3:10: ..."."""
     what, sep, where = message.rpartition(" (at ")
     if not sep:
         what, where = message, ""
