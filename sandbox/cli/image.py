@@ -30,6 +30,10 @@ commands:
                          pull from a registry (Docker Hub for short names; HTTP
                          for localhost/127.0.0.1 and --insecure, else HTTPS;
                          credentials also from $SBX_REGISTRY_AUTH=user:pass)
+  push [--from REPO] [--chunk-size SIZE] [--insecure] [--username USER --password-stdin] [-q] NAME REF
+                         push a stored image to a registry as REF (HOST/REPO:TAG); prints
+                         REF@DIGEST, the name workers pull it by; --from: a repository of the
+                         same registry to mount blobs from
   import [--name NAME] [--platform OS/ARCH[/VARIANT]] [LIMITS] [-q] FILE|DIR|-
                          import a docker archive (docker save) or an OCI layout
                          (directory or tar; plain, gzip or zstd; '-' for stdin)
@@ -57,6 +61,7 @@ LIMIT_OPTIONS = ("--max-ratio", "--max-layer-size", "--max-size")
 # command -> (options taking a value, switches)
 COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "pull": (("--platform", "--username", *LIMIT_OPTIONS), ("-q", "--quiet", "--insecure", "--password-stdin")),
+    "push": (("--from", "--chunk-size", "--username"), ("-q", "--quiet", "--insecure", "--password-stdin")),
     "import": (("--name", "--platform", *LIMIT_OPTIONS), ("-q", "--quiet")),
     "build": (("-t", "--tag", "-f", "--file", "--build-arg", "--network", "--profile", "--disk", *LIMIT_OPTIONS),
               ("-q", "--quiet", "--no-cache")),
@@ -176,7 +181,7 @@ def dispatch(args: list[str]) -> int:
         # Read as the caller, before the ranged namespace: there the host root's files (the
         # shipped profiles) are nobody's, and the profile owner check would refuse them.
         profile_settings = _build_profile(options)
-    if command in ("pull", "import", "build", "rm", "prune"):
+    if command in ("pull", "push", "import", "build", "rm", "prune"):
         enter_ranges()
     from ..image.store import Store
 
@@ -184,6 +189,8 @@ def dispatch(args: list[str]) -> int:
     quiet = bool(options.get("-q") or options.get("--quiet"))
     if command == "pull":
         return cmd_pull(store, options, positional, quiet)
+    if command == "push":
+        return cmd_push(store, options, positional, quiet)
     if command == "import":
         return cmd_import(store, options, positional, quiet)
     if command == "build":
@@ -311,17 +318,7 @@ def cmd_pull(store: Store, options: Options, positional: list[str], quiet: bool)
     _arity("pull", positional, 1, 1)
     limits = import_limits(options)
     platform = options.get("--platform")
-    username = options.get("--username")
-    credentials = pull.credentials_from_env(os.environ)
-    if options.get("--password-stdin"):
-        if not isinstance(username, str) or not username:
-            raise UsageError("--password-stdin needs --username")
-        password = sys.stdin.readline().rstrip("\r\n")
-        if not password:
-            raise UsageError("--password-stdin: no password on stdin")
-        credentials = (username, password)
-    elif isinstance(username, str):
-        raise UsageError("--username needs --password-stdin (or use $SBX_REGISTRY_AUTH=user:pass)")
+    credentials = _credentials(options)
 
     def log(text: str) -> None:
         sys.stderr.write(f"sbx: {text}\n")
@@ -333,6 +330,50 @@ def cmd_pull(store: Store, options: Options, positional: list[str], quiet: bool)
                        limits=limits)
     sys.stdout.write(f"{short_name(str(record['name']))} {short_id(str(record['id']))}\n")
     return 0
+
+
+def cmd_push(store: Store, options: Options, positional: list[str], quiet: bool) -> int:
+    from ..image import push
+    from ..model.units import parse_size
+
+    _arity("push", positional, 2, 2)
+    chunk = options.get("--chunk-size")
+    source = options.get("--from")
+
+    def log(text: str) -> None:
+        if not quiet:
+            sys.stderr.write(f"sbx: {text}\n")
+
+    try:
+        chunk_size = parse_size(chunk) if isinstance(chunk, str) else push.CHUNK
+    except ValueError as exc:
+        raise UsageError(f"--chunk-size: {exc}") from None
+    if chunk_size < 1:
+        raise UsageError("--chunk-size must be at least 1 byte")
+    pushed, _counts = push.push(store, positional[0], positional[1], insecure=bool(options.get("--insecure")),
+                                credentials=_credentials(options), source=source if isinstance(source, str) else None,
+                                chunk=chunk_size,
+                                log=log)
+    sys.stdout.write(f"{pushed}\n")
+    return 0
+
+
+def _credentials(options: Options) -> tuple[str, str] | None:
+    """--username with --password-stdin, else $SBX_REGISTRY_AUTH, else None."""
+    from ..image import pull
+
+    username = options.get("--username")
+    credentials = pull.credentials_from_env(os.environ)
+    if options.get("--password-stdin"):
+        if not isinstance(username, str) or not username:
+            raise UsageError("--password-stdin needs --username")
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise UsageError("--password-stdin: no password on stdin")
+        credentials = (username, password)
+    elif isinstance(username, str):
+        raise UsageError("--username needs --password-stdin (or use $SBX_REGISTRY_AUTH=user:pass)")
+    return credentials
 
 
 def human(size: int) -> str:

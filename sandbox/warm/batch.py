@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .api import Runner
 
 USAGE = """usage: sbx batch [-j N] [--profile NAME] [--root DIR] [--no-pin] [--cold] [FILE|-]
+       sbx batch --broker URL [--profile NAME] [FILE|-]
 
 Runs one sandbox per JSON line of FILE (default: stdin) and writes one JSON
 result line per input line, in input order, to stdout.
@@ -46,6 +47,9 @@ options:
   --root DIR         image and box store
   --no-pin           do not pin runs to CPUs
   --cold             build every sandbox when its run starts (no warm pool)
+  --broker URL       run the lines on sbx workers through this Redis instead (lines
+                     carry their files inline; results add "worker"; README, "Running
+                     on many machines")
 """
 
 FIELDS = ("argv", "id", "profile", "options", "limits", "env", "stdin", "stdout", "stderr", "box", "box_mode",
