@@ -374,7 +374,7 @@ def test_result_is_frozen(runner: Runner) -> None:
     assert hash(result) == hash(Result(**{k: getattr(result, k) for k in (
         "verdict", "status", "exit_code", "signal", "wall_time", "cpu_time", "user_time", "sys_time",
         "memory_peak", "oom_killed", "pids_peak", "output_bytes", "limits_enforced", "message", "stdout",
-        "stderr", "fences")}))
+        "stderr", "fences", "max_rss", "csw_voluntary", "csw_forced", "killed", "cgroup")}))
 
 
 # -- warm and cold -----------------------------------------------------------------------------

@@ -82,7 +82,8 @@ def test_exec_pipe_eof_means_exec() -> None:
 
 
 def test_command_over_a_pipe() -> None:
-    command = Command(("sh", "-c", "echo hé"), (("PATH", "/bin"), ("LANG", "C.UTF-8")), ((7, 64, 64),), (5, 9))
+    command = Command(("sh", "-c", "echo hé"), (("PATH", "/bin"), ("LANG", "C.UTF-8")), ((7, 64, 64),), (5, 9),
+                      ((0, "/box/in"), (2, "")))
     r, w = os.pipe()
     try:
         protocol.write_command(w, command)
@@ -147,11 +148,11 @@ def test_kept_layer(tmp_path: object) -> None:
 
 def test_shape_strips_exactly_the_per_run_fields() -> None:
     run = Spec(argv=("true",), env=(("A", "1"),), image_lock=5, pass_fds=(3,), limits=Limits(time=1.0),
-               stdin="/in", stdout="/out", stderr="/err", result="/r", meta="/m", hostname="h",
+               stdin="/in", stdout="/out", stderr="/err", result="/r", meta="/m", hostname="h", redirects=((1, "o"),),
                mounts=(Mount("/x"),), uid=1000, cgroup="/sys/fs/cgroup/x")
     shape = shape_of(run)
     per_run = {f.name for f in fields(Spec) if f.metadata.get("run")}
     assert per_run == {"argv", "env", "image_lock", "pass_fds", "limits", "stdin", "stdout", "stderr", "result",
-                       "meta"}
+                       "meta", "redirects"}
     assert shape == Spec(argv=(), hostname="h", mounts=(Mount("/x"),), uid=1000, cgroup="/sys/fs/cgroup/x")
     assert shape_of(shape) == shape

@@ -36,6 +36,14 @@ class Result:
     limits_enforced: tuple[tuple[str, bool], ...] = ()
     message: str = ""
     fences: tuple[tuple[str, bool], ...] = ()  # protections beyond the namespaces: ("landlock", held)
+    # For the meta file (isolate's keys): the payload's own rusage, whether sbx ended the run
+    # (a limit it watches: wall, CPU, output, memory counted without a cgroup, a seccomp kill),
+    # and whether a run cgroup measured memory_peak and oom_killed (else rusage and the census).
+    max_rss: int = 0            # bytes
+    csw_voluntary: int = 0
+    csw_forced: int = 0
+    killed: bool = False
+    cgroup: bool = False
     stdout: bytes | None = None
     stderr: bytes | None = None
 
@@ -66,28 +74,57 @@ class Result:
 
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
-    def to_meta(self) -> str:
-        """isolate's meta-file format, so judge code written for isolate parses it unchanged."""
-        lines = [
-            f"time:{self.cpu_time:.3f}",
-            f"time-wall:{self.wall_time:.3f}",
-            f"max-rss:{self.memory_peak // 1024}",
-            f"cg-mem:{self.memory_peak // 1024}",
-            f"output-bytes:{self.output_bytes}",
-        ]
-        if self.oom_killed:
+    def to_meta(self, cgroup_keys: bool = True) -> str:
+        """isolate's meta-file format, so judge code written for isolate parses it unchanged.
+
+        As isolate writes it: no status on success; a timeout is TO with the message that tells
+        CPU from wall clock ("wall"), and no exitcode or exitsig; `killed:1` only when sbx (or
+        the kernel, for its CPU limit) ended the run; a file-size signal is SG.  `cg-mem` only
+        when a run cgroup measured memory (never rusage under that name), and neither cg-* key
+        unless `cgroup_keys` (the isolate front end without --cg).  `output-bytes` is sbx's own.
+        """
+        status = _META_STATUS[self.verdict] if self.verdict != "OK" else ""
+        if self.signal == _signal.SIGXFSZ and self.verdict != "XX":
+            status = "SG"  # the file-size rlimit's signal, as isolate reports it (exitsig:25)
+        timeout = status == "TO"
+        lines = []
+        if status == "XX":
+            return f"status:XX\nmessage:{self.message or 'internal error'}\n"
+        if timeout:
+            lines += ["status:TO", f"message:{self.meta_message(status)}"]
+            if self.killed or self.signal is not None:
+                lines.append("killed:1")
+        lines += [f"time:{self.cpu_time:.3f}", f"time-wall:{self.wall_time:.3f}",
+                  f"max-rss:{self.max_rss // 1024}", f"csw-voluntary:{self.csw_voluntary}",
+                  f"csw-forced:{self.csw_forced}"]
+        if cgroup_keys and self.cgroup and self.memory_peak:
+            lines.append(f"cg-mem:{self.memory_peak // 1024}")
+        if cgroup_keys and self.oom_killed:
             lines.append("cg-oom-killed:1")
-        if self.exit_code is not None:
-            lines.append(f"exitcode:{self.exit_code}")
-        if self.signal is not None:
-            lines.append(f"exitsig:{self.signal}")
-        if self.verdict in ("TLE", "WTLE", "MLE", "OLE") or self.signal is not None:
-            lines.append("killed:1")
-        if self.verdict != "OK":
-            lines.append(f"status:{_META_STATUS[self.verdict]}")
-        if self.message:
-            lines.append(f"message:{self.message}")
+        lines.append(f"output-bytes:{self.output_bytes}")
+        if not timeout:
+            if self.exit_code is not None:
+                lines.append(f"exitcode:{self.exit_code}")
+            if self.signal is not None:
+                lines.append(f"exitsig:{self.signal}")
+            if status:
+                lines += [f"status:{status}", f"message:{self.meta_message(status)}"]
+            if self.killed:
+                lines.append("killed:1")
         return "\n".join(lines) + "\n"
+
+    def meta_message(self, status: str) -> str:
+        """isolate's wording for a meta status (CMS tells a wall-clock timeout by "wall" in it);
+        sbx's own message where isolate has no words for the cause (a seccomp kill, output)."""
+        if status == "TO":
+            return "Time limit exceeded (wall clock)" if self.verdict == "WTLE" else "Time limit exceeded"
+        if self.message and self.verdict in ("SG", "OLE"):
+            return self.message
+        if self.verdict == "OLE" and self.signal != _signal.SIGXFSZ:
+            return "Output limit exceeded"
+        if self.signal is not None:
+            return f"Caught fatal signal {self.signal}"
+        return f"Exited with error status {self.exit_code}"
 
 
 def verdict_for(spec: Spec, exit_code: int | None, signal: int, cause: str, failed: bool, cpu_time: float,

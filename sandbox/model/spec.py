@@ -139,6 +139,10 @@ class Spec:
     stdin: str | None = field(default=None, metadata=PER_RUN)
     stdout: str | None = field(default=None, metadata=PER_RUN)
     stderr: str | None = field(default=None, metadata=PER_RUN)
+    # (fd, path inside the sandbox) the payload opens itself, as its own uid, after its fds are
+    # placed and before its rlimits (isolate's -i/-o/-r): fd 0 for reading, else written
+    # (created 0666, truncated); an empty path makes fd a copy of fd 1 (--stderr-to-stdout).
+    redirects: tuple[tuple[int, str], ...] = field(default=(), metadata=PER_RUN)
     result: str | None = field(default=None, metadata=PER_RUN)
     meta: str | None = field(default=None, metadata=PER_RUN)
     cgroup: str | None = None  # a delegated cgroup v2 directory to run under (else discovered)

@@ -243,5 +243,5 @@ def _supervise_payload(spec: Spec, payload: int, report_w: int, shm_rmid_forced:
         except ChildProcessError:
             break
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    say(report_w, Exited(status, usage.ru_utime, usage.ru_stime, usage.ru_maxrss))
+    say(report_w, Exited(status, usage.ru_utime, usage.ru_stime, usage.ru_maxrss, usage.ru_nvcsw, usage.ru_nivcsw))
     os._exit(0)

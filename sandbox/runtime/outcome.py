@@ -41,17 +41,19 @@ def outcome(spec: Spec, exited: Exited | None, wall: float, cause: str, exec_out
     status = signal = 0
     exit_code: int | None = None
     user = system = 0.0
-    maxrss = 0
+    maxrss = nvcsw = nivcsw = 0
     message = ""
     if exited is not None:
         wstatus = exited.wstatus
         user, system, maxrss = exited.utime, exited.stime, exited.maxrss_kib * 1024
+        nvcsw, nivcsw = exited.nvcsw, exited.nivcsw
         if os.WIFSIGNALED(wstatus):
             signal = os.WTERMSIG(wstatus)
         else:
             exit_code = status = os.WEXITSTATUS(wstatus)
     elif not cause:
         raise SetupError("the sandbox's init died unexpectedly")
+    killed = bool(cause)  # the supervisor ended the run
     oom = cause == MEMORY  # the census saw more than --memory: killed as memory.max would
     if oom:
         cause = ""
@@ -87,4 +89,6 @@ def outcome(spec: Spec, exited: Exited | None, wall: float, cause: str, exec_out
     return Result(verdict=verdict, status=status, exit_code=exit_code, signal=signal or None,
                   wall_time=wall, cpu_time=user + system, user_time=user, sys_time=system,
                   memory_peak=memory_peak, oom_killed=oom, pids_peak=pids_peak, output_bytes=output_bytes,
-                  limits_enforced=tuple(enforced.items()), message=message, fences=fences)
+                  limits_enforced=tuple(enforced.items()), message=message, fences=fences, max_rss=maxrss,
+                  csw_voluntary=nvcsw, csw_forced=nivcsw, killed=killed,
+                  cgroup=stats is not None and stats.memory_peak is not None)

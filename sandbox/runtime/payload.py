@@ -123,6 +123,26 @@ def _outside(path: str, excluded: tuple[str, ...]) -> list[str]:
     return [p for name in names for p in _outside(prefix + name, excluded)]
 
 
+def _redirect(redirects: tuple[tuple[int, str], ...]) -> None:
+    """Spec.redirects: each path opened here, inside, as the payload's own uid (so its modes
+    mean what they say to it), onto its fd; an empty path copies fd 1."""
+    for target, path in redirects:
+        if not path:
+            os.dup2(1, target)
+            continue
+        # O_NONBLOCK: a FIFO left in the box never blocks us before the release (a reader
+        # sees EOF, a writer without a reader fails); cleared once open.
+        flags = os.O_RDONLY if target == 0 else os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        try:
+            fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY, 0o666)
+        except OSError as exc:
+            raise OSError(f'open("{path}"): {exc.strerror}') from None  # isolate's words for it
+        os.set_blocking(fd, True)
+        if fd != target:
+            os.dup2(fd, target)
+            os.close(fd)
+
+
 def _set_rlimits(rlimits: tuple[tuple[int, int, int], ...]) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     for which, soft, hard in rlimits:
@@ -210,6 +230,7 @@ def main(spec: Spec, handoff: Handoff, last_cap: int) -> None:
         os.close(handoff.command_r)
         exec_w, release_r, channel_w = _place_fds(protocol.receive_run_fds(channel_w), command.pass_fds,
                                                   [exec_w, release_r, channel_w])
+        _redirect(command.redirects)
         _set_rlimits(command.rlimits)
         listener = -1
         if handoff.seccomp is not None:

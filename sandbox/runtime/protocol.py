@@ -118,15 +118,19 @@ class Failed:
 
 @dataclass(frozen=True)
 class Exited:
-    """The payload's wait status, and the rusage of everything init reaped (its children)."""
+    """The payload's wait status, and the rusage of everything init reaped (its children):
+    CPU times, peak RSS, voluntary and forced context switches (isolate's csw-* meta keys)."""
 
     wstatus: int
     utime: float
     stime: float
     maxrss_kib: int
+    nvcsw: int = 0
+    nivcsw: int = 0
 
     def encode(self) -> bytes:
-        return f"X {self.wstatus} {self.utime:.6f} {self.stime:.6f} {self.maxrss_kib}\n".encode()
+        return (f"X {self.wstatus} {self.utime:.6f} {self.stime:.6f} {self.maxrss_kib} {self.nvcsw} "
+                f"{self.nivcsw}\n").encode()
 
 
 Report = Started | Ready | Failed | Exited
@@ -144,8 +148,8 @@ def decode_report(line: bytes) -> Report | None:
         if kind == "E":
             return Failed(rest)
         if kind == "X":
-            wstatus, utime, stime, maxrss = rest.split()
-            return Exited(int(wstatus), float(utime), float(stime), int(maxrss))
+            wstatus, utime, stime, maxrss, nvcsw, nivcsw = rest.split()
+            return Exited(int(wstatus), float(utime), float(stime), int(maxrss), int(nvcsw), int(nivcsw))
     except ValueError:
         pass
     return None
@@ -204,19 +208,20 @@ class Command:
     env: tuple[tuple[str, str], ...]
     rlimits: tuple[tuple[int, int, int], ...]  # (resource, soft, hard)
     pass_fds: tuple[int, ...] = ()
+    redirects: tuple[tuple[int, str], ...] = ()  # Spec.redirects: opened by the payload itself
 
     def encode(self) -> bytes:
         import marshal  # built in, and a data-only format: no code objects are sent
 
-        body = marshal.dumps((self.argv, self.env, self.rlimits, self.pass_fds))
+        body = marshal.dumps((self.argv, self.env, self.rlimits, self.pass_fds, self.redirects))
         return len(body).to_bytes(8, "little") + body
 
     @classmethod
     def decode(cls, body: bytes) -> Command:
         import marshal
 
-        argv, env, rlimits, pass_fds = marshal.loads(body)
-        return cls(tuple(argv), tuple(env), tuple(rlimits), tuple(pass_fds))
+        argv, env, rlimits, pass_fds, redirects = marshal.loads(body)
+        return cls(tuple(argv), tuple(env), tuple(rlimits), tuple(pass_fds), tuple(map(tuple, redirects)))
 
 
 def _read_exact(fd: int, size: int) -> bytes | None:

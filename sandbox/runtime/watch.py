@@ -78,7 +78,8 @@ def supervise_run(prepared: Prepared, spec: Spec, inner: Spec, streams: Streams,
     listener = -1
     try:
         given = pumps.wire(streams.stdin, streams.stdout, streams.stderr, spec.tty)
-        prepared.send(Command(spec.argv, spec.env, rlimits_of(inner), spec.pass_fds), (*given, *spec.pass_fds))
+        prepared.send(Command(spec.argv, spec.env, rlimits_of(inner), spec.pass_fds, spec.redirects),
+                      (*given, *spec.pass_fds))
         # The payload has its copies: ours would hold a pipe open (an interactor's, say).
         pumps.sent()
         streams.close(keep=pumps.keep())
@@ -215,7 +216,8 @@ def _await_payload(sock: _socket.socket, reports: ReportReader) -> tuple[int, in
     while True:
         for fd, _event in poller.poll():
             if fd == reports.fd:
-                if not reports.fill():
+                # EOF may follow an Exited read along with init's Ready (spawn's _await_ready).
+                if not reports.fill() and not reports.exit_pending():
                     raise SetupError("the payload died before it could be released")
                 if reports.exit_pending():
                     return None
