@@ -52,3 +52,8 @@ def test_fuzz_flags(tmp_path: Path) -> None:
 def test_fuzz_batch(tmp_path: Path) -> None:
     """`sbx batch` JSON Lines: parse_line raises nothing but LineError (the seeds hold a deeply nested line)."""
     run_harness("batch", tmp_path, "-max_len=8192")
+
+
+def test_fuzz_isolate_args(tmp_path: Path) -> None:
+    """sbx-isolate's getopt emulation, directory and environment rules: Usage or a valid layout."""
+    run_harness("isolate_args", tmp_path)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import sys
 
-from .. import __version__
 from ..config.flags import HelpRequested, build_spec, parse_run_args
 from ..errors import EXIT_SBX, SbxError, UsageError
 
@@ -24,10 +23,13 @@ Run untrusted code in a rootless sandbox under hard limits.
 commands:
   run [OPTIONS] [--] COMMAND [ARG...]   run COMMAND in a fresh sandbox
   profile list|show NAME|check FILE     inspect profiles
-  image pull|import|ls|inspect|rm|tag|prune   images (sbx image --help)
+  image pull|push|import|ls|inspect|rm|tag|prune   images (sbx image --help)
   box create|run|rm|ls                  persistent work directories (sbx box --help)
   batch [-j N] [FILE|-]                 many runs from JSON Lines, results as JSON Lines
+  worker --broker URL                   run the cluster's runs (sbx worker --help)
   doctor                                what this host allows, with fixes
+  completion bash|zsh                   shell completion script (sbx completion --help)
+  man                                   this manual page, as roff (sbx man | man -l -)
 
 'sbx run --help' lists the run options.
 """
@@ -99,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if args else EXIT_SBX
         command, rest = args[0], args[1:]
         if command == "--version":
-            sys.stdout.write(f"sbx {__version__}\n")
+            from .version import version
+
+            sys.stdout.write(f"sbx {version()}\n")
             return 0
         if command == "run":
             return cmd_run(rest, entry=entry)
@@ -120,11 +124,29 @@ def main(argv: list[str] | None = None) -> int:
 
             return box_main(rest, lambda args, box, mode: cmd_run(args, box, mode, entry))
         if command == "batch":
+            if any(arg == "--broker" or arg.startswith("--broker=") for arg in rest):
+                from ..cluster.batch import main as cluster_batch  # runs on the workers: no scope here
+
+                return cluster_batch(rest)
             from ..warm.batch import main as batch_main
 
             if entry:
                 _rerun_in_scope(None)
             return batch_main(rest)
+        if command == "worker":
+            from .worker import main as worker_main
+
+            if entry:
+                _rerun_in_scope(None)
+            return worker_main(rest)
+        if command == "completion":
+            from .completion import main as completion_main
+
+            return completion_main(rest, USAGE)
+        if command == "man":
+            from .manpage import main as man_main
+
+            return man_main(rest, USAGE)
         raise UsageError(f"unknown command {command!r} (see 'sbx --help')")
     except HelpRequested as shown:
         sys.stdout.write(str(shown))
