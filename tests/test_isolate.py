@@ -52,6 +52,14 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(mode, "big")) { char b[4096] = {0}; for (;;) fwrite(b, 1, sizeof b, stdout); }
+    if (!strcmp(mode, "alloc")) {          /* malloc and touch argv[2] MiB; exit 1 when refused */
+        size_t size = (size_t)atol(argv[2]) << 20;
+        char *p = malloc(size);
+        if (!p) { fprintf(stderr, "out of memory\n"); return 1; }
+        memset(p, 1, size);
+        printf("allocated %s\n", argv[2]);
+        return 0;
+    }
     if (!strcmp(mode, "wait")) {           /* mark that the run holds the box, then wait for the mark to go */
         FILE *f = fopen(argv[2], "w"); fclose(f);
         while (access(argv[2], F_OK) == 0) usleep(10000);
@@ -180,6 +188,10 @@ VERDICTS = [
     (["sleep"], ["-w", "0.3"], 1, {"status": "TO", "message": "Time limit exceeded (wall clock)", "killed": "1"},
      ["exitsig", "exitcode"]),
     (["big"], ["-f", "64"], 1, {"status": "SG", "exitsig": "25"}, ["exitcode"]),
+    # -m is the address space (RLIMIT_AS), as isolate's: the allocation fails inside, the program decides
+    (["alloc", "200"], ["-m", "65536"], 1, {"exitcode": "1", "status": "RE", "message": "Exited with error status 1"},
+     ["killed", "exitsig"]),
+    (["alloc", "16"], ["-m", "65536"], 0, {"exitcode": "0"}, ["status", "killed"]),
 ]
 
 
@@ -200,6 +212,21 @@ def test_verdicts(env: dict[str, str], box: Path, probe: Path, argv: list[str], 
         assert run.stderr.splitlines()[-1] == values["message"]   # isolate's status line
     if "TO" in values.values() and "wall" in values["message"]:
         assert 0.3 <= float(values["time-wall"]) < 2, values
+
+
+def test_mem_is_address_space_with_cg_too(env: dict[str, str], box: Path, probe: Path) -> None:
+    """With --cg, -m is still RLIMIT_AS (not folded into --cg-mem): below a large --cg-mem it is the
+    limit, with cgroup delegation or without; the cgroup side is tests/cgroup/test_isolate_cg.py."""
+    shutil.copy(probe, box / "box" / "probe")
+    meta = box / "meta"
+    run = isolate(env, "-b", "5", "-M", str(meta), "--cg", "--cg-mem=1048576", "-m", "65536", "--run", "--",
+                  "./probe", "alloc", "200")
+    values = read_meta(meta)
+    assert run.returncode == 1 and "out of memory" in run.stderr, (run.stderr, values)
+    assert values["status"] == "RE" and values["exitcode"] == "1" and "cg-oom-killed" not in values, values
+    run = isolate(env, "-b", "5", "-s", "--cg", "--cg-mem=1048576", "-m", "262144", "--run", "--", "./probe",
+                  "alloc", "200")
+    assert run.returncode == 0 and run.stdout == "allocated 200\n", run.stderr
 
 
 def test_one_process_by_default(env: dict[str, str], box: Path, probe: Path) -> None:

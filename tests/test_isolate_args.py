@@ -8,6 +8,7 @@ import signal
 import pytest
 
 from sandbox.isolate import options, rules
+from sandbox.isolate.main import limit_settings
 from sandbox.isolate.meta import as_isolate, exit_status, meta_text, status_line
 from sandbox.model.result import Result
 from sandbox.model.spec import Mount
@@ -91,6 +92,26 @@ def test_usage_errors(argv: list[str], text: str, help: bool) -> None:
 
 
 EMPTY_ETC = Mount(target="/etc", mode="tmpfs", size=rules.EMPTY_ETC_SIZE)
+
+
+# isolate's memory options -> sbx's limits: -m (KiB of address space) is RLIMIT_AS always,
+# --cg-mem (KiB, only with --cg) the memory limit; neither folds into the other
+MEMORY = [
+    (["--run", "x"], {}),
+    (["-m", "65536", "--run", "x"], {"limits.address_space": 64 << 20}),
+    (["--cg", "-m", "65536", "--run", "x"], {"limits.address_space": 64 << 20}),
+    (["--cg", "--cg-mem=65536", "--run", "x"], {"limits.memory": 64 << 20}),
+    (["--cg", "--cg-mem=1048576", "-m", "65536", "--run", "x"],
+     {"limits.memory": 1 << 30, "limits.address_space": 64 << 20}),
+    (["--cg", "--cg-mem=65536", "-m", "1048576", "--run", "x"],
+     {"limits.memory": 64 << 20, "limits.address_space": 1 << 30}),
+]
+
+
+@pytest.mark.parametrize("argv, expected", MEMORY, ids=[" ".join(a) for a, _ in MEMORY])
+def test_memory_options(argv: list[str], expected: dict[str, int]) -> None:
+    settings = limit_settings(options.parse(argv), strict=False)
+    assert {k: v for k, v in settings.items() if k in ("limits.memory", "limits.address_space")} == expected
 
 
 def test_default_rules_become_sbx_mounts() -> None:

@@ -49,8 +49,12 @@ CASES = [
      [f"--io-read-bps is not enforced: the io controller is not delegated to {PATH}",
       f"--io-write-bps is not enforced: the io controller is not delegated to {PATH}"]),
     ("pids delegated", spec(pids=10), FULL, (), {"pids": True}, []),
-    ("the supervisor's own and rlimits", spec(wall_time=1.0, output=1, file_size=1, open_files=8, stack=1 << 20),
-     None, (), {"wall_time": True, "output": True, "file_size": True, "open_files": True, "stack": True}, []),
+    ("the supervisor's own and rlimits", spec(wall_time=1.0, output=1, file_size=1, open_files=8, stack=1 << 20,
+                                              address_space=1 << 20),
+     None, (), {"wall_time": True, "output": True, "file_size": True, "open_files": True, "stack": True,
+                "address_space": True}, []),
+    ("address space beside delegated memory", spec(memory=1 << 20, address_space=1 << 30), FULL, (),
+     {"memory": True, "address_space": True}, []),
     ("everything delegated", spec(memory=1, cpus=1.0, cpuset="0", pids=1, time=1.0, io_read_bps=1, io_write_bps=1),
      FULL, (), {"memory": True, "pids": True, "cpus": True, "cpuset": True, "io_read_bps": True,
                 "io_write_bps": True, "time": True}, []),
@@ -77,6 +81,37 @@ def test_pids_without_controller_is_nproc() -> None:
     enforced, warnings = limits.plan(run, None, ())
     assert enforced == {"pids": held}
     assert (warnings == []) == held
+
+
+# limits, what holds memory -> the payload's RLIMIT_AS (None: none), and the inner spec's
+# memory and address_space (sandbox_spec)
+AS_CASES = [
+    ("nothing", {}, {}, None, (None, None)),
+    ("memory, no cgroup", {"memory": 64 << 20}, {"memory": False}, 64 << 20, (64 << 20, None)),
+    ("memory held by the cgroup", {"memory": 64 << 20}, {"memory": True}, None, (None, None)),
+    ("address space, no cgroup", {"address_space": 64 << 20}, {"address_space": True}, 64 << 20, (None, 64 << 20)),
+    ("address space, memory held", {"memory": 1 << 30, "address_space": 64 << 20},
+     {"memory": True, "address_space": True}, 64 << 20, (None, 64 << 20)),
+    ("address space above held memory", {"memory": 64 << 20, "address_space": 1 << 30},
+     {"memory": True, "address_space": True}, 1 << 30, (None, 1 << 30)),
+    ("both, no cgroup, memory smaller", {"memory": 64 << 20, "address_space": 1 << 30},
+     {"memory": False, "address_space": True}, 64 << 20, (64 << 20, 1 << 30)),
+    ("both, no cgroup, address space smaller", {"memory": 1 << 30, "address_space": 64 << 20},
+     {"memory": False, "address_space": True}, 64 << 20, (1 << 30, 64 << 20)),
+]
+
+
+@pytest.mark.parametrize("name, asked, enforced, rlimit, inner", AS_CASES, ids=[c[0] for c in AS_CASES])
+def test_rlimit_as(name: str, asked: dict[str, int], enforced: dict[str, bool], rlimit: int | None,
+                   inner: tuple[int | None, int | None]) -> None:
+    """--address-space is RLIMIT_AS whatever holds memory; --memory is too only where no cgroup
+    holds it; both: the smaller."""
+    import resource
+
+    inner_spec = limits.sandbox_spec(spec(False, **asked), enforced)
+    assert (inner_spec.limits.memory, inner_spec.limits.address_space) == inner
+    got = {which: (soft, hard) for which, soft, hard in limits.rlimits_of(inner_spec)}
+    assert got.get(resource.RLIMIT_AS) == (None if rlimit is None else (rlimit, rlimit))
 
 
 RW = (Mount("/data", "rw", "/srv/data"),)

@@ -35,6 +35,9 @@ CASES: dict[str, list[tuple[str, object, object]]] = {
                      ("unlimited", "unlimited", REFUSED)],
     "limits.memory": [("64M", "64M", 64 * M), ("1.5G", "1.5G", 3 * G // 2), ("0", 0, REFUSED),
                       ("-5M", "-5M", REFUSED), ("unlimited", "unlimited", None), ("lots", "lots", REFUSED)],
+    "limits.address_space": [("64M", "64M", 64 * M), ("1.5G", "1.5G", 3 * G // 2), ("65536K", 67108864, 64 * M),
+                             ("0", 0, REFUSED), ("-5M", "-5M", REFUSED), ("unlimited", "unlimited", None),
+                             ("lots", "lots", REFUSED), ("true", True, REFUSED)],
     "limits.cpus": [("1.5", 1.5, 1.5), ("2", 2, 2.0), ("0", 0, REFUSED), ("4097", 4097, REFUSED),
                     ("nan", float("nan"), REFUSED), ("abc", "abc", REFUSED), ("unlimited", "unlimited", None)],
     "limits.cpuset": [("0-3,6", "0-3,6", "0-3,6"), ("0", "0", "0"), ("3-1", "3-1", REFUSED), ("x", "x", REFUSED),
@@ -128,12 +131,15 @@ def test_messages_say_what_is_allowed_in_the_words_of_the_profile() -> None:
      {"limits.memory": 256 * M, "limits.time": 1.5, "limits.pids": 64, "limits.strict": True}),
     ({"cpuset": "0-1", "output": 0, "memory": None, "time": "unlimited"},
      {"limits.cpuset": "0-1", "limits.output": 0, "limits.memory": None, "limits.time": None}),
+    ({"address_space": "64M", "memory": 1 << 30}, {"limits.address_space": 64 * M, "limits.memory": G}),
+    ({"address_space": "unlimited"}, {"limits.address_space": None}),
 ])
 def test_the_apis_limits_go_through_the_same_checks(limits: dict[str, object], want: dict[str, object]) -> None:
     assert flags.limit_settings(limits) == want
 
 
-@pytest.mark.parametrize("limits", [{"pids": 0}, {"cpuset": "x"}, {"time": 0}, {"memory": "-5M"}, {"bogus": 1}])
+@pytest.mark.parametrize("limits", [{"pids": 0}, {"cpuset": "x"}, {"time": 0}, {"memory": "-5M"}, {"bogus": 1},
+                                    {"address_space": 0}, {"address_space": True}])
 def test_the_apis_limits_refuse_what_flags_and_profiles_refuse(limits: dict[str, object]) -> None:
     with pytest.raises(UsageError):
         flags.limit_settings(limits)
@@ -159,6 +165,8 @@ def test_flags_are_unique_and_documented() -> None:
     (["--pids-limit", "0"], "[limits]\npids = 0\n",
      "--pids-limit: '0' is not an integer from 1 to 4194304, or \"unlimited\""),
     (["--dns", "pypi.org"], '[network]\ndns = ["pypi.org"]\n', "--dns: 'pypi.org' is not an IP address"),
+    (["--address-space", "0"], "[limits]\naddress_space = 0\n",
+     "--address-space: '0' is not a size above 0 such as 256M, or \"unlimited\""),
 ])
 def test_values_a_profile_refuses_are_refused_as_flags(tmp_path: Path, args: list[str], toml: str,
                                                        message: str) -> None:

@@ -386,7 +386,10 @@ SETTINGS: tuple[Setting, ...] = (
     _S("sandbox.disk", ("--disk",), "SIZE", "size of the writable layer (default 256M)", SIZE, show="size"),
     _S("sandbox.tmp_size", check=SIZE, show="size"),
     # [limits]
-    _S("limits.memory", ("--memory", "-m"), "SIZE", "memory limit",
+    _S("limits.memory", ("--memory", "-m"), "SIZE", "memory limit of the whole sandbox",
+       _limit(SIZE, "a size above 0 such as 256M"), show="size"),
+    _S("limits.address_space", ("--address-space",), "SIZE",
+       "address space of each process (RLIMIT_AS), with a cgroup or without",
        _limit(SIZE, "a size above 0 such as 256M"), show="size"),
     _S("limits.cpus", ("--cpus",), "N", "CPU bandwidth limit, e.g. 1.5",
        _limit(_cpus, "a number of CPUs above 0 such as 1 or 1.5"), read="number"),

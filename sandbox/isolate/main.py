@@ -177,10 +177,10 @@ def run(opts: options.Options, prog: str, meta: Meta, environ: Mapping[str, str]
     result = meta_mod.as_isolate(_exec_failure(result, opts.argv[0]), opts.time_ms, opts.wall_ms)
     cgroup_keys = opts.cg and result.cgroup
     if opts.cg and not result.cgroup and result.verdict != "XX":
-        sys.stderr.write(f"{prog}: warning: --cg without cgroup v2 delegation: memory (--cg-mem) is RLIMIT_AS "
-                         "per process plus sbx's count of the sandbox at intervals, CPU time is counted at "
-                         "intervals, and the meta file has no cg-* keys (SBX_STRICT=1 refuses instead; see "
-                         "'sbx doctor')\n")
+        sys.stderr.write(f"{prog}: warning: --cg without cgroup v2 delegation: --cg-mem is RLIMIT_AS per "
+                         "process (as -m is) plus sbx's count of the sandbox's memory at intervals, CPU time is "
+                         "counted at intervals, and the meta file has no cg-* keys (SBX_STRICT=1 refuses "
+                         "instead; see 'sbx doctor')\n")
     meta.write(meta_mod.meta_text(result, cgroup_keys))
     status = meta_mod.exit_status(result)
     if status == EXIT_ERROR or not opts.silent:
@@ -213,7 +213,7 @@ def build_spec(opts: options.Options, box: Box, environ: Mapping[str, str], stri
         "mounts": layout.mounts,
         "sandbox.workdir": _inside(opts.chdir or MOUNT_POINT),
         "network.mode": "host" if opts.share_net else "none",
-        **_limits(opts, strict),
+        **limit_settings(opts, strict),
     }
     if layout.noexec:
         settings["landlock.noexec"] = layout.noexec
@@ -254,17 +254,18 @@ def _redirects(opts: options.Options) -> tuple[tuple[int, str], ...]:
     return tuple(out)
 
 
-def _limits(opts: options.Options, strict: bool) -> dict[str, object]:
-    """isolate's limits as sbx's: -t kills at max(-t, -x) (the verdict is still TO past -t),
-    -m and --cg-mem are sbx's memory limit (the smaller), -p1 by default."""
+def limit_settings(opts: options.Options, strict: bool) -> dict[str, object]:
+    """isolate's limits as sbx's: -t kills at max(-t, -x) (the verdict is still TO past -t), -m
+    (address space, KiB) is --address-space, --cg-mem (only with --cg) --memory, -p1 by default."""
     limits: dict[str, object] = {"limits.strict": strict}
     if opts.time_ms:
         limits["limits.time"] = max(opts.time_ms, opts.extra_ms, 1) / 1000
     if opts.wall_ms:
         limits["limits.wall_time"] = max(opts.wall_ms, 1) / 1000
-    memory = [kib for kib in (opts.mem, opts.cg_mem) if kib]
-    if memory:
-        limits["limits.memory"] = min(memory) * 1024
+    if opts.mem:
+        limits["limits.address_space"] = opts.mem * 1024
+    if opts.cg_mem:
+        limits["limits.memory"] = opts.cg_mem * 1024
     if opts.processes:
         limits["limits.pids"] = opts.processes
     if opts.open_files:

@@ -52,6 +52,7 @@ class Limits:
     """Resource limits; None means unlimited.  Sizes in bytes, times in seconds."""
 
     memory: int | None = None
+    address_space: int | None = None  # RLIMIT_AS of every process, whatever holds `memory`
     cpus: float | None = None
     cpuset: str | None = None
     pids: int | None = None

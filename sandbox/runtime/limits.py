@@ -35,7 +35,7 @@ PER_PROCESS = {"memory": "RLIMIT_AS", "time": "RLIMIT_CPU"}
 # counted over the whole sandbox by the supervisor without a cgroup (census.py)
 COUNTED = {"memory": "memory", "time": "CPU time"}
 # limits that never need a cgroup: rlimits that mean what they say, or the supervisor's own
-ALWAYS = ("wall_time", "output", "file_size", "open_files", "stack")
+ALWAYS = ("wall_time", "output", "file_size", "open_files", "stack", "address_space")
 FLAGS = {"pids": "--pids-limit", "output": "--output-limit", "time": "--time"}
 
 
@@ -154,10 +154,11 @@ def sandbox_spec(spec: Spec, enforced: dict[str, bool], nproc: int | None = None
     `nproc`: the RLIMIT_NPROC standing in for the pids controller (nproc_limit), or
     None; the inner spec's `pids` is that rlimit's value, not a task count.
 
-    No RLIMIT_AS where memory.max holds the whole tree: RLIMIT_AS counts
-    address space, not memory, so a run that maps more than it touches (Go,
-    Java, ASan, a big malloc arena) would fail with ENOMEM, and an over-limit
-    allocation would be an RE instead of the cgroup's MLE.
+    No RLIMIT_AS for --memory where memory.max holds the whole tree: RLIMIT_AS
+    counts address space, not memory, so a run that maps more than it touches
+    (Go, Java, ASan, a big malloc arena) would fail with ENOMEM, and an
+    over-limit allocation would be an RE instead of the cgroup's MLE.
+    --address-space is RLIMIT_AS whatever holds memory (isolate's -m): kept.
 
     RLIMIT_CPU only as a backstop a second past the limit where the supervisor
     watches the cgroup's CPU time: the payload's own clock also counts its set-up
@@ -183,12 +184,14 @@ def rlimits_of(spec: Spec) -> tuple[tuple[int, int, int], ...]:
     import resource
 
     limits = spec.limits
+    # --address-space, and --memory where no cgroup holds it (sandbox_spec): the smaller
+    address = [size for size in (limits.address_space, limits.memory) if size is not None]
     out = []
     if limits.time is not None:
         seconds = max(1, int(limits.time + 0.999))
         out.append((resource.RLIMIT_CPU, seconds, seconds + 1))
     for which, value in ((resource.RLIMIT_FSIZE, limits.file_size), (resource.RLIMIT_NOFILE, limits.open_files),
-                         (resource.RLIMIT_STACK, limits.stack), (resource.RLIMIT_AS, limits.memory),
+                         (resource.RLIMIT_STACK, limits.stack), (resource.RLIMIT_AS, min(address, default=None)),
                          (resource.RLIMIT_NPROC, limits.pids)):
         if value is not None:
             out.append((which, value, value))

@@ -2,8 +2,9 @@
 
 With delegation --cg is what isolate's control-group mode is: --cg-mem is the run cgroup's
 memory.max, the meta file has cg-mem (memory.peak) and, after an OOM kill, cg-oom-killed,
-and nothing is said on stderr about weaker limits.  The payload is tests/cgroup/probe.c,
-compiled once; a few runs only (the VM is slow).
+and nothing is said on stderr about weaker limits; -m stays the address space (RLIMIT_AS),
+as in isolate.  The payloads are tests/cgroup/probe.c and RESERVE_C below, compiled once; a
+few runs only (the VM is slow).
 """
 
 from __future__ import annotations
@@ -24,6 +25,18 @@ from sandbox.kernel import idmap
 REPO = Path(__file__).resolve().parents[2]
 PROBE_C = Path(__file__).resolve().parent / "probe.c"
 SCRIPT = REPO / "bin" / "sbx-isolate"
+RESERVE_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+int main(int argc, char **argv) {   /* map argv[1] MiB of address space, touching none of it */
+    size_t size = (size_t)atol(argv[1]) << 20;
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) { perror("mmap"); return 1; }
+    printf("reserved %s\n", argv[1]);
+    return 0;
+}
+"""
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +60,8 @@ def box(env: dict[str, str]) -> Iterator[Path]:
     assert init.returncode == 0, init.stderr
     path = Path(init.stdout.strip())
     subprocess.run(["gcc", "-O1", "-pthread", "-o", str(path / "box" / "probe"), str(PROBE_C)], check=True)
+    (path / "reserve.c").write_text(RESERVE_C)
+    subprocess.run(["gcc", "-O1", "-o", str(path / "box" / "reserve"), str(path / "reserve.c")], check=True)
     yield path
     assert isolate(env, "--cg", "-b", "1", "--cleanup").returncode == 0
     assert not path.exists()
@@ -81,6 +96,21 @@ def test_cg_oom_killed(env: dict[str, str], box: Path) -> None:
     assert proc.returncode == 1, (proc.stderr, meta)
     assert meta["status"] == "SG" and meta["exitsig"] == "9" and meta["cg-oom-killed"] == "1", meta
     assert "killed" not in meta   # the kernel killed it, not the time limits
+
+
+def test_mem_is_address_space_beside_cg_mem(env: dict[str, str], box: Path) -> None:
+    """-m is RLIMIT_AS with --cg too, as in isolate, and --cg-mem is memory.max: a 1 GiB reservation
+    fails under -m 65536 whatever --cg-mem allows, and passes under a --cg-mem of 32 MiB alone
+    (memory.max counts touched memory only); with both, memory.max still OOM-kills a hog -m allows."""
+    proc, meta = run(env, box, "--cg-mem=262144", "-m", "65536", "--run", "--", "./reserve", "1024")
+    assert proc.returncode == 1 and "mmap: Cannot allocate memory" in proc.stderr, (proc.stderr, meta)
+    assert meta["status"] == "RE" and meta["exitcode"] == "1" and "cg-oom-killed" not in meta, meta
+    proc, meta = run(env, box, "--cg-mem=32768", "--run", "--", "./reserve", "1024")
+    assert proc.returncode == 0 and proc.stdout == "reserved 1024\n", (proc.stderr, meta)
+    assert "status" not in meta and "warning" not in proc.stderr, (proc.stderr, meta)
+    proc, meta = run(env, box, "--cg-mem=32768", "-m", "1048576", "-p", "--run", "--", "./probe", "hog", "128")
+    assert proc.returncode == 1, (proc.stderr, meta)
+    assert meta["status"] == "SG" and meta["exitsig"] == "9" and meta["cg-oom-killed"] == "1", meta
 
 
 def test_cg_time_limit(env: dict[str, str], box: Path) -> None:
