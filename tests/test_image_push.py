@@ -17,26 +17,15 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import busybox_image, layer, sbx
 from sandbox.image.layout import Layout
-from test_image_pull import Registry, TokenServer, ensure_packages, image_pull, start_registry, stop
+from test_image_pull import Registry, TokenServer, image_pull, registry, start_registry, stop  # noqa: F401 (registry: a fixture)
 
 pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    ensure_packages()
-    reg = Registry(tmp_path_factory.mktemp("registry"))
-    try:
-        yield reg
-    finally:
-        stop(reg.proc)
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,23 @@ def scope_command(
     return scope_argv(systemd_run, unit_name(os.getpid(), time.time_ns()), argv, environ, os.getuid())
 
 
+def rerun_in_scope(argv: list[str], environ: Mapping[str, str], explicit: str | None = None) -> None:
+    """Exec `argv` again in a delegated transient scope where scope_command says one would help;
+    returns when there is none to use, or when systemd-run could not be run after all (the
+    caller then goes on with its degraded limits, and their warning)."""
+    scope = scope_command(argv, environ, explicit)
+    if scope is None:
+        return
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(scope[0][0], scope[0], scope[1])
+    except OSError:
+        pass
+
+
 def scope_argv(systemd_run: str, unit: str, argv: list[str], environ: Mapping[str, str],
                uid: int) -> tuple[list[str], dict[str, str]]:
     """The systemd-run command line that runs `argv` in scope `unit`, and its environment (pure).

@@ -48,16 +48,17 @@ class Probe:
 
 
 @dataclass(frozen=True)
-class Verdict:
-    """One finding of this module (doctor.py turns it into a Finding)."""
+class Finding:
+    """One line of `sbx doctor` (these decisions' and doctor.py's own)."""
 
     name: str
-    status: str  # "ok", "warn", "fail"
+    status: str  # "ok", "warn" (works, weaker) or "fail" (sbx run cannot work)
     detail: str
     fix: str = ""
 
 
-def _read(path: str) -> str | None:
+def read_text(path: str) -> str | None:
+    """A small file's stripped text, or None when it cannot be read."""
     try:
         with open(path) as f:
             return f.read().strip()
@@ -91,14 +92,14 @@ def _cgroup_paths(text: str) -> tuple[str, ...]:
 
 def read_host(environ: dict[str, str] | None = None) -> Readings:
     environ = dict(os.environ) if environ is None else environ
-    status = _read("/proc/self/status") or ""
+    status = read_text("/proc/self/status") or ""
     try:
         cgroup_ro = bool(os.statvfs("/sys/fs/cgroup").f_flag & os.ST_RDONLY)
     except OSError:
         cgroup_ro = False
-    return Readings(apparmor_restrict=_read(APPARMOR_SYSCTL), dockerenv=os.path.exists("/.dockerenv"),
+    return Readings(apparmor_restrict=read_text(APPARMOR_SYSCTL), dockerenv=os.path.exists("/.dockerenv"),
                     containerenv=os.path.exists("/run/.containerenv"), container_env=environ.get("container", ""),
-                    cgroup_paths=_cgroup_paths(_read("/proc/1/cgroup") or ""), root_fstype=_root_fstype(_read("/proc/self/mountinfo") or ""),
+                    cgroup_paths=_cgroup_paths(read_text("/proc/1/cgroup") or ""), root_fstype=_root_fstype(read_text("/proc/self/mountinfo") or ""),
                     seccomp_mode=_status_field(status, "Seccomp"), no_new_privs=_status_field(status, "NoNewPrivs") == 1,
                     has_fuse=os.path.exists("/dev/fuse"), cgroup_ro=cgroup_ro)
 
@@ -118,15 +119,15 @@ def apparmor_profile(python: str) -> str:
             f"  include if exists <local/{PROFILE_NAME}>\n}}\n")
 
 
-def apparmor(readings: Readings, probe: Probe, python: str) -> Verdict | None:
+def apparmor(readings: Readings, probe: Probe, python: str) -> Finding | None:
     """The finding on AppArmor's user namespace restriction; None where there is none to make."""
     if readings.apparmor_restrict is None:
         return None
     if readings.apparmor_restrict != "1":
-        return Verdict("AppArmor userns restriction", "ok", "off (kernel.apparmor_restrict_unprivileged_userns=0)")
+        return Finding("AppArmor userns restriction", "ok", "off (kernel.apparmor_restrict_unprivileged_userns=0)")
     blocked = probe.userns not in (0, None) or probe.mount in NO_CAPABILITY
     if not blocked:
-        return Verdict("AppArmor userns restriction", "ok",
+        return Finding("AppArmor userns restriction", "ok",
                        f"on, and this interpreter ({python}) may create user namespaces (a profile grants it, "
                        "or this is root)")
     shared = python.startswith(("/usr/bin/", "/bin/", "/usr/local/bin/"))
@@ -141,7 +142,7 @@ def apparmor(readings: Readings, probe: Probe, python: str) -> Verdict | None:
            "kernel attack surface Ubuntu meant to close")
     what = (f"unshare(CLONE_NEWUSER): {os.strerror(probe.userns)}" if probe.userns not in (0, None)
             else f"a new user namespace has no capabilities (mount: {os.strerror(probe.mount or errno.EPERM)})")
-    return Verdict("AppArmor userns restriction", "fail",
+    return Finding("AppArmor userns restriction", "fail",
                    f"on (kernel.apparmor_restrict_unprivileged_userns=1, Ubuntu 23.10+): {what}; sbx cannot "
                    "build a sandbox", fix)
 
@@ -169,33 +170,33 @@ OUTER_RUNTIME = ("docker/podman run --security-opt seccomp=unconfined --security
                  "limits; GitLab's docker executor: the same in the runner's config.toml (security_opt, devices)")
 
 
-def container(readings: Readings, probe: Probe) -> list[Verdict]:
+def container(readings: Readings, probe: Probe) -> list[Finding]:
     """Findings on an outer container and what it blocks, with what the outer runtime must allow."""
     signs = container_signs(readings)
     if not signs:
         return []
     if signs == ["/.dockerenv"]:
-        where = Verdict("container", "ok", "only /.dockerenv says so (a machine image made from a Docker image "
+        where = Finding("container", "ok", "only /.dockerenv says so (a machine image made from a Docker image "
                         "keeps it): treated as no container")
         return [where]
-    found = [Verdict("container", "ok", f"inside a container ({', '.join(signs)})")]
+    found = [Finding("container", "ok", f"inside a container ({', '.join(signs)})")]
     if probe.userns not in (0, None):
         denied = ("its seccomp filter" if readings.seccomp_mode == 2 else "its AppArmor profile or seccomp filter")
-        found.append(Verdict("container: unshare", "fail", f"unshare(CLONE_NEWUSER): {os.strerror(probe.userns)} "
+        found.append(Finding("container: unshare", "fail", f"unshare(CLONE_NEWUSER): {os.strerror(probe.userns)} "
                              f"(errno {errno.errorcode.get(probe.userns, probe.userns)}): the outer runtime denies "
                              f"it ({denied})", OUTER_RUNTIME))
     elif probe.mount not in (0, None):
-        found.append(Verdict("container: mount", "fail", f"mount in a new user namespace: "
+        found.append(Finding("container: mount", "fail", f"mount in a new user namespace: "
                              f"{os.strerror(probe.mount)}: the outer AppArmor profile or seccomp filter denies it",
                              OUTER_RUNTIME))
     if readings.no_new_privs:
-        found.append(Verdict("container: no_new_privs", "warn", "set on sbx itself (docker's "
+        found.append(Finding("container: no_new_privs", "warn", "set on sbx itself (docker's "
                              "--security-opt no-new-privileges): setuid newuidmap/newgidmap gain nothing, so no id "
                              "ranges; the single mapping works", "run the container without no-new-privileges"))
     if readings.cgroup_ro:
-        found.append(Verdict("container: cgroup", "warn", "/sys/fs/cgroup is read-only: no delegated cgroup, "
+        found.append(Finding("container: cgroup", "warn", "/sys/fs/cgroup is read-only: no delegated cgroup, "
                              "limits fall back to rlimits", "--cgroupns=private and a writable cgroup "
                              "(docker: --cgroup-parent with delegation, or systemd as the container's init)"))
-    found.append(Verdict("container: /dev/fuse", "ok", ("present" if readings.has_fuse else "absent") +
+    found.append(Finding("container: /dev/fuse", "ok", ("present" if readings.has_fuse else "absent") +
                          ": sbx does not need it (the kernel's overlayfs in a user namespace, not fuse-overlayfs)"))
     return found

@@ -9,27 +9,11 @@ from __future__ import annotations
 import os
 import sys
 
-from ..model.frozen import dataclass
+from .confinement import Finding, read_text
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-
-@dataclass(frozen=True)
-class Finding:
-    name: str
-    status: str  # "ok", "warn" (works, weaker) or "fail" (sbx run cannot work)
-    detail: str
-    fix: str = ""
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 def _in_child(probe: Callable[[list[str]], None]) -> dict[str, str]:
@@ -124,15 +108,14 @@ def findings() -> list[Finding]:
     readings = confinement.read_host()
     tried = confinement.Probe(_errno(probe, "userns_errno"), _errno(probe, "mount_errno"),
                               _errno(probe, "proc_errno"))
-    confined = [Finding(v.name, v.status, v.detail, v.fix) for v in (
-        [confinement.apparmor(readings, tried, confinement.interpreter())] + confinement.container(readings, tried))
-        if v is not None]
+    confined = [v for v in [confinement.apparmor(readings, tried, confinement.interpreter()),
+                            *confinement.container(readings, tried)] if v is not None]
     userns = probe.get("userns", "no")
     if userns != "yes":
         hints = []
-        if _read("/proc/sys/kernel/unprivileged_userns_clone") == "0":
+        if read_text("/proc/sys/kernel/unprivileged_userns_clone") == "0":
             hints.append("sysctl -w kernel.unprivileged_userns_clone=1")
-        if _read("/proc/sys/user/max_user_namespaces") == "0":
+        if read_text("/proc/sys/user/max_user_namespaces") == "0":
             hints.append("sysctl -w user.max_user_namespaces=15000")
         fix = "; ".join(hints) or ("see the findings below" if any(f.status == "fail" for f in confined)
                                    else "enable unprivileged user namespaces in the kernel")

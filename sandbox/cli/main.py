@@ -79,17 +79,9 @@ def _rerun_in_scope(explicit: object) -> None:
     """No usable cgroup but a systemd user manager: run this process's own command line again
     in a delegated scope (execs; returns when there is none to use).  Every command that runs
     sandboxes asks, from main() only: an in-process main(argv) is never re-run."""
-    from ..cgroup.systemd import scope_command
+    from ..cgroup.systemd import rerun_in_scope
 
-    scope = scope_command([sys.executable, *sys.orig_argv[1:]], os.environ,
-                          explicit if isinstance(explicit, str) else None)
-    if scope is not None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        try:
-            os.execvpe(scope[0][0], scope[0], scope[1])
-        except OSError:
-            pass  # no systemd-run after all: the degraded path, with its warning
+    rerun_in_scope([sys.executable, *sys.orig_argv[1:]], os.environ, explicit if isinstance(explicit, str) else None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,24 +35,16 @@ VALUED = ("--broker", "--concurrency", "--profile", "--hostname", "--pidfile", "
 
 
 def parse(args: list[str]) -> dict[str, str]:
-    values: dict[str, str] = {}
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg in ("-h", "--help"):
-            from ..config.flags import HelpRequested
+    from ..config.argv import HELP, split
 
-            raise HelpRequested(USAGE)
-        name, eq, value = arg.partition("=")
-        if name not in VALUED:
-            raise UsageError(f"unknown option {arg!r} (see 'sbx worker --help')")
-        if not eq:
-            i += 1
-            if i >= len(args):
-                raise UsageError(f"{name} needs a value")
-            value = args[i]
-        values[name[2:]] = value
-        i += 1
+    found, operands = split(args, VALUED, unknown="unknown option {arg} (see 'sbx worker --help')")
+    if any(found.get(name) for name in HELP):
+        from ..config.flags import HelpRequested
+
+        raise HelpRequested(USAGE)
+    if operands:
+        raise UsageError(f"unknown option {operands[0]!r} (see 'sbx worker --help')")
+    values = {name[2:]: value for name, value in found.items() if isinstance(value, str)}
     if not values.get("broker"):
         raise UsageError("--broker URL is required (redis://HOST:PORT/DB)")
     return values

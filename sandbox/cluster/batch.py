@@ -79,34 +79,19 @@ def run(broker: str, lines: Iterable[str], emit: Callable[[str], None], profile:
 
 def parse_args(args: list[str]) -> tuple[str, str | None, str | None, str]:
     """(broker, profile, queue, source) of `sbx batch --broker URL [--profile P] [--queue Q] [FILE|-]`."""
+    from ..config.argv import HELP, split
     from ..errors import UsageError
+    from ..warm.batch import ONE_FILE, USAGE
 
-    values: dict[str, str] = {}
-    source = "-"
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        name, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
-        if arg in ("-h", "--help"):
-            from ..config.flags import HelpRequested
-            from ..warm.batch import USAGE
+    found, operands = split(args, ("--broker", "--profile", "--queue"), unknown=(
+        "{arg}: not an option of 'sbx batch --broker' (runs go to the workers: -j, --root, --no-pin and --cold "
+        "are theirs)"), one_operand_last=ONE_FILE)
+    if any(found.get(name) for name in HELP):
+        from ..config.flags import HelpRequested
 
-            raise HelpRequested(USAGE)
-        if name in ("--broker", "--profile", "--queue"):
-            if not eq:
-                i += 1
-                if i >= len(args):
-                    raise UsageError(f"{name} needs a value")
-                value = args[i]
-            values[name[2:]] = value
-        elif arg.startswith("-") and arg != "-":
-            raise UsageError(f"{arg!r}: not an option of 'sbx batch --broker' (runs go to the workers: -j, --root, "
-                             "--no-pin and --cold are theirs)")
-        elif source != "-" or i != len(args) - 1:
-            raise UsageError("sbx batch takes at most one FILE, last")
-        else:
-            source = arg
-        i += 1
+        raise HelpRequested(USAGE)
+    values = {name[2:]: value for name, value in found.items() if isinstance(value, str)}
+    source = operands[0] if operands else "-"
     if not values.get("broker"):
         raise UsageError("--broker needs a Redis URL")
     if "/" in values.get("profile", "") or values.get("profile", "").endswith(".toml"):
@@ -118,19 +103,12 @@ def main(args: list[str]) -> int:
     """`sbx batch --broker URL ...`."""
     import sys
 
-    from ..errors import UsageError
-
-    broker, profile, queue, source = parse_args(args)
+    from ..warm.batch import open_lines
     from .app import make_app
 
+    broker, profile, queue, source = parse_args(args)
     make_app(broker)  # a bad URL or a missing extra: exit 125 before reading anything
-    if source == "-":
-        stream = sys.stdin
-    else:
-        try:
-            stream = open(source, encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
-        except OSError as exc:
-            raise UsageError(f"cannot read {source}: {exc.strerror}") from None
+    stream = open_lines(source)
 
     def emit(line: str) -> None:
         sys.stdout.write(line)

@@ -86,16 +86,9 @@ def main(args: list[str]) -> int:
 def _rerun_in_scope(args: list[str]) -> None:
     """--cg with no usable cgroup but a systemd user manager: this command line again in a
     delegated scope, as `sbx run` does (execs; returns when there is none to use)."""
-    from ..cgroup.systemd import scope_command
+    from ..cgroup.systemd import rerun_in_scope
 
-    scope = scope_command([sys.executable, *args], os.environ)
-    if scope is not None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        try:
-            os.execvpe(scope[0][0], scope[0], scope[1])
-        except OSError:
-            pass  # no systemd-run after all: the degraded limits, with their warning
+    rerun_in_scope([sys.executable, *args], os.environ)
 
 
 def command(opts: options.Options, prog: str, meta: Meta) -> int:

@@ -32,6 +32,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from concurrent.futures import Future
+    from typing import TextIO
 
     from .api import Runner
 
@@ -220,54 +221,44 @@ class Batch:
         self.executor.shutdown(wait=True)
 
 
-def _parse_args(args: list[str]) -> tuple[dict[str, object], str]:
-    opts: dict[str, object] = {"jobs": 1, "profile": None, "root": None, "pin": True, "warm": True}
-    source = "-"
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        name, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
-        if arg in ("-h", "--help"):
-            from ..config.flags import HelpRequested
+ONE_FILE = "sbx batch takes at most one FILE, last"
 
-            raise HelpRequested(USAGE)
-        if name in ("-j", "--jobs", "--profile", "--root"):
-            if not eq:
-                i += 1
-                if i >= len(args):
-                    raise UsageError(f"{name} needs a value")
-                value = args[i]
-            if name in ("-j", "--jobs"):
-                if not value.isdigit() or not 1 <= int(value) <= 1024:
-                    raise UsageError(f"{name}: {value!r} is not a number of jobs from 1 to 1024")
-                opts["jobs"] = int(value)
-            else:
-                opts[name[2:]] = value
-        elif arg == "--no-pin":
-            opts["pin"] = False
-        elif arg == "--cold":
-            opts["warm"] = False
-        elif arg.startswith("-") and arg != "-":
-            raise UsageError(f"unknown option {arg!r} (see 'sbx batch --help')")
-        elif source != "-" or i != len(args) - 1:
-            raise UsageError("sbx batch takes at most one FILE, last")
-        else:
-            source = arg
-        i += 1
-    return opts, source
+
+def open_lines(source: str) -> TextIO:
+    """The batch's input: standard input for "-", else the file (a UsageError when unreadable)."""
+    if source == "-":
+        return sys.stdin
+    try:
+        return open(source, encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+    except OSError as exc:
+        raise UsageError(f"cannot read {source}: {exc.strerror}") from None
+
+
+def _parse_args(args: list[str]) -> tuple[dict[str, object], str]:
+    from ..config.argv import HELP, split
+
+    found, operands = split(args, ("-j", "--jobs", "--profile", "--root"), ("--no-pin", "--cold"),
+                            unknown="unknown option {arg} (see 'sbx batch --help')", one_operand_last=ONE_FILE)
+    if any(found.get(name) for name in HELP):
+        from ..config.flags import HelpRequested
+
+        raise HelpRequested(USAGE)
+    opts: dict[str, object] = {"jobs": 1, "profile": found.get("--profile"), "root": found.get("--root"),
+                               "pin": "--no-pin" not in found, "warm": "--cold" not in found}
+    for name in ("-j", "--jobs"):
+        value = found.get(name)
+        if isinstance(value, str):
+            if not value.isdigit() or not 1 <= int(value) <= 1024:
+                raise UsageError(f"{name}: {value!r} is not a number of jobs from 1 to 1024")
+            opts["jobs"] = int(value)
+    return opts, operands[0] if operands else "-"
 
 
 def main(args: list[str]) -> int:
     from .api import Runner
 
     opts, source = _parse_args(args)
-    if source == "-":
-        stream = sys.stdin
-    else:
-        try:
-            stream = open(source, encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
-        except OSError as exc:
-            raise UsageError(f"cannot read {source}: {exc.strerror}") from None
+    stream = open_lines(source)
     jobs = int(opts["jobs"])  # type: ignore[call-overload]
     cpus = sorted(os.sched_getaffinity(0)) if opts["pin"] else None
     progress = None
