@@ -1,6 +1,6 @@
 """sbx-isolate's cost per judge step: `--init` + `--run -- /bin/true` + `--cleanup`, and `--run` alone.
 
-Measured against bubblewrap running /bin/true with the same view (bench/startup.py's
+Measured against bubblewrap running /bin/true with the same view (bench/perrun.py's
 bwrap_argv), in the same run, alternating so drift hits all alike; isolate itself needs root
 and a cgroup set-up, so its figure is the reference's (judges.md §1.11, DESIGN.md "Start-up
 budget": 7.3 ms for the three steps, 3.3 ms for --run, as root on these 2-core machines),
@@ -24,7 +24,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from startup import bwrap_argv  # noqa: E402
+from perrun import bwrap_argv  # noqa: E402
 
 ISOLATE_THREE_MS = 7.3  # isolate --init + --run + --cleanup, as root (the reference's figure)
 ISOLATE_RUN_MS = 3.3    # isolate --run alone

@@ -39,7 +39,15 @@ def cmd_run(args: list[str], box: Box | None = None, box_mode: str = "rw", entry
     """`sbx run ARGS`; `entry`: this is the process's own command line (it may re-run in a scope)."""
     from ..runtime import supervisor
 
+    stamps = None
+    if os.environ.get("SBX_STAMPS"):  # where the time goes (runtime/stamps.py); else nothing imported
+        from ..runtime.stamps import Stamps
+
+        stamps = Stamps.for_process(os.environ)
+        stamps.stamp("main")
     raw = parse_run_args(args)[0]
+    if stamps is not None:
+        stamps.stamp("args-parsed")
     if entry:
         _rerun_in_scope(raw.get("run.cgroup"))
     if box is None and "run.interactor" in raw:
@@ -47,6 +55,8 @@ def cmd_run(args: list[str], box: Box | None = None, box_mode: str = "rw", entry
 
         return cmd_interactive(args)
     spec = build_spec(args, os.getcwd(), os.environ, box, box_mode)
+    if stamps is not None:
+        stamps.stamp("spec-built")
     commit, root = raw.get("run.commit"), raw.get("run.image_root")
     reports: tuple[int | None, int | None] = (None, None)  # --result, --meta
     if spec.result is not None or spec.meta is not None:  # else nothing to open, nothing imported
@@ -60,7 +70,7 @@ def cmd_run(args: list[str], box: Box | None = None, box_mode: str = "rw", entry
             result = run_and_save(spec, commit, root if isinstance(root, str) else None,
                                   lambda spec: supervisor.run_sandbox(spec, os.environ))
         else:
-            result = supervisor.run_sandbox(spec, os.environ)
+            result = supervisor.run_sandbox(spec, os.environ, stamps=stamps)
         if reports != (None, None):
             from ..runtime.reports import write_reports
 
@@ -70,6 +80,8 @@ def cmd_run(args: list[str], box: Box | None = None, box_mode: str = "rw", entry
             from ..runtime.reports import close_reports
 
             close_reports(reports)
+    if stamps is not None:
+        stamps.stamp("result-written")
     if result.message:
         sys.stderr.write(f"sbx: {'error: ' if result.verdict == 'XX' else ''}{result.message}\n")
     return result.status

@@ -28,6 +28,7 @@ ENVIRONMENT = {
     "SBX_REGISTRY_AUTH": "USER:PASSWORD for registries that sbx image pull logs in to.",
     "SBX_LANDLOCK": "Use at most Landlock ABI N (0: none), for testing.",
     "SBX_DEBUG": "Set: set-up failures with their traceback, and everything network helpers say.",
+    "SBX_STAMPS": "Set: each step of a run and its milliseconds since sbx started, as sbx: stamp lines on stderr.",
     "XDG_CONFIG_HOME": "Where your profiles (sbx/profiles/) and trust list (sbx/trusted) are (default ~/.config).",
     "XDG_DATA_HOME": "The default store's parent (default ~/.local/share).",
 }

@@ -243,6 +243,7 @@ def build(settings: Mapping[str, object], argv: list[str], cwd: str, environ: Ma
         tty=tty,
         id_ranges=ranged,
         debug=bool(environ.get("SBX_DEBUG")),
+        stamps=bool(environ.get("SBX_STAMPS")),
         limits=limits,
         seccomp=seccomp,
         landlock=landlock,

@@ -117,6 +117,7 @@ class Spec:
     image_lock: int = field(default=-1, metadata=PER_RUN)
     id_ranges: bool = False  # map the caller's subordinate ids too (an image whose files keep owners)
     debug: bool = False  # SBX_DEBUG in the caller's environment: set-up tracebacks, helpers' whole stderr
+    stamps: bool = False  # SBX_STAMPS in the caller's environment: each step's time on stderr (runtime/stamps.py)
     hostname: str = "sbx"
     uid: int = 0
     gid: int = 0

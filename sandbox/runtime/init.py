@@ -29,7 +29,8 @@ import sys
 from ..errors import EXIT_SBX, SbxError
 from ..kernel import linux
 from ..model.spec import Spec
-from .protocol import FORWARDED, SHM_RMID_FORCED, Exited, Failed, Handoff, Ready, Started, say, send_kept_layer
+from .protocol import (FORWARDED, SHM_RMID_FORCED, Exited, Failed, Handoff, Ready, Started, say, say_stamp,
+                       send_kept_layer)
 
 
 def preload() -> None:
@@ -80,6 +81,8 @@ def enter(spec: Spec, handoff: Handoff, supervisor: int) -> None:
     """The supervisor's child: create the namespaces, fork init, wait for it."""
     report_w = handoff.report_w
     try:
+        if spec.stamps:
+            say_stamp(report_w, "entry")
         linux.prctl(linux.PR_SET_PDEATHSIG, _signal.SIGKILL)
         linux.set_name("sbx-entry")
         linux.scrub_title("sbx-entry")  # the caller's argv and environment: init is forked from here
@@ -111,6 +114,8 @@ def enter(spec: Spec, handoff: Handoff, supervisor: int) -> None:
                 os._exit(EXIT_SBX)  # the parent could not map them; it says why
             for fd in handoff.maps:
                 os.close(fd)
+        if spec.stamps:
+            say_stamp(report_w, "unshared")
         pid = os.fork()
         if pid == 0:
             init(spec, handoff)
@@ -179,6 +184,8 @@ def init(spec: Spec, handoff: Handoff) -> None:
 
         root = rootfs.Root(spec)
         root.build()
+        if spec.stamps:
+            say_stamp(report_w, "root-built")
         if handoff.keep_w >= 0:
             if root.kept >= 0:  # else the layer is the host directory spec.upper: nothing to send
                 send_kept_layer(handoff.keep_w, root.kept)
@@ -186,6 +193,8 @@ def init(spec: Spec, handoff: Handoff) -> None:
             else:
                 os.close(handoff.keep_w)
         root.pivot()
+        if spec.stamps:
+            say_stamp(report_w, "pivot")
         # Signals are ignored here until init's handlers exist; hold them instead, so one that
         # arrives now is delivered later (to init's forwarder, or to the payload once it resets).
         _signal.pthread_sigmask(_signal.SIG_BLOCK, set(FORWARDED))
@@ -195,6 +204,8 @@ def init(spec: Spec, handoff: Handoff) -> None:
             payload_mod.main(spec, handoff, last_cap)
         for fd in set(handoff.payload_only()):
             os.close(fd)
+        if spec.stamps:
+            say_stamp(report_w, "payload-forked")
     except BaseException as exc:
         _fail(report_w, exc, spec.debug)
     _supervise_payload(spec, payload, report_w, shm_rmid_forced)

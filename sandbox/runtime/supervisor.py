@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ..cgroup.discover import Delegation
+    from .stamps import Stamps
 
 import os
 import time
@@ -86,7 +87,7 @@ def warn_on_stderr(line: str) -> None:
 
 
 def run_sandbox(spec: Spec, environ: Mapping[str, str], warn: Callable[[str], None] = warn_on_stderr,
-                stdout_fd: int | None = None) -> Result:
+                stdout_fd: int | None = None, stamps: Stamps | None = None) -> Result:
     """Run one sandbox to completion, from the command line (signals forwarded to it).
 
     Raises SbxError for bad input and for a run cgroup that cannot be made; a
@@ -97,32 +98,40 @@ def run_sandbox(spec: Spec, environ: Mapping[str, str], warn: Callable[[str], No
     seccomp cache).  `warn` gets each protection or limit that is weaker than asked (an error
     instead under --strict), before anything runs.  `stdout_fd`: where the payload's
     stdout goes when the spec names no --stdout file (else sbx's own stdout); the
-    caller keeps it open (an image build sends its RUN output to fd 2).
+    caller keeps it open (an image build sends its RUN output to fd 2).  `stamps`: see stamps.py.
     """
     program = seccomp_program(spec, environ)
+    if stamps is not None:
+        stamps.stamp("seccomp-ready")
     delegation = delegation_for(spec.cgroup, environ)
     if delegation is not None:
         from ..cgroup.runcg import remove_stale
 
         remove_stale(delegation)  # of supervisors that were SIGKILLed
+    if stamps is not None:
+        stamps.stamp("cgroup-discovered")
     streams = open_streams(spec)
     if stdout_fd is not None and spec.stdout is None:
         streams.stdout = stdout_fd if stdout_fd <= 2 else os.dup(stdout_fd)  # Streams closes its own above 2
     try:
-        return execute(spec, streams, program, delegation, warn, forward_signals=True)
+        return execute(spec, streams, program, delegation, warn, forward_signals=True, stamps=stamps)
     finally:
         streams.close()
 
 
 def execute(spec: Spec, streams: Streams, program: bytes | None, delegation: Delegation | None,
             warn: Callable[[str], None], prepared: Prepared | None = None, forward_signals: bool = False,
-            cpu: int | None = None, wait: bool = True) -> Result:
+            cpu: int | None = None, wait: bool = True, stamps: Stamps | None = None) -> Result:
     """One run: its cgroup, its limits plan, and a sandbox (`prepared` in advance, or started now).
 
     `prepared` must have been started with shape_of(spec); it is used up either way.  `cpu`:
     pin the payload to this CPU.  wait=False: the sandbox's entry process may be left for
     prepared.reap() (the kernel tears the namespaces down as it exits).
     """
+    if stamps is None and spec.stamps:  # the API's runs: SBX_STAMPS counts from here
+        from .stamps import Stamps
+
+        stamps = Stamps.now()
     cgroup = None
     if delegation is not None:
         from ..cgroup.fs import CgroupError
@@ -148,8 +157,11 @@ def execute(spec: Spec, streams: Streams, program: bytes | None, delegation: Del
                              else limits_mod.nproc_limit(spec))
         try:
             if prepared is None:
+                if stamps is not None:
+                    stamps.stamp("spawn")
                 prepared = Prepared.start(shape_of(inner), program, egress_rules(spec),
                                           forward_signals=forward_signals)
+            prepared.reports.stamps = stamps
             return supervise_run(prepared, spec, inner, streams, cgroup, enforced, cpu)
         except SetupError as exc:
             # The sandbox could not be built or died: a result all the same (XX), so a
@@ -170,6 +182,8 @@ def execute(spec: Spec, streams: Streams, program: bytes | None, delegation: Del
             from .stdio import restore_terminals
 
             restore_terminals(terminals)
+        if stamps is not None:
+            stamps.stamp("torn-down")
 
 
 def _save_terminals(spec: Spec, streams: Streams) -> list[tuple[int, list[Any]]]:

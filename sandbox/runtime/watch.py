@@ -74,6 +74,7 @@ def supervise_run(prepared: Prepared, spec: Spec, inner: Spec, streams: Streams,
     from . import stdio
 
     _check_pass_fds(spec, prepared.shape)
+    stamps = prepared.reports.stamps  # SBX_STAMPS: the run's clock (runtime/stamps.py), else None
     pumps = stdio.Pumps(spec.limits.output, streams.capture_limit)
     listener = -1
     try:
@@ -86,7 +87,11 @@ def supervise_run(prepared: Prepared, spec: Spec, inner: Spec, streams: Streams,
         os.close(prepared.command_w)
         prepared.command_w = -1
         prepared.ready()
+        if stamps is not None:
+            stamps.stamp("init-ready")
         ready = _await_payload(prepared.channel, prepared.reports)
+        if stamps is not None:
+            stamps.stamp("payload-ready")
         payload = None if ready is None else ready[0]
         if ready is not None and ready[1] >= 0:
             listener = ready[1]
@@ -125,9 +130,15 @@ def supervise_run(prepared: Prepared, spec: Spec, inner: Spec, streams: Streams,
                 pass  # a forwarded signal ended the payload first; init reports how it died
             os.close(prepared.release_w)
             prepared.release_w = -1
+            if stamps is not None:
+                stamps.stamp("released")
             exec_outcome = _await_exec(prepared.exec_r)
+            if stamps is not None:
+                stamps.stamp("exec")
             watch = Watch(spec, cgroup, baseline, start, listener, pumps, prepared.init_pid, payload)
             report, cause = watch.wait(prepared.reports)
+            if stamps is not None:
+                stamps.stamp("exit-seen")
             counted = watch.counted()
             if cause:
                 if counted is not None:
@@ -151,6 +162,8 @@ def supervise_run(prepared: Prepared, spec: Spec, inner: Spec, streams: Streams,
         from ..model.frozen import replace
 
         result = replace(result, stdout=pumps.captured(1), stderr=pumps.captured(2))
+    if stamps is not None:
+        stamps.stamp("result")
     return result
 
 

@@ -97,6 +97,7 @@ def main(sock_fd: int, parent: int) -> None:
         os._exit(1)  # the Runner is already gone
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # the Runner decides; we die with it
     import _socket
+    import gc
     import marshal
     import pickle
     import select
@@ -104,6 +105,10 @@ def main(sock_fd: int, parent: int) -> None:
     from ..runtime import spawn  # and init, which preloads what every sandbox needs after its pivot
     from ..errors import SbxError
 
+    # What is imported by now lives as long as we do: out of the collector's reach, a collection
+    # in a sandbox's processes (forks of this one) never writes to those objects' headers, a
+    # copy-on-write fault per page touched.
+    gc.freeze()
     sock = _socket.socket(fileno=sock_fd)
     poller = select.poll()
     poller.register(sock_fd, select.POLLIN)
