@@ -127,13 +127,7 @@ class Pending:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise RunTimeout(f"run {self.id}: no answer within {timeout:g}s") from None
             except Exception as exc:  # the broker or backend went away: wait for it to come back
-                if not self.client.connection_error(exc):
-                    raise
-                if lost == 0.0:
-                    lost = time.monotonic()
-                elif time.monotonic() - lost > RECONNECT:
-                    raise ClusterError(f"the broker has been unreachable for {RECONNECT:g}s: {exc}") from None
-                time.sleep(0.2)
+                lost = self.client.outage(exc, lost, f"the broker has been unreachable for {RECONNECT:g}s")
         if state != "SUCCESS":
             raise ClusterError(f"run {self.id}: the worker failed ({state}): {str(value)[:200]}")
         try:
@@ -174,10 +168,18 @@ class Client:
             self._blobs.close()
         self.app.close()
 
-    def connection_error(self, exc: BaseException) -> bool:
+    def outage(self, exc: Exception, since: float, what: str) -> float:
+        """When the broker went away (`since`, 0.0 before `exc`), after a moment's wait.  `exc` again
+        if it is no connection error; ClusterError ("`what`: exc") once RECONNECT s have passed."""
         errors = (*self.app.connection_for_write().connection_errors, *self.app.backend.connection_errors,
                   ConnectionError, OSError)
-        return isinstance(exc, errors)
+        if not isinstance(exc, errors):
+            raise exc
+        now = time.monotonic()
+        if since and now - since > RECONNECT:
+            raise ClusterError(f"{what}: {exc}") from None
+        time.sleep(0.2)
+        return since or now
 
     def put(self, data: bytes) -> dict[str, str]:
         """Store `data` in the broker's blob store; returns {"sha256": HEX} for files= or stdin=."""
@@ -199,13 +201,7 @@ class Client:
                 sent = self.app.send_task(TASK, args=[checked], task_id=task_id, queue=self.queue)
                 return Pending(self, sent)
             except Exception as exc:
-                if not self.connection_error(exc):
-                    raise
-                if lost == 0.0:
-                    lost = time.monotonic()
-                elif time.monotonic() - lost > RECONNECT:
-                    raise ClusterError(f"cannot reach the broker {self.broker}: {exc}") from None
-                time.sleep(0.2)
+                lost = self.outage(exc, lost, f"cannot reach the broker {self.broker}")
 
     def run(self, argv: Iterable[str], *, stdin: object = None, files: Mapping[str, object] | None = None,
             capture_limit: int = jobs.CAPTURE, timeout: float | None = None, **spec_args: object) -> Result:

@@ -214,21 +214,21 @@ class Process:
         from ..image.store import Store, lock_file
 
         store = Store(self.settings.root)
-        try:
-            with store.lock(False):
-                find(store, name)
-            return
-        except ImageError:
-            pass
-        fd = lock_file(os.path.join(self.settings.state, "pull.lock"), True)
-        try:
+
+        def stored() -> bool:
             try:
                 with store.lock(False):
                     find(store, name)
-                return
+                return True
             except ImageError:
-                pass
-            pull(store, name, credentials=credentials_from_env(os.environ), progress="quiet")
+                return False
+
+        if stored():
+            return
+        fd = lock_file(os.path.join(self.settings.state, "pull.lock"), True)
+        try:
+            if not stored():  # another pool process may have pulled it while we waited
+                pull(store, name, credentials=credentials_from_env(os.environ), progress="quiet")
         finally:
             os.close(fd)
 
