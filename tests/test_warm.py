@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import host_processes, wait_prepared
+from conftest import host_processes, ranged, wait_for, wait_prepared
 from sandbox import Result, Runner
 from sandbox.runtime.supervisor import shape_of
 
@@ -342,3 +342,107 @@ def test_a_box_made_again_is_not_served_by_a_stale_sandbox(runner: Runner) -> No
     assert (Path(box.work) / "new.txt").read_text() == "new\n"  # written to the new directory
     third = sh(runner, "cat new.txt", box="again")
     assert out(third) == ["new"]
+
+
+# -- id ranges through the zygote's user namespace (zygote.py, _Holder) -------------------------
+
+def _zygote_children(runner: Runner) -> list[tuple[int, str]]:
+    """(pid, name) of the fork server's children: its user-namespace holder and the sandboxes it forked."""
+    assert runner.pool is not None and runner.pool.zygote is not None
+    zygote = runner.pool.zygote.process.pid
+    with open(f"/proc/{zygote}/task/{zygote}/children") as f:
+        pids = [int(p) for p in f.read().split()]
+    named = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                named.append((pid, f.read().strip()))
+        except OSError:
+            continue
+    return named
+
+
+def _holders(runner: Runner) -> list[int]:
+    return [pid for pid, name in _zygote_children(runner) if name == "sbx-userns"]
+
+
+def _payload_host_ids(runner: Runner) -> tuple[list[str], tuple[int, int], str]:
+    """A run's view of its ids and user namespace, and its payload's ids as the host sees them."""
+    mark = marker()
+    seen: list[tuple[int, int]] = []
+
+    def sleeper() -> int:
+        for pid, _ in host_processes(mark):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f.read().startswith(b"sleep\0"):
+                        return pid
+            except OSError:
+                continue
+        return 0
+
+    def look() -> None:
+        assert wait_for(sleeper, 20)
+        pid = sleeper()
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f.read().splitlines())
+        seen.append((int(fields["Uid"].split()[0]), int(fields["Gid"].split()[0])))
+        os.kill(pid, 9)
+
+    watcher = threading.Thread(target=look)
+    watcher.start()
+    result = runner.run(["sh", "-c", f"id -u; id -g; readlink /proc/self/ns/user; sleep {mark}; true"])
+    watcher.join(30)
+    lines = out(result)
+    return lines[:2], seen[0], lines[2]
+
+
+@pytest.mark.skipif(not ranged() or os.getuid() == 0, reason="the holder serves callers whose ranges need newuidmap")
+def test_ranged_runs_keep_their_own_user_namespace_and_host_ids(runner: Runner) -> None:
+    """With the caller's ranges mapped once by the zygote's holder, each run still makes a user
+    namespace of its own (nested in the holder's), and its payload is the same subordinate id on
+    the host as in a cold run; the helpers newuidmap/newgidmap run once, not per sandbox."""
+    from sandbox.kernel import idmap
+
+    ranges = idmap.for_payload(os.environ)
+    assert ranges is not None and not ranges.direct
+    expected = (ranges.uid_start + idmap.PAYLOAD_ID - 1, ranges.gid_start + idmap.PAYLOAD_ID - 1)
+    sh(runner, "true")  # a first run of the shape, so the pool prepares the next ones
+    views = []
+    for _ in range(3):
+        wait_prepared(runner)
+        views.append(_payload_host_ids(runner))
+    for inside, host, _ns in views:
+        assert inside == ["1000", "1000"] and host == expected, views
+    assert len({ns for _, _, ns in views}) == 3, views  # a user namespace per run
+    assert len(_holders(runner)) == 1
+
+
+@pytest.mark.skipif(not ranged() or os.getuid() == 0, reason="the holder serves callers whose ranges need newuidmap")
+def test_a_killed_holder_is_replaced_and_takes_its_sandboxes_along(runner: Runner) -> None:
+    sh(runner, "true")
+    wait_prepared(runner)
+    holders = _holders(runner)
+    assert len(holders) == 1, _zygote_children(runner)
+    with open(f"/proc/{holders[0]}/task/{holders[0]}/children") as f:
+        prepared = [int(pid) for pid in f.read().split()]  # the prepared sandbox's entry process
+    assert prepared
+    os.kill(holders[0], 9)
+    # Its sandboxes die with it (PR_SET_PDEATHSIG): none of them is left to serve a run.
+    assert wait_for(lambda: not [p for p in prepared if os.path.exists(f"/proc/{p}/task")], 20)
+    assert out(sh(runner, "id -u")) == ["1000"]
+    assert wait_for(lambda: len(_holders(runner)) == 1, 20)
+    assert _holders(runner) != holders
+
+
+@pytest.mark.skipif(not ranged() or os.getuid() == 0, reason="the holder serves callers whose ranges need newuidmap")
+def test_closing_the_runner_ends_the_holder(tmp_path: Path) -> None:
+    runner = Runner(root=str(tmp_path / "store"))
+    try:
+        sh(runner, "true")
+        wait_prepared(runner)
+        holders = _holders(runner)
+        assert len(holders) == 1
+    finally:
+        runner.close()
+    assert wait_for(lambda: not os.path.exists(f"/proc/{holders[0]}/task"), 20)

@@ -13,8 +13,16 @@ zygote reaps the entry processes.
 It dies with the Runner's thread that started it (PR_SET_PDEATHSIG), and its
 sandboxes die with it, so nothing outlives the Runner.
 
+Sandboxes that map id ranges are forked, where the ranges need the setuid helpers
+newuidmap and newgidmap (an unprivileged caller), by a child of the zygote that holds a user
+namespace mapping those ranges, made and mapped by the helpers once.  Root there may write
+maps itself (kernel/idmap.available), so each sandbox still gets a user namespace of its own,
+nested in that one and mapping the same ids, without two helper processes per sandbox: they
+cost 5 ms of CPU and as much latency per run.  The zygote relays those requests and replies.
+
 Requests and replies are one SOCK_SEQPACKET message each:
-    request: pickle of (shape Spec, seccomp program, nft script)
+    request: a kind byte (RANGED for a shape with Spec.id_ranges, else PLAIN), then the
+             pickle of (shape Spec, seccomp program, nft script)
     reply:   marshal of (entry pid,) with SCM_RIGHTS [report_r, release_w, exec_r,
              command_w, channel, pidfd], or of ("error", message) without fds
 """
@@ -26,9 +34,14 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import _socket
+    from collections.abc import Callable
+
     from ..model.spec import Spec
 
 MAX_REQUEST = 1 << 22
+PLAIN, RANGED = b"p", b"r"
+REPLY_SPACE = 4096
 
 
 class Zygote:
@@ -59,8 +72,8 @@ class Zygote:
         from ..errors import SetupError
 
         try:
-            self.sock.sendall(pickle.dumps((shape, program, nft)))
-            data, ancillary, _, _ = self.sock.recvmsg(4096, _socket.CMSG_SPACE(4 * 6))
+            self.sock.sendall((RANGED if shape.id_ranges else PLAIN) + pickle.dumps((shape, program, nft)))
+            data, ancillary, _, _ = self.sock.recvmsg(REPLY_SPACE, _socket.CMSG_SPACE(4 * 6))
         except OSError as exc:
             raise SetupError(f"the sandbox fork server failed: {exc.strerror or exc}") from None
         fds: list[int] = []
@@ -98,47 +111,187 @@ def main(sock_fd: int, parent: int) -> None:
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # the Runner decides; we die with it
     import _socket
     import gc
-    import marshal
-    import pickle
-    import select
 
-    from ..runtime import spawn  # and init, which preloads what every sandbox needs after its pivot
-    from ..errors import SbxError
+    from ..runtime import spawn  # noqa: F401  (and init, which preloads what every sandbox needs after its pivot)
 
     # What is imported by now lives as long as we do: out of the collector's reach, a collection
     # in a sandbox's processes (forks of this one) never writes to those objects' headers, a
     # copy-on-write fault per page touched.
     gc.freeze()
-    sock = _socket.socket(fileno=sock_fd)
+    holder = _Holder()
+
+    def answer(request: bytes) -> Reply:
+        return holder.relay(request[1:]) if request[:1] == RANGED and holder.wanted() else _spawn(request[1:])
+
+    _serve(_socket.socket(fileno=sock_fd), answer)
+    holder.close()  # it ends at EOF once its sandboxes have
+    _wait_all()
+
+
+Reply = tuple[list[bytes], list[tuple[int, int, bytes]]]
+
+
+def _serve(sock: _socket.socket, answer: Callable[[bytes], Reply]) -> None:
+    """Answer each request on `sock` until EOF (or the asker is gone), reaping our children."""
+    import select
+
     poller = select.poll()
-    poller.register(sock_fd, select.POLLIN)
+    poller.register(sock.fileno(), select.POLLIN)
     while True:
         _reap()
         if not poller.poll(200):
             continue
         request = sock.recv(MAX_REQUEST)
         if not request:
-            break
+            return
+        reply = answer(request)
         try:
-            shape, program, nft = pickle.loads(request)
-            child, ends = spawn.spawn(shape, program, nft)
-        except (SbxError, OSError) as exc:
-            sock.send(marshal.dumps(("error", f"cannot start the sandbox: {exc}")))
-            continue
-        try:
-            pidfd = os.pidfd_open(child)
-            fds = (*ends, pidfd)
-            sock.sendmsg([marshal.dumps((child,))],
-                         [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, b"".join(fd.to_bytes(4, "little") for fd in fds))])
-            for fd in fds:
-                os.close(fd)
+            sock.sendmsg(*reply)
         except OSError:
-            break  # the Runner went away mid-reply
-    while True:  # let the entry processes finish (the Runner ends its sandboxes)
+            return  # the asker went away mid-reply
+        finally:
+            for fd in _fds(reply[1]):
+                os.close(fd)
+
+
+def _error(message: str) -> Reply:
+    import marshal
+
+    return [marshal.dumps(("error", message))], []
+
+
+def _spawn(request: bytes) -> Reply:
+    """Fork the sandbox a request asks for, from this process (in whichever user namespace it is)."""
+    import _socket
+    import marshal
+    import pickle
+
+    from ..errors import SbxError
+    from ..runtime import spawn
+
+    try:
+        shape, program, nft = pickle.loads(request)
+        child, ends = spawn.spawn(shape, program, nft)
+    except (SbxError, OSError) as exc:
+        return _error(f"cannot start the sandbox: {exc}")
+    fds = (*ends, os.pidfd_open(child))
+    return [marshal.dumps((child,))], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+                                        b"".join(fd.to_bytes(4, "little") for fd in fds))]
+
+
+def _fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    import _socket
+
+    fds = []
+    for level, kind, payload in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds += [int.from_bytes(payload[i:i + 4], "little") for i in range(0, len(payload) - 3, 4)]
+    return fds
+
+
+class _Holder:
+    """The zygote's child in a user namespace mapping the caller's id ranges (started on first
+    use), where sandboxes can map them without the setuid helpers."""
+
+    def __init__(self) -> None:
+        self.sock: _socket.socket | None = None
+        self.needed: bool | None = None
+
+    def wanted(self) -> bool:
+        """Whether ranged sandboxes go through it: only where the helpers would map them."""
+        if self.needed is None:
+            from ..kernel import idmap
+
+            ranges = idmap.for_run()
+            self.needed = ranges is not None and not ranges.direct
+        return self.needed
+
+    def relay(self, request: bytes) -> Reply:
+        """Have it fork the sandbox; its reply, fds and all."""
+        import _socket
+
+        from ..errors import SbxError
+
+        for _ in range(2):  # once more with a new holder if the one we had has died
+            if self.sock is None:
+                try:
+                    self.sock = _start_holder()
+                except (SbxError, OSError) as exc:
+                    return _error(f"cannot start the sandbox: {exc}")
+            try:
+                self.sock.send(request)
+                data, ancillary, _, _ = self.sock.recvmsg(REPLY_SPACE, _socket.CMSG_SPACE(4 * 6))
+            except OSError:
+                data, ancillary = b"", []
+            if data:
+                return [data], ancillary
+            self.close()
+        return _error("cannot start the sandbox: the fork server of its user namespace died")
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def _start_holder() -> _socket.socket:
+    """A child of ours in a new user namespace mapping the caller's id ranges, forking sandboxes
+    there as asked on the socket returned."""
+    import _socket
+    import signal as _signal
+
+    from ..errors import SetupError
+    from ..kernel import idmap, linux
+
+    ranges = idmap.for_run()
+    if ranges is None:
+        raise SetupError("the caller's id ranges are gone")
+    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+    asked_r, asked_w = os.pipe()
+    mapped_r, mapped_w = os.pipe()
+    zygote = os.getpid()
+    child = os.fork()
+    if child == 0:
+        try:
+            # Only our own fds: the Runner's socket is the zygote's to read.
+            linux.close_fds_but((theirs.fileno(), asked_w, mapped_r))
+            linux.prctl(linux.PR_SET_PDEATHSIG, _signal.SIGKILL)
+            linux.set_name("sbx-userns")
+            if os.getppid() != zygote:
+                os._exit(1)
+            linux.unshare(linux.CLONE_NEWUSER)
+            if not idmap.announce_unshared(asked_w, mapped_r):
+                os._exit(1)  # the zygote could not map us; it says why
+            os.close(asked_w)
+            os.close(mapped_r)
+            _serve(theirs, _spawn)
+            theirs.close()
+            _wait_all()
+        finally:
+            os._exit(0)
+    theirs.close()
+    os.close(asked_w)
+    os.close(mapped_r)
+    try:
+        if not idmap.map_when_asked(child, ranges, asked_r, mapped_w):
+            raise SetupError("the fork server of a user namespace died before it could be mapped")
+    except BaseException:
+        os.kill(child, _signal.SIGKILL)
+        ours.close()
+        raise
+    finally:
+        os.close(asked_r)
+        os.close(mapped_w)
+    return ours
+
+
+def _wait_all() -> None:
+    """Wait for every child (the Runner ends their sandboxes)."""
+    while True:
         try:
             os.wait()
         except ChildProcessError:
-            break
+            return
         except KeyboardInterrupt:
             continue
 
