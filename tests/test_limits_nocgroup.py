@@ -160,7 +160,7 @@ def run(tmp_path: Path, scripts: Path, *args: str, env: dict[str, str] | None = 
 MODES = {
     "default": ((), None),
     "uid-1000": (("--uid", "1000"), None),
-    "uid-0": (("--uid", "0"), None),  # shares the caller's count with the entry process and init
+    "uid-0": (("--uid", "0"), None),  # shares the caller's count with init
     # ... and pasta, which joins the user namespace; slirp4netns does not
     "pasta-uid-0": (("--network", "pasta", "--uid", "0"), {**os.environ, "SBX_USERNET": "pasta"}),
     "slirp4netns-uid-0": (("--network", "pasta", "--uid", "0"), {**os.environ, "SBX_USERNET": "slirp4netns"}),

@@ -60,6 +60,14 @@ class _LongFunction(_ctypes.CFuncPtr):  # functions returning long or a pointer
     _restype_ = Long
 
 
+class _PyFunction(_ctypes.CFuncPtr):
+    """Called with the GIL held (FUNCFLAG_PYTHONAPI): the interpreter's own C API, and clone3,
+    which must copy a process whose GIL this thread holds, as fork() does in os.fork."""
+
+    _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_PYTHONAPI | _ctypes.FUNCFLAG_USE_ERRNO
+    _restype_ = Long
+
+
 class Library:
     """A shared library, dlopen()ed: `name` None is the program itself, with its libc.
     OSError when it cannot be loaded."""
@@ -73,6 +81,10 @@ class Library:
         as pointers, None as NULL."""
         kind = _LongFunction if returns_long else _IntFunction
         return kind((name, self))  # type: ignore[arg-type]  # any object with a _handle will do
+
+    def python_function(self, name: str) -> LibcFunction:
+        """Its function `name`, called with the GIL held (long result)."""
+        return _PyFunction((name, self))  # type: ignore[arg-type]
 
 
 function = Library(None).function  # libc's functions
@@ -174,6 +186,47 @@ def _check(result: int, what: str) -> int:
 
 def _b(path: str) -> bytes:
     return os.fsencode(path)
+
+
+NR_CLONE3 = 435
+SIGCHLD = 17
+
+
+def clone(flags: int) -> int:
+    """fork(), but into the new namespaces `flags` asks for, as os.fork would: 0 in the child,
+    its pid in the parent.  With CLONE_NEWPID the child is pid 1 of its namespace at once, so
+    no intermediate process needs to unshare and fork.
+
+    clone3 without a stack is fork's copy of this process; around it, the interpreter's own
+    fork hooks (import lock, thread states, os.register_at_fork callbacks), as os.fork calls
+    them.  What libc's fork() adds (its atfork handlers, resetting its locks) matters only to
+    a process with other threads: callers must have none (single_threaded).
+    """
+    program = Library(None)
+    before, parent, child = (program.python_function(name) for name in
+                             ("PyOS_BeforeFork", "PyOS_AfterFork_Parent", "PyOS_AfterFork_Child"))
+    call = program.python_function("syscall")
+    # struct clone_args, its first version: flags, pidfd, child_tid, parent_tid, exit_signal,
+    # stack, stack_size, tls (each a u64)
+    args = CharP(pack((flags, 8), (0, 8), (0, 8), (0, 8), (SIGCHLD, 8), (0, 8), (0, 8), (0, 8)))
+    before()
+    pid = call(Long(NR_CLONE3), ULong(address(args)), ULong(64))
+    if pid == 0:
+        child()
+        return 0
+    err = get_errno()
+    parent()
+    if pid < 0:
+        raise OSError(err, f"clone3: {os.strerror(err)}")
+    return int(pid)
+
+
+def single_threaded() -> bool:
+    """Whether this process has one thread (clone may be used); False when that cannot be told."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
 
 
 def unshare(flags: int) -> None:
@@ -303,8 +356,8 @@ def close_fds_but(keep: list[int] | tuple[int, ...]) -> None:
 # scrub_title: hide the caller's command line and environment from /proc/PID/cmdline and
 # /proc/PID/environ.
 #
-# The entry process and init are forks of the `sbx` process (or of the
-# zygote), so the memory those two files read, the argv and environment
+# Init (and an entry process, where one is used) is a copy of the `sbx` process (or of
+# the zygote), so the memory those two files read, the argv and environment
 # strings the kernel put at the top of the stack at execve, is the caller's:
 # `-e` values, host paths, an interactor's arguments (a secret of the
 # problem).  /proc/1/cmdline is readable by anyone in the pid namespace, dumpable

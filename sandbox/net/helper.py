@@ -34,11 +34,11 @@ READY_TIMEOUT = 10.0
 class UserNet:
     """A running pasta or slirp4netns attached to the sandbox's network namespace."""
 
-    def __init__(self, name: str, pid: int, target: int, log: int, watch: RouteWatch, ready_r: int = -1,
-                 exit_w: int = -1, debug: bool = False) -> None:
+    def __init__(self, name: str, pid: int, namespaces: tuple[int, int], log: int, watch: RouteWatch,
+                 ready_r: int = -1, exit_w: int = -1, debug: bool = False) -> None:
         self.name = name
         self.pid = pid
-        self.target = target
+        self.namespaces: tuple[int, ...] = namespaces  # the sandbox's user and network namespaces (fds)
         self.log = log  # the helper's stderr (helper_log())
         self.watch = watch
         self.ready_r = ready_r
@@ -47,9 +47,21 @@ class UserNet:
         self.debug = debug  # SBX_DEBUG (Spec.debug): say the route, and all the helper said
 
     @classmethod
-    def start(cls, target: int, helper: str | None, publish: tuple[Publish, ...], dns: tuple[str, ...],
-              host_loopback: bool, debug: bool = False) -> UserNet:
-        """Start `helper` (find_helper()) for the network namespace of process `target` (ours, dumpable)."""
+    def start(cls, namespaces: tuple[int, int], helper: str | None, publish: tuple[Publish, ...],
+              dns: tuple[str, ...], host_loopback: bool, debug: bool = False) -> UserNet:
+        """Start `helper` (find_helper()) for the sandbox whose user and network namespaces are the
+        fds `namespaces` (init sent them: protocol.send_namespaces); they are ours to close, with
+        stop() once started, else here."""
+        try:
+            return cls._start(namespaces, helper, publish, dns, host_loopback, debug)
+        except BaseException:
+            for fd in namespaces:
+                os.close(fd)
+            raise
+
+    @classmethod
+    def _start(cls, namespaces: tuple[int, int], helper: str | None, publish: tuple[Publish, ...],
+               dns: tuple[str, ...], host_loopback: bool, debug: bool) -> UserNet:
         name = helper_name(helper)
         if helper is None or name is None:
             raise NetError("--network pasta needs pasta (Debian package 'passt') or slirp4netns; neither is "
@@ -58,21 +70,24 @@ class UserNet:
         if publish and name != "pasta":
             raise NetError("-p needs pasta (Debian package 'passt'); only slirp4netns is installed")
         # First: the watch imports pyroute2 (~120 ms) while the helper starts.
-        watch = RouteWatch.start(target, IFNAME)
+        watch = RouteWatch.start(namespaces, IFNAME)
         log = -1
         fds: list[int] = []
+        # The helper joins them by path: each of its own open fds, as /proc/self/fd/N.
+        userns, netns = (f"/proc/self/fd/{fd}" for fd in namespaces)
         try:
             log = helper_log()
             if name == "pasta":
-                return cls(name, _spawn(helper, pasta_argv(target, publish, dns, host_loopback), (), log), target,
-                           log, watch, debug=debug)
+                return cls(name, _spawn(helper, pasta_argv(userns, netns, publish, dns, host_loopback), namespaces,
+                                        log), namespaces, log, watch, debug=debug)
             ready_r, ready_w = os.pipe()
             fds += (ready_r, ready_w)
             exit_r, exit_w = os.pipe()
             fds += (exit_r, exit_w)
             argv = ["slirp4netns", "--configure", "--mtu=65520", f"--ready-fd={ready_w}", f"--exit-fd={exit_r}",
-                    *(() if host_loopback else ("--disable-host-loopback",)), str(target), IFNAME]
-            pid = _spawn(helper, argv, (ready_w, exit_r), log)
+                    *(() if host_loopback else ("--disable-host-loopback",)), "--netns-type=path",
+                    f"--userns-path={userns}", netns, IFNAME]
+            pid = _spawn(helper, argv, (ready_w, exit_r, *namespaces), log)
         except BaseException:
             watch.stop()
             for fd in (log, *fds):
@@ -81,7 +96,7 @@ class UserNet:
             raise
         os.close(ready_w)
         os.close(exit_r)
-        return cls(name, pid, target, log, watch, ready_r, exit_w, debug)
+        return cls(name, pid, namespaces, log, watch, ready_r, exit_w, debug)
 
     def wait_ready(self) -> None:
         """Until the sandbox has its default route (the helper configured the tap): the watch's
@@ -138,10 +153,14 @@ class UserNet:
                 show_all(self.name, read_log(self.log))
             os.close(self.log)
             self.log = -1
+        for fd in self.namespaces:
+            os.close(fd)
+        self.namespaces = ()
 
 
-def pasta_argv(target: int, publish: tuple[Publish, ...], dns: tuple[str, ...], host_loopback: bool) -> list[str]:
-    """pasta's command line for the network namespace of process `target`."""
+def pasta_argv(userns: str, netns: str, publish: tuple[Publish, ...], dns: tuple[str, ...],
+               host_loopback: bool) -> list[str]:
+    """pasta's command line for the sandbox's namespaces at these paths."""
     from .network import host_gateway
 
     argv = ["pasta", "--config-net", "--foreground", "--quiet", "--ns-ifname", IFNAME, "--ipv4-only"]
@@ -157,7 +176,7 @@ def pasta_argv(target: int, publish: tuple[Publish, ...], dns: tuple[str, ...], 
             argv += [flag, f"{p.host_ip + '/' if p.host_ip else ''}{p.host_port}:{p.sandbox_port}"]
         if not items:
             argv += [flag, "none"]
-    return [*argv, "-T", "none", "-U", "none", str(target)]
+    return [*argv, "-T", "none", "-U", "none", "--userns", userns, "--netns", netns]
 
 
 def check_tun() -> None:

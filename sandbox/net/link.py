@@ -54,18 +54,15 @@ class RouteWatch:
         self.fd = fd  # readable once the child has reported (or died)
 
     @classmethod
-    def start(cls, target: int, ifname: str) -> RouteWatch:
-        """Watch the network namespace of process `target` (ours, dumpable) for a default route via `ifname`."""
+    def start(cls, namespaces: tuple[int, int], ifname: str) -> RouteWatch:
+        """Watch the network namespace `namespaces` (fds of the sandbox's user and network
+        namespaces, left open) for a default route via `ifname`."""
         from ..kernel import linux
 
-        fds: list[int] = []
+        fds = namespaces
         try:
-            for kind in ("user", "net"):  # opened here: the child needs no /proc of its own
-                fds.append(os.open(f"/proc/{target}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC))
             report_r, report_w = os.pipe()
         except OSError as exc:
-            for fd in fds:
-                os.close(fd)
             raise NetError(f"cannot watch the sandbox's network: {exc.strerror}") from None
         parent = os.getpid()
         pid = os.fork()
@@ -88,8 +85,7 @@ class RouteWatch:
             finally:
                 os.write(report_w, words.encode(errors="replace")[:REPORT_LIMIT])
                 os._exit(0)
-        for fd in (*fds, report_w):
-            os.close(fd)
+        os.close(report_w)
         return cls(pid, report_r)
 
     def result(self) -> str:

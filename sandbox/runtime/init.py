@@ -1,18 +1,22 @@
-"""Inside the sandbox: the namespace entry process and pid 1.
+"""Inside the sandbox: pid 1 (init), and how it is started.
 
-The supervisor forks `enter`, which creates the namespaces (a user namespace
-mapping root inside to the caller, plus mount, pid, ipc, uts, cgroup and
-usually net) and forks pid 1 (`init`).  Init builds the root filesystem,
-forks the payload (pid 2), reaps orphans and forwards signals.  When the
-payload exits, init kills everything left, reaps it, reports the payload's
-status and the sandbox's rusage, and exits, which ends the pid namespace.
+The supervisor (or the warm zygote) clones init straight into its new namespaces
+(`start`): a user namespace mapping root inside to the caller, plus mount, pid, ipc,
+uts, cgroup and usually net, with init pid 1 of the new pid namespace.  Init builds the
+root filesystem, forks the payload (pid 2), reaps orphans and forwards signals.  When
+the payload exits, init kills everything left, reaps it, reports the payload's status
+and the sandbox's rusage, and exits, which ends the pid namespace.
+
+A process with other threads cannot clone a copy of itself safely (linux.clone), so
+there the supervisor forks an entry process (`enter`), single-threaded, which clones
+init the same way, reports its pid and waits for it.
 
 Each of these processes dies with its parent (PR_SET_PDEATHSIG), so killing
 the supervisor, even with SIGKILL, brings the whole sandbox down.
 
-Both report to the supervisor on one pipe (protocol.py): init's pid as the supervisor
-sees it (Started, from enter), the root built (Ready), a failed set-up (Failed), and the
-payload's end (Exited).
+They report to the supervisor on one pipe (protocol.py): init's pid as the supervisor
+sees it (Started, from whoever cloned it), the root built (Ready), a failed set-up
+(Failed), and the payload's end (Exited).
 """
 
 from __future__ import annotations
@@ -20,17 +24,18 @@ from __future__ import annotations
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal as _signal
+    from collections.abc import Callable
 else:
     import _signal  # `signal` itself imports enum: ~4 ms at start-up
 import os
 import resource
 import sys
 
-from ..errors import EXIT_SBX, SbxError
+from ..errors import EXIT_SBX, SbxError, SetupError
 from ..kernel import linux
 from ..model.spec import Spec
-from .protocol import (FORWARDED, SHM_RMID_FORCED, Exited, Failed, Handoff, Ready, Started, say, say_stamp,
-                       send_kept_layer)
+from .protocol import (FORWARDED, SHM_RMID_FORCED, Exited, Failed, Handoff, Ready, say, say_stamp,
+                       send_kept_layer, send_namespaces)
 
 
 def preload() -> None:
@@ -49,6 +54,7 @@ def preload() -> None:
     supervisor's writing of the id maps.
     """
     import fcntl  # noqa: F401  (payload._dup_above)
+    import select  # noqa: F401  (_orphaned)
     import stat  # noqa: F401  (landlock._kind)
 
     from ..seccomp import load  # noqa: F401
@@ -77,52 +83,104 @@ def _fail(report_w: int, exc: BaseException, debug: bool) -> None:
         os._exit(EXIT_SBX)
 
 
-def enter(spec: Spec, handoff: Handoff, supervisor: int) -> None:
-    """The supervisor's child: create the namespaces, fork init, wait for it."""
+def namespace_flags(spec: Spec) -> int:
+    flags = (linux.CLONE_NEWUSER | linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWIPC
+             | linux.CLONE_NEWUTS | linux.CLONE_NEWCGROUP)
+    return flags if spec.network == "host" else flags | linux.CLONE_NEWNET
+
+
+def start(spec: Spec, handoff: Handoff) -> int:
+    """Clone init into the sandbox's new namespaces; its pid.  This process must have no other
+    thread (linux.single_threaded).  With handoff.maps, init waits until we have written its
+    id maps (spawn.py).  SetupError when the namespaces cannot be made."""
+    uid, gid = os.getuid(), os.getgid()  # unmapped in the child until its maps are written
+    parent = os.pidfd_open(os.getpid())  # the child's way to tell we died before its PDEATHSIG
+    try:
+        pid = linux.clone(namespace_flags(spec))
+    except OSError as exc:
+        os.close(parent)
+        raise SetupError(_no_namespaces(exc)) from None
+    if pid == 0:
+        _cloned(spec, handoff, parent, uid, gid)
+    os.close(parent)
+    return pid
+
+
+def _cloned(spec: Spec, handoff: Handoff, parent: int, uid: int, gid: int) -> None:
+    """The new init, before its own work: what a fork of the supervisor sheds, and its id maps."""
     report_w = handoff.report_w
     try:
         if spec.stamps:
             say_stamp(report_w, "entry")
         linux.prctl(linux.PR_SET_PDEATHSIG, _signal.SIGKILL)
-        linux.set_name("sbx-entry")
-        linux.scrub_title("sbx-entry")  # the caller's argv and environment: init is forked from here
-        if os.getppid() != supervisor:
+        if _orphaned(parent):
             os._exit(EXIT_SBX)
-        # Only this sandbox's own fds: in a supervisor running several sandboxes at once, a copy
-        # of another run's pipe held here would keep that run from ever seeing EOF.
-        linux.close_fds_but(handoff.all())
-        for signum in FORWARDED:
-            _signal.signal(signum, _signal.SIG_IGN)  # the supervisor forwards them to init
-        if not spec.tty:
-            os.setsid()  # keep terminal signals for the supervisor alone
-        uid, gid = os.getuid(), os.getgid()
-        flags = (linux.CLONE_NEWUSER | linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWIPC
-                 | linux.CLONE_NEWUTS | linux.CLONE_NEWCGROUP)
-        if spec.network != "host":
-            flags |= linux.CLONE_NEWNET
-        try:
-            linux.unshare(flags)
-        except OSError as exc:
-            raise SbxError(f"cannot create user namespace: {exc.strerror} (run 'sbx doctor' for the host's "
-                           "user-namespace settings)") from None
-        if handoff.maps is None:
-            linux.map_ids(0, uid, 0, gid)
-        else:  # id ranges: only our parent may write such maps
-            from ..kernel import idmap
-
-            if not idmap.announce_unshared(*handoff.maps):
-                os._exit(EXIT_SBX)  # the parent could not map them; it says why
-            for fd in handoff.maps:
-                os.close(fd)
+        os.close(parent)
+        _shed(spec, handoff)
+        _map(handoff, uid, gid)
         if spec.stamps:
             say_stamp(report_w, "unshared")
-        pid = os.fork()
-        if pid == 0:
-            init(spec, handoff)
-        for fd in (*handoff.payload_only(), *((handoff.keep_w,) if handoff.keep_w >= 0 else ())):
+    except BaseException as exc:
+        _fail(report_w, exc, spec.debug)
+    init(spec, handoff)
+
+
+def _no_namespaces(exc: OSError) -> str:
+    return (f"cannot create user namespace: {exc.strerror} (run 'sbx doctor' for the host's "
+            "user-namespace settings)")
+
+
+def _map(handoff: Handoff, uid: int, gid: int) -> None:
+    """Map the user namespace just made: our one id ourselves, or id ranges by our parent."""
+    if handoff.maps is None:
+        linux.map_ids(0, uid, 0, gid)
+        return
+    from ..kernel import idmap
+
+    if not idmap.announce_unshared(*handoff.maps):
+        os._exit(EXIT_SBX)  # the parent could not map them; it says why
+    for fd in handoff.maps:
+        os.close(fd)
+
+
+def _orphaned(parent: int) -> bool:
+    """Whether the process behind the pidfd `parent` has exited (it cannot be our parent's pid:
+    from a new pid namespace, getppid() is 0)."""
+    import select
+
+    poller = select.poll()
+    poller.register(parent, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _shed(spec: Spec, handoff: Handoff, keep: tuple[int, ...] = ()) -> None:
+    """What a fork of the supervisor (or of the zygote) holds and must not pass on."""
+    # Only this sandbox's own fds: in a supervisor running several sandboxes at once, a copy
+    # of another run's pipe held here would keep that run from ever seeing EOF.
+    linux.close_fds_but((*handoff.all(), *keep))
+    for signum in FORWARDED:
+        _signal.signal(signum, _signal.SIG_IGN)  # the supervisor forwards them to init
+    if not spec.tty:
+        os.setsid()  # keep terminal signals for the supervisor alone
+
+
+def enter(spec: Spec, handoff: Handoff, supervisor: int, start_init: Callable[[], int],
+          keep: tuple[int, ...]) -> None:
+    """The supervisor's child where the supervisor has other threads: a single-threaded process
+    that starts init (`start_init`: spawn._start, which tells the supervisor its pid and maps
+    its ids, with the fds in `keep`), then waits for it.  It stays outside the sandbox's
+    namespaces, so RLIMIT_NPROC counts init and the payload's tree alone."""
+    report_w = handoff.report_w
+    try:
+        linux.prctl(linux.PR_SET_PDEATHSIG, _signal.SIGKILL)
+        linux.set_name("sbx-entry")
+        linux.scrub_title("sbx-entry")  # the caller's argv and environment: init is cloned from here
+        if os.getppid() != supervisor:
+            os._exit(EXIT_SBX)
+        _shed(spec, handoff, keep)
+        pid = start_init()
+        for fd in (*handoff.all(), *keep):  # init's now: the supervisor must see EOF when init closes them
             os.close(fd)
-        say(report_w, Started(pid))
-        os.close(report_w)
         while True:
             try:
                 os.waitpid(pid, 0)
@@ -170,6 +228,8 @@ def init(spec: Spec, handoff: Handoff) -> None:
         linux.set_name("sbx-init")
         linux.scrub_title("sbx-init")  # /proc/1/cmdline: readable by the payload
         linux.sethostname(spec.hostname)
+        if spec.network == "pasta":
+            send_namespaces(handoff.channel_w)  # for the network helper, before the payload exists
         if spec.network != "host":
             _loopback_up()
         if handoff.nft is not None:

@@ -128,8 +128,8 @@ def nproc_limit(spec: Spec) -> int | None:
     The kernel counts the tasks of one uid in one user namespace (threads too), at fork and
     at every level up to the caller's.  The payload is alone in its count when it runs as a
     subordinate id (id ranges, uid != 0) or in a nested namespace of its own (uid != 0 without
-    ranges); as uid 0 it shares the caller's count in the sandbox's namespace with the entry
-    process and init (and pasta, which joins it).  Real root is exempt from the limit.
+    ranges); as uid 0 it shares the caller's count in the sandbox's namespace with init (and
+    pasta, which joins it; whatever started init stays outside).  Real root is exempt.
     """
     pids = spec.limits.pids
     if pids is None or not _kernel_at_least(5, 14):
@@ -145,7 +145,7 @@ def nproc_limit(spec: Spec) -> int | None:
         from ..net.network import helper_name
 
         helper = 1 if helper_name(spec.usernet) == "pasta" else 0  # slirp4netns stays outside the user namespace
-    return pids + 2 + helper
+    return pids + 1 + helper
 
 
 def sandbox_spec(spec: Spec, enforced: dict[str, bool], nproc: int | None = None) -> Spec:

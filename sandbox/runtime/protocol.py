@@ -43,6 +43,7 @@ RELEASE = b"G"  # the supervisor's go byte on the release pipe
 RUN_FDS = b"C"  # the supervisor's channel message carrying stdin, stdout, stderr and --pass-fd fds
 PAYLOAD_READY = b"P"  # the payload's channel message: ready to exec, its listener fd attached
 KEPT_LAYER = b"K"  # init's message on keep_w: the kept writable layer's directory fd attached
+NAMESPACES = b"N"  # init's channel message for --network pasta: its user and network namespace fds
 MAX_FDS = 3 + 64  # stdio and --pass-fd descriptors in one channel message
 EXEC_MESSAGE_MAX = 4000  # what the exec pipe carries at most (one write, below PIPE_BUF)
 
@@ -61,9 +62,9 @@ class Handoff:
         prepared and then discarded.
     seccomp: the BPF program to load last before execve (None: no filter).
     nft: egress rules for the sandbox's network namespace, host names already resolved.
-    maps: (write end, read end) for id ranges: the entry process announces its user namespace
-        and waits until its parent has written the maps (idmap.announce_unshared); or None,
-        when it maps its one id itself.
+    maps: (write end, read end) for id ranges: init announces its user namespace and waits
+        until whoever cloned it has written the maps (idmap.announce_unshared); or None, when
+        it maps its one id itself.
     keep_w: Spec.upper_sock's copy (or -1): init sends the kept writable layer's directory
         fd over it once the root is built, then closes it.
 
@@ -94,7 +95,7 @@ class Handoff:
 
 @dataclass(frozen=True)
 class Started:
-    """Init's pid as the supervisor sees it (from the entry process, which forked init)."""
+    """Init's pid as the supervisor sees it (from whoever cloned init)."""
 
     pid: int
 
@@ -315,6 +316,40 @@ def receive_payload_ready(sock: _socket.socket) -> tuple[int, int]:
         elif level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS and len(data) >= 4:
             listener = int.from_bytes(data[:4], "little")
     return pid, listener
+
+
+def send_namespaces(sock_fd: int) -> None:
+    """Init's message for --network pasta, sent before the payload exists: its user and network
+    namespaces, which the helpers join.  Init is not dumpable, so its /proc/PID/ns/* cannot be
+    opened from outside."""
+    fds = [os.open(f"/proc/self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC) for kind in ("user", "net")]
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM, 0, sock_fd)
+    try:
+        sock.sendmsg([NAMESPACES], _fds_message(fds))
+    finally:
+        sock.detach()
+        for fd in fds:
+            os.close(fd)
+
+
+def receive_namespaces(sock: _socket.socket) -> tuple[int, int]:
+    """The supervisor's end of send_namespaces, once init is Ready: (user, network) namespace fds.
+    SetupError when init sent no such message."""
+    try:
+        # The kernel adds init's credentials (SO_PASSCRED): room for them too
+        data, ancillary, flags, _ = sock.recvmsg(1, _socket.CMSG_SPACE(12) + _socket.CMSG_SPACE(8),
+                                                 _socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        data, ancillary, flags = b"", [], 0
+    fds = [int.from_bytes(part[i:i + 4], "little") for level, kind, part in ancillary
+           if (level, kind) == (_socket.SOL_SOCKET, _socket.SCM_RIGHTS) for i in range(0, len(part) - 3, 4)]
+    if data != NAMESPACES or len(fds) != 2 or flags & _socket.MSG_CTRUNC:
+        for fd in fds:
+            os.close(fd)
+        from ..errors import SetupError
+
+        raise SetupError("the sandbox did not send its namespaces for its network helper")
+    return fds[0], fds[1]
 
 
 def send_kept_layer(sock_fd: int, kept: int) -> None:

@@ -1,9 +1,10 @@
-"""Starting a sandbox: the fork into entry (init.enter), and the Prepared sandbox it gives.
+"""Starting a sandbox: the clone of its init (init.start), and the Prepared sandbox it gives.
 
-spawn() makes the pipes (protocol.py), forks the entry process and, for id ranges, writes
-its maps.  A Prepared holds the supervisor's ends until its run: ready() waits for init's
-root, send() gives the payload its command and fds (watch.supervise_run does the rest),
-discard() ends whatever is left.  A Prepared is used once.
+spawn() makes the pipes (protocol.py), clones init into its namespaces (through an entry
+process where this one has threads) and, for id ranges, writes its maps.  A Prepared holds
+the supervisor's ends until its run: ready() waits for init's root, send() gives the payload
+its command and fds (watch.supervise_run does the rest), discard() ends whatever is left.
+A Prepared is used once.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import os
 
 from . import init as init_mod
 from ..errors import SetupError
-from .protocol import Command, Failed, Handoff, ReportReader, Ready, Started, send_run_fds, write_command
+from ..kernel import linux
+from .protocol import (Command, Failed, Handoff, ReportReader, Ready, Started, receive_namespaces, say, send_run_fds,
+                       write_command)
 from ..model.spec import Spec
 from .watch import Forwarder
 
@@ -45,11 +48,11 @@ class Prepared:
         self.reaped = False
         # What the host paths it bound named as it was built (pool.identity_of); None: unchecked.
         self.identity: tuple[tuple[int, int, int] | None, ...] | None = None
-        self.pidfd = -1  # adopted: the entry process is not our child
+        self.pidfd = -1  # adopted: its init is not our child
 
     @classmethod
     def start(cls, shape: Spec, program: bytes | None, nft: str | None, forward_signals: bool = False) -> Prepared:
-        """Fork the sandbox from this process (its entry process is our child)."""
+        """Start the sandbox from this process (its init, or entry process, is our child)."""
         forwarder = Forwarder(shape.tty) if forward_signals else None
         try:
             child, (report_r, release_w, exec_r, command_w, channel) = spawn(shape, program, nft)
@@ -63,7 +66,7 @@ class Prepared:
     @classmethod
     def adopt(cls, shape: Spec, child: int, pidfd: int, fds: tuple[int, int, int, int, int]) -> Prepared:
         """A sandbox forked elsewhere (sandbox/warm/zygote.py): its supervisor-side fds and a pidfd
-        of its entry process, which that process reaps."""
+        of its init, which that process reaps."""
         report_r, release_w, exec_r, command_w, channel = fds
         prepared = cls(shape, child, ReportReader(report_r), _socket.socket(fileno=channel), release_w, exec_r,
                        command_w, None)
@@ -78,7 +81,7 @@ class Prepared:
         if self.forwarder is not None:
             self.forwarder.start(self.init_pid)
         if self.shape.network == "pasta":
-            self.usernet = _start_usernet(self.shape, self.child)
+            self.usernet = _start_usernet(self.shape, receive_namespaces(self.channel))
 
     def usable(self) -> bool:
         """Still waiting for a command: init has said nothing since it was ready."""
@@ -110,7 +113,7 @@ class Prepared:
     def discard(self, wait: bool = True) -> None:
         """End the sandbox (a no-op once its run has ended) and release what it holds.
 
-        With wait=False the entry process may be left to reap(): the kernel tears the
+        With wait=False our child may be left to reap(): the kernel tears the
         namespaces down as it exits, which need not delay the result.
         """
         if self.usernet is not None:
@@ -130,14 +133,14 @@ class Prepared:
             self.reap(block=True)
 
     def forget(self) -> None:
-        """Stop following an adopted sandbox's entry process (its own parent reaps it)."""
+        """Stop following an adopted sandbox's init (its own parent reaps it)."""
         self.discard(wait=False)
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
 
     def reap(self, block: bool) -> bool:
-        """Whether the entry process is gone (waiting for it with block=True)."""
+        """Whether our child (init, or the entry process) is gone (waiting for it with block=True)."""
         if self.reaped:
             return True
         if self.pidfd >= 0:
@@ -158,9 +161,11 @@ class Prepared:
 
 
 def spawn(shape: Spec, program: bytes | None, nft: str | None) -> tuple[int, tuple[int, int, int, int, int]]:
-    """Fork a sandbox's entry process; its pid, and our ends: report_r, release_w, exec_r,
-    command_w and the channel socket's fd (all close-on-exec).  For id ranges, returns once
-    the entry process's user namespace is mapped."""
+    """Start a sandbox: clone its init into new namespaces (init.start), from this process, or
+    where this process has other threads from a forked entry process.  Returns the pid of our
+    child (init, or the entry process), and our ends: report_r, release_w, exec_r, command_w
+    and the channel socket's fd (all close-on-exec).  For id ranges, returns once init's user
+    namespace is mapped."""
     ranges = None
     if shape.id_ranges:
         from ..kernel import idmap
@@ -174,11 +179,11 @@ def spawn(shape: Spec, program: bytes | None, nft: str | None) -> tuple[int, tup
     release_r, release_w = os.pipe()
     exec_r, exec_w = os.pipe()
     command_r, command_w = os.pipe()
-    maps = None
+    maps = mapper = None
     if ranges is not None:
         asked_r, asked_w = os.pipe()
         mapped_r, mapped_w = os.pipe()
-        maps = (asked_w, mapped_r)
+        maps, mapper = (asked_w, mapped_r), (asked_r, mapped_w)
     # The payload tells us its pid here (the kernel translates SCM_CREDENTIALS into our
     # pid namespace) and sends its seccomp listener fd; we send it the run's fds.
     ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_DGRAM)
@@ -189,46 +194,45 @@ def spawn(shape: Spec, program: bytes | None, nft: str | None) -> tuple[int, tup
     ends = (report_r, release_w, exec_r, command_w)
     supervisor = os.getpid()
     try:
-        child = os.fork()
+        if linux.single_threaded():
+            child = _start(shape, handoff, ranges, mapper)
+        else:  # clone copies only the calling thread: a lock another one holds would never be freed
+            child = os.fork()
+            if child == 0:
+                init_mod.enter(shape, handoff, supervisor, lambda: _start(shape, handoff, ranges, mapper),
+                               mapper or ())
     except BaseException:
-        for fd in (*ends, *handoff.all(), *(() if maps is None else (asked_r, mapped_w))):
+        for fd in (*ends, *handoff.all(), *(mapper or ())):
             os.close(fd)
         ours.close()
         raise
-    if child == 0:
-        if maps is not None:
-            os.close(asked_r)
-            os.close(mapped_w)
-        init_mod.enter(shape, handoff, supervisor)
-    for fd in handoff.all():
+    for fd in (*handoff.all(), *(mapper or ())):
         os.close(fd)
-    if ranges is not None:
-        try:
-            _map_ranges(child, ranges, asked_r, mapped_w, shape.debug)
-        except BaseException:
-            os.kill(child, _signal.SIGKILL)
-            os.waitpid(child, 0)
-            for fd in ends:
-                os.close(fd)
-            ours.close()
-            raise
     return child, (*ends, ours.detach())
 
 
-def _map_ranges(child: int, ranges: IdRanges, asked_r: int, mapped_w: int, debug: bool) -> None:
-    from ..kernel import idmap
+def _start(shape: Spec, handoff: Handoff, ranges: IdRanges | None, mapper: tuple[int, int] | None) -> int:
+    """Clone init, write its id ranges' maps when it asks (`mapper`: our ends of the pipes it asks
+    on, left open), and tell the supervisor init's pid as this process sees it (Started); the pid."""
+    child = init_mod.start(shape, handoff)
+    if ranges is not None and mapper is not None:
+        from ..kernel import idmap
 
-    try:
-        if not idmap.map_when_asked(child, ranges, asked_r, mapped_w, debug):
-            raise SetupError("the sandbox died before its user namespace could be mapped")
-    finally:
-        os.close(asked_r)
-        os.close(mapped_w)
+        try:
+            if not idmap.map_when_asked(child, ranges, *mapper, shape.debug):
+                raise SetupError("the sandbox died before its user namespace could be mapped")
+        except BaseException:
+            os.kill(child, _signal.SIGKILL)
+            os.waitpid(child, 0)
+            raise
+    say(handoff.report_w, Started(child))
+    return child
 
 
 def _await_ready(reports: ReportReader) -> int:
-    """Init's pid once init is Ready.  The entry process (Started) and init (Ready) write to the
-    same pipe from two processes, so Ready may come first when the entry process is slow to run."""
+    """Init's pid once init is Ready.  Whoever cloned init (Started) and init (Ready) write to the
+    same pipe from two processes, so Ready may come first (with id ranges, Started is said only
+    once the maps are written)."""
     init_pid = 0
     root_ready = False
     while not (init_pid and root_ready):
@@ -244,13 +248,14 @@ def _await_ready(reports: ReportReader) -> int:
     return init_pid
 
 
-def _start_usernet(spec: Spec, target: int) -> UserNet:
-    """pasta (or slirp4netns) on the entry process's namespaces, up before the payload is released."""
+def _start_usernet(spec: Spec, namespaces: tuple[int, int]) -> UserNet:
+    """pasta (or slirp4netns) on the sandbox's namespaces (fds init sent; closed with the helper),
+    up before the payload is released."""
     from ..net import network as net
     from ..net.helper import UserNet
 
     try:
-        usernet = UserNet.start(target, spec.usernet, spec.publish, spec.dns, spec.host_loopback, spec.debug)
+        usernet = UserNet.start(namespaces, spec.usernet, spec.publish, spec.dns, spec.host_loopback, spec.debug)
         try:
             usernet.wait_ready()
         except BaseException:

@@ -9,7 +9,7 @@ of the sandbox shares (sbx makes no time namespace):
   benchmark sets it as it spawns sbx); any other value estimates it as now less the CPU
   time spent so far, which holds while nothing has blocked (the interpreter's start-up).
 - the API and `sbx batch`: the start of supervisor.execute(), per run.
-The entry process and init send their steps as Stamp lines on the report pipe
+Init (from its clone on) sends its steps as Stamp lines on the report pipe
 (protocol.say_stamp, only when Spec.stamps); the supervisor prints them as it reads them,
 so lines may come out of order: sort by MS.  Steps of a cold `sbx run -- /bin/true`:
 
@@ -17,7 +17,8 @@ so lines may come out of order: sort by MS.  Steps of a cold `sbx run -- /bin/tr
     root-built pivot payload-forked init-ready payload-ready released exec exit-seen
     result result-written
 
-A warm run's sandbox was built before its run, so its steps begin at `take`.
+`entry` is init's first step once cloned, `unshared` once its user namespace is mapped.  A
+warm run's sandbox was built before its run, so its steps begin at `take`.
 """
 
 from __future__ import annotations
