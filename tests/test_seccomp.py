@@ -1076,3 +1076,30 @@ def test_lists_errnos_and_names_exist() -> None:
 )
 def test_listing(spec: SeccompSpec, line: str) -> None:
     assert line in listing(spec, "x86_64").splitlines()
+
+
+# -- when the payload loads its filter (runtime/payload.py) ---------------------------------------
+
+DUP_PROBE = """
+import errno, os
+try:
+    os.dup2(1, 7)
+    print("dup2 ok")
+except OSError as exc:
+    print("dup2", errno.errorcode[exc.errno])
+"""
+
+
+@pytest.mark.parametrize("deny, expect", [
+    ((), "dup2 ok"),  # the default policy: the filter goes in before the command wait
+    (("dup2", "dup3"), "dup2 EPERM"),  # sbx places the run's fds with dup2: the filter comes last
+    (("fcntl(arg1 == 1030)",), "dup2 ok"),  # F_DUPFD_CLOEXEC, which sbx uses too
+])
+def test_a_filter_denying_what_sbx_does_after_the_command_is_loaded_last(
+        tmp_path: Path, deny: tuple[str, ...], expect: str) -> None:
+    from conftest import sbx
+
+    profile = tmp_path / "deny.toml"
+    profile.write_text('extends = "default"\n\n[seccomp]\ndeny = [' + ", ".join(f'"{d}"' for d in deny) + "]\n")
+    proc = sbx("run", "--profile", str(profile), "--", "python3", "-c", DUP_PROBE)
+    assert (proc.returncode, proc.stdout.strip()) == (0, expect), proc.stderr

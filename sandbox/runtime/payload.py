@@ -200,10 +200,29 @@ def exec_command(argv: tuple[str, ...], env: dict[str, str]) -> None:
     raise first or last or FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), file)
 
 
+# What the payload calls between its command and execve (Python's own allocation and signal
+# calls included): a filter that may deny any of these is loaded last, not before the wait.
+AFTER_COMMAND = frozenset((
+    "read", "recvmsg", "recvfrom", "fcntl", "dup", "dup2", "dup3", "close", "close_range", "open", "openat",
+    "openat2", "prlimit64", "setrlimit", "getrlimit", "sendmsg", "sendto", "execve", "execveat", "mmap",
+    "munmap", "mremap", "brk", "madvise", "mprotect", "rt_sigprocmask", "rt_sigaction", "getpid", "gettid",
+    "fstat", "newfstatat", "statx", "lseek", "ioctl", "futex", "getrandom", "exit", "exit_group"))
+
+
+def _filter_before_command(spec: Spec) -> bool:
+    """Whether the seccomp filter can be loaded before the command wait, off the run's path: the
+    default deny-list allows all sbx does after it, unless the profile denies one of those calls;
+    with action "kill" a violation would wait on a listener nobody reads yet, so never then."""
+    policy = spec.seccomp
+    return (policy.policy == "default" and policy.action != "kill"
+            and not any(entry.partition("(")[0].strip() in AFTER_COMMAND for entry in policy.deny))
+
+
 def main(spec: Spec, handoff: Handoff, last_cap: int) -> None:
     """Set up all a run's shape decides, wait for its command, then the rest, all before the
     release, so the run's figures hold none of it.  Only what the command decides (fds,
-    rlimits) and the seccomp filter (last) come after the wait."""
+    rlimits) and, where it could deny what sbx does after the wait, the seccomp filter (last)
+    come after the wait."""
     code = EXIT_SBX
     exec_w, release_r, channel_w = handoff.exec_w, handoff.release_r, handoff.channel_w
     try:
@@ -224,6 +243,11 @@ def main(spec: Spec, handoff: Handoff, last_cap: int) -> None:
         _drop_privileges(last_cap, ids)
         _fence(spec)
         linux.close_fds_but([exec_w, release_r, channel_w, handoff.command_r])
+        listener = -1
+        program = handoff.seccomp  # the shape's: the same whatever the command
+        early = program is not None and _filter_before_command(spec)
+        if program is not None and early:
+            listener = seccomp.load(program)
         command = protocol.read_command(handoff.command_r)
         if command is None:
             os._exit(EXIT_SBX)  # discarded before use
@@ -232,11 +256,10 @@ def main(spec: Spec, handoff: Handoff, last_cap: int) -> None:
                                                   [exec_w, release_r, channel_w])
         _redirect(command.redirects)
         _set_rlimits(command.rlimits)
-        listener = -1
-        if handoff.seccomp is not None:
+        if program is not None and not early:
             # Last, so the filter need not allow anything sbx itself does (read, sendmsg and
             # execve are all that follow).
-            listener = seccomp.load(handoff.seccomp, listener=spec.seccomp.action == "kill")
+            listener = seccomp.load(program, listener=spec.seccomp.action == "kill")
         # Our pid (the kernel adds our credentials), so the supervisor can put us in the run
         # cgroup, and the seccomp listener, whose copy here closes on exec.
         protocol.send_payload_ready(channel_w, listener)
