@@ -8,7 +8,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 env = dict(os.environ, PYTHONPATH=REPO)
 variants = {"default+landlock": ([], {}), "default SBX_LANDLOCK=0": ([], {"SBX_LANDLOCK": "0"}),
             "grader+landlock": (["--profile", "grader"], {}), "grader SBX_LANDLOCK=0": (["--profile", "grader"], {"SBX_LANDLOCK": "0"})}
-times = {k: [] for k in variants}
+times: dict[str, list[float]] = {k: [] for k in variants}
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 50
 for i in range(N):
     for name, (extra, more) in variants.items():

@@ -1,7 +1,7 @@
 """Per-run cost of sbx against bubblewrap, both measured in this one process: issue 17's figures.
 
     python bench/perrun.py [--runs 100] [--lines 200] [--rounds 5] [--idle 100] [--stamps 30]
-                           [--only cold,batch,warm,stamps] [--sbx CMD]
+                           [--only cold,batch,warm,stamps] [--sbx CMD] [--baseline DIR]
 
 Bubblewrap gets the set-up of sbx's host image: new user, pid, mount, ipc, uts, net (and
 cgroup) namespaces, --die-with-parent, --new-session, /usr and the /bin /lib* /sbin links
@@ -21,6 +21,8 @@ reaped (a sandbox's whole tree, since each of its processes reaps its own childr
     process's (getrusage RUSAGE_SELF) plus its fork server's with the sandboxes it reaped.
 stamps: where the time goes, per step (SBX_STAMPS, sandbox/runtime/stamps.py), median of
     --stamps runs: a cold `sbx run` (from its spawn) and a warm API run (from execute()).
+--baseline DIR: another checkout of sbx (an earlier commit, say) measured in the same rounds
+    of (a) and (b), alternating with this one: before and after, in one machine state.
 
 Run it as an unprivileged user for the rootless figures.  A benchmark, not a test: it asserts
 nothing.  The default sbx is this checkout (`python -m sandbox` with PYTHONPATH set); the
@@ -115,46 +117,57 @@ def verdict(met: bool) -> str:
 # -- (a) cold ------------------------------------------------------------------------------------
 
 
-def cold(launcher: Launcher, bwrap: list[str], sbx: list[str], runs: int) -> float:
-    """Prints the cold figures; returns bubblewrap's median wall (seconds)."""
+def cold(launcher: Launcher, bwrap: list[str], sbx: list[str], runs: int, baseline: dict[str, str] | None) -> float:
+    """Prints the cold figures; returns bubblewrap's median wall (seconds).  `baseline`: the
+    environment that makes `sbx` another checkout's, measured as one more variant."""
     variants = {"bwrap /bin/true": bwrap, "sbx run -- /bin/true": [*sbx, "run", "--", "/bin/true"],
                 "python -I -S -c pass": [sys.executable, "-I", "-S", "-c", "pass"]}
+    envs: dict[str, dict[str, str] | None] = {name: None for name in variants}
+    if baseline is not None:
+        variants["sbx run (baseline)"] = variants["sbx run -- /bin/true"]
+        envs["sbx run (baseline)"] = baseline
     wall: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}
-    for argv in variants.values():
-        launcher.run(argv)  # the page cache
+    for name, argv in variants.items():
+        launcher.run(argv, env=envs[name])  # the page cache
     for _ in range(runs):
         for name, argv in variants.items():
-            w, c = launcher.run(argv)
+            w, c = launcher.run(argv, env=envs[name])
             wall[name].append(w)
             cpu[name].append(c)
     print(f"(a) cold start, {runs} alternating runs each     wall ms median [p25 p75]    CPU ms median")
     for name in variants:
         print(f"    {name:24} {spread(wall[name])}    {spread(cpu[name])}")
-    b, s, bare = (statistics.median(wall[n]) for n in variants)
-    bc, sc, barec = (statistics.median(cpu[n]) for n in variants)
+    names = ("bwrap /bin/true", "sbx run -- /bin/true", "python -I -S -c pass")
+    b, s, bare = (statistics.median(wall[n]) for n in names)
+    bc, sc, barec = (statistics.median(cpu[n]) for n in names)
     own = s - bare
     print(f"    sbx's own work (sbx - bare start) {own * 1000:7.2f} ms = {own / b:5.2f}x bwrap's whole run "
           f"(goal <= {GOAL_COLD}x: {verdict(own / b <= GOAL_COLD)}); total sbx/bwrap {s / b:5.2f}x")
     print(f"    in CPU: sbx's own {(sc - barec) * 1000:7.2f} ms = {(sc - barec) / bc:5.2f}x bwrap's CPU; "
           f"total {sc / bc:5.2f}x")
+    if baseline is not None:
+        was, wasc = statistics.median(wall["sbx run (baseline)"]), statistics.median(cpu["sbx run (baseline)"])
+        print(f"    the baseline's own work {(was - bare) * 1000:7.2f} ms = {(was - bare) / b:5.2f}x bwrap's whole run; "
+              f"in CPU {(wasc - barec) * 1000:7.2f} ms")
     return b
 
 
 # -- (b) throughput --------------------------------------------------------------------------------
 
 
-def batch(launcher: Launcher, bwrap: list[str], sbx: list[str], lines: int, rounds: int, tmp: str) -> None:
+def batch(launcher: Launcher, bwrap: list[str], sbx: list[str], lines: int, rounds: int, tmp: str,
+          baseline: dict[str, str] | None) -> None:
     feed = os.path.join(tmp, "lines.jsonl")
     with open(feed, "w") as f:
         f.write((json.dumps({"argv": ["/bin/true"]}) + "\n") * lines)
     out = os.path.join(tmp, "results.jsonl")
 
-    def sbx_batch() -> tuple[float, float]:
+    def sbx_batch(env: dict[str, str] | None = None) -> tuple[float, float]:
         fd_in = os.open(feed, os.O_RDONLY | os.O_CLOEXEC)
         fd_out = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            result = launcher.run([*sbx, "batch", "-j", "2"], stdin=fd_in, stdout=fd_out)
+            result = launcher.run([*sbx, "batch", "-j", "2"], env=env, stdin=fd_in, stdout=fd_out)
         finally:
             os.close(fd_in)
             os.close(fd_out)
@@ -187,9 +200,14 @@ def batch(launcher: Launcher, bwrap: list[str], sbx: list[str], lines: int, roun
 
     sbx_batch()  # the page cache, the seccomp cache
     results: dict[str, list[tuple[float, float]]] = {"sbx batch -j 2": [], "2 bwrap loops": []}
+    if baseline is not None:
+        sbx_batch(baseline)
+        results["sbx batch (baseline)"] = []
     for _ in range(rounds):
         results["sbx batch -j 2"].append(sbx_batch())
         results["2 bwrap loops"].append(bwrap_loops())
+        if baseline is not None:
+            results["sbx batch (baseline)"].append(sbx_batch(baseline))
     print(f"\n(b) throughput, {lines} /bin/true runs, {rounds} alternating rounds   runs/s median [p25 p75]"
           "    CPU ms per run median")
     rates = {}
@@ -207,13 +225,16 @@ def batch(launcher: Launcher, bwrap: list[str], sbx: list[str], lines: int, roun
 
 
 def process_ticks(pid: int) -> float:
-    """CPU seconds of process `pid` and of the children it reaped (/proc, in clock ticks)."""
+    """CPU seconds of process `pid`, of the children it reaped, and of its live descendants
+    (the fork server's user-namespace holder and the sandboxes it reaped) (/proc, clock ticks)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rpartition(b")")[2].split()
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(child) for child in f.read().split()]
     except OSError:
         return 0.0
-    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK") + sum(map(process_ticks, children))
 
 
 def self_cpu() -> float:
@@ -325,6 +346,7 @@ def main() -> int:
     parser.add_argument("--stamps", type=int, default=30, help="runs for the per-step stamps (30)")
     parser.add_argument("--only", default="cold,batch,warm,stamps", help="parts to run (all)")
     parser.add_argument("--sbx", help="the sbx command (default: this Python -m sandbox, this checkout)")
+    parser.add_argument("--baseline", help="another sbx checkout to measure alongside (before and after)")
     args = parser.parse_args()
     parts = set(args.only.split(","))
     bwrap_path = shutil.which("bwrap")
@@ -338,15 +360,21 @@ def main() -> int:
     sbx = args.sbx.split() if args.sbx else [sys.executable, "-m", "sandbox"]
     sbx[0] = shutil.which(sbx[0]) or sbx[0]
     bwrap = bwrap_argv(bwrap_path)
+    # `-m sandbox` finds the package in the working directory before PYTHONPATH: work in "/".
+    os.chdir("/")
     launcher = Launcher(env)
+    baseline = None
+    if args.baseline:
+        baseline = {**env, "PYTHONPATH": os.path.abspath(args.baseline)}
+        print(f"baseline: {os.path.abspath(args.baseline)}")
     print(f"uid {os.getuid()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; sbx: {' '.join(sbx)}; "
           f"{sys.executable} {sys.version.split()[0]}")
     try:
         with tempfile.TemporaryDirectory(prefix="sbx-bench-perrun-") as tmp:
             if "cold" in parts:
-                cold(launcher, bwrap, sbx, args.runs)
+                cold(launcher, bwrap, sbx, args.runs, baseline)
             if "batch" in parts:
-                batch(launcher, bwrap, sbx, args.lines, args.rounds, tmp)
+                batch(launcher, bwrap, sbx, args.lines, args.rounds, tmp, baseline)
             if "warm" in parts:
                 warm(launcher, bwrap, args.runs, args.idle / 1000, env)
             if "stamps" in parts:
