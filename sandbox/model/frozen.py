@@ -69,18 +69,25 @@ else:
         defaults = cls.__sbx_spec__[0]
         if len(args) > len(names):
             raise TypeError(f"{cls.__name__}() takes {len(names)} positional arguments")
-        values = dict(zip(names, args))
-        for key, value in kwargs.items():
-            if key not in names:
-                raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {key!r}")
-            if key in values:
-                raise TypeError(f"{cls.__name__}() got multiple values for {key!r}")
-            values[key] = value
-        missing = [n for n in names if n not in values and n not in defaults]
-        if missing:
-            raise TypeError(f"{cls.__name__}() missing arguments: {', '.join(missing)}")
+        if args:
+            values = dict(zip(names, args))
+            for key in kwargs:
+                if key in values:
+                    raise TypeError(f"{cls.__name__}() got multiple values for {key!r}")
+            values.update(kwargs)
+        else:
+            values = kwargs  # replace() and keyword construction: no copy
+        if len(values) != len(names) or not cls.__sbx_names__.issuperset(values):
+            unknown = [key for key in values if key not in cls.__sbx_names__]
+            if unknown:
+                raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {unknown[0]!r}")
+            missing = [n for n in names if n not in values and n not in defaults]
+            if missing:
+                raise TypeError(f"{cls.__name__}() missing arguments: {', '.join(missing)}")
+            values = {**defaults, **values}
+        setattr_ = object.__setattr__
         for name in names:
-            object.__setattr__(self, name, values[name] if name in values else defaults.get(name))
+            setattr_(self, name, values[name])
         post = getattr(self, "__post_init__", None)
         if post is not None:
             post()
@@ -113,6 +120,7 @@ else:
             cls.__repr__ = _repr
             cls.__eq__ = _eq
             cls.__sbx_fields__ = names
+            cls.__sbx_names__ = frozenset(names)
             cls.__sbx_spec__ = (defaults, metadata)  # fields() builds its _Field values on demand
             if frozen:
                 cls.__setattr__ = _setattr
