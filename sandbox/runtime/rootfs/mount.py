@@ -144,7 +144,15 @@ def resolve(rootfd: int, inside: str, is_dir: bool) -> int:
         return linux.openat2(rootfd, "/".join(parts) or ".", os.O_PATH, how)
     except FileNotFoundError:
         pass
-    for i in range(len(parts)):
+    # Most often only the last component is missing (a mount point in a directory that exists).
+    try:
+        parent = linux.openat2(rootfd, "/".join(parts[:-1]) or ".", os.O_PATH | os.O_DIRECTORY, how)
+    except FileNotFoundError:
+        start = 0  # more is missing: component by component
+    else:
+        _create(parent, parts[-1], is_dir, inside)
+        start = len(parts)
+    for i in range(start, len(parts)):
         sub = "/".join(parts[: i + 1])
         try:
             os.close(linux.openat2(rootfd, sub, os.O_PATH, how))
@@ -152,18 +160,23 @@ def resolve(rootfd: int, inside: str, is_dir: bool) -> int:
         except FileNotFoundError:
             pass
         parent = linux.openat2(rootfd, "/".join(parts[:i]) or ".", os.O_PATH | os.O_DIRECTORY, how)
-        try:
-            if i == len(parts) - 1 and not is_dir:
-                os.close(os.open(parts[i], NEW_FILE, 0o644, dir_fd=parent))
-            else:
-                os.mkdir(parts[i], 0o755, dir_fd=parent)
-        except FileExistsError:
-            pass  # a dangling symlink: the open below reports it
-        except OSError as exc:
-            raise SetupError(f"cannot create {inside} in the sandbox: {exc.strerror}") from None
-        finally:
-            os.close(parent)
+        _create(parent, parts[i], is_dir or i < len(parts) - 1, inside)
     try:
         return linux.openat2(rootfd, "/".join(parts), os.O_PATH, how)
     except OSError as exc:
         raise SetupError(f"cannot create {inside} in the sandbox: {exc.strerror}") from None
+
+
+def _create(parent: int, name: str, is_dir: bool, inside: str) -> None:
+    """Make `name` (a directory, else an empty file) in the directory `parent` (closed here)."""
+    try:
+        if is_dir:
+            os.mkdir(name, 0o755, dir_fd=parent)
+        else:
+            os.close(os.open(name, NEW_FILE, 0o644, dir_fd=parent))
+    except FileExistsError:
+        pass  # a dangling symlink: the open after reports it
+    except OSError as exc:
+        raise SetupError(f"cannot create {inside} in the sandbox: {exc.strerror}") from None
+    finally:
+        os.close(parent)

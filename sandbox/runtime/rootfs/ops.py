@@ -58,6 +58,7 @@ class Context:
         self.layers: list[int] = []  # O_PATH fds of an imported image's layer dirs, top first
         self.upper = -1  # O_PATH fd of Spec.upper (a kept layer on the host)
         self.rootfd = -1
+        self.root_stat: os.stat_result | None = None  # of rootfd, once open
         self.count = 0  # overlay layer dirs made on the staging tmpfs
         self.root_layer = ""  # the layer dir holding the root's disposable upper
         self.setup = ""  # the sealed set-up layer (a kept upper's plan)
@@ -65,11 +66,13 @@ class Context:
 
     def open_root(self) -> None:
         self.rootfd = os.open(self.root, PATH_FLAGS | os.O_DIRECTORY)
+        self.root_stat = os.fstat(self.rootfd)
 
     def close_root(self) -> None:
         if self.rootfd >= 0:
             os.close(self.rootfd)
             self.rootfd = -1
+            self.root_stat = None
 
     def new_layer(self) -> str:
         """upper/ and work/ for one more overlay, on the staging tmpfs (counted by --disk)."""
@@ -97,7 +100,8 @@ class Context:
         """target(), refusing the root itself: an image's link there (`/data -> /`) would put the
         mount over the whole tree, and pivot_root into it."""
         fd = resolve(self.rootfd, inside, is_dir)
-        if os.path.samestat(os.fstat(fd), os.fstat(self.rootfd)):
+        root = os.fstat(self.rootfd) if self.root_stat is None else self.root_stat
+        if os.path.samestat(os.fstat(fd), root):
             os.close(fd)
             raise SetupError(f"image {self.image}: {inside} leads to the sandbox's root: sbx cannot mount on it")
         return fd
