@@ -25,7 +25,8 @@ stamps: where the time goes, per step (SBX_STAMPS, sandbox/runtime/stamps.py), m
     of (a) and (b), alternating with this one: before and after, in one machine state.
 
 Run it as an unprivileged user for the rootless figures.  A benchmark, not a test: it asserts
-nothing.  The default sbx is this checkout (`python -m sandbox` with PYTHONPATH set); the
+nothing.  The default sbx is this checkout's `bin/sbx`, the command pip installs, run by this
+Python with PYTHONPATH set (`python -m sandbox` would add runpy's imports, ~5 ms); the
 caller's SBX_* variables reach sbx (SBX_ID_RANGES=0: the single id mapping).
 """
 
@@ -117,15 +118,18 @@ def verdict(met: bool) -> str:
 # -- (a) cold ------------------------------------------------------------------------------------
 
 
-def cold(launcher: Launcher, bwrap: list[str], sbx: list[str], runs: int, baseline: dict[str, str] | None) -> float:
-    """Prints the cold figures; returns bubblewrap's median wall (seconds).  `baseline`: the
-    environment that makes `sbx` another checkout's, measured as one more variant."""
+Baseline = tuple[list[str], dict[str, str]]  # another checkout's sbx command and its environment
+
+
+def cold(launcher: Launcher, bwrap: list[str], sbx: list[str], runs: int, baseline: Baseline | None) -> float:
+    """Prints the cold figures; returns bubblewrap's median wall (seconds).  `baseline`: another
+    checkout's sbx, measured as one more variant."""
     variants = {"bwrap /bin/true": bwrap, "sbx run -- /bin/true": [*sbx, "run", "--", "/bin/true"],
                 "python -I -S -c pass": [sys.executable, "-I", "-S", "-c", "pass"]}
     envs: dict[str, dict[str, str] | None] = {name: None for name in variants}
     if baseline is not None:
-        variants["sbx run (baseline)"] = variants["sbx run -- /bin/true"]
-        envs["sbx run (baseline)"] = baseline
+        variants["sbx run (baseline)"] = [*baseline[0], "run", "--", "/bin/true"]
+        envs["sbx run (baseline)"] = baseline[1]
     wall: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}
     for name, argv in variants.items():
@@ -157,17 +161,18 @@ def cold(launcher: Launcher, bwrap: list[str], sbx: list[str], runs: int, baseli
 
 
 def batch(launcher: Launcher, bwrap: list[str], sbx: list[str], lines: int, rounds: int, tmp: str,
-          baseline: dict[str, str] | None) -> None:
+          baseline: Baseline | None) -> None:
     feed = os.path.join(tmp, "lines.jsonl")
     with open(feed, "w") as f:
         f.write((json.dumps({"argv": ["/bin/true"]}) + "\n") * lines)
     out = os.path.join(tmp, "results.jsonl")
 
-    def sbx_batch(env: dict[str, str] | None = None) -> tuple[float, float]:
+    def sbx_batch(other: Baseline | None = None) -> tuple[float, float]:
+        command, env = other if other is not None else (sbx, None)
         fd_in = os.open(feed, os.O_RDONLY | os.O_CLOEXEC)
         fd_out = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            result = launcher.run([*sbx, "batch", "-j", "2"], env=env, stdin=fd_in, stdout=fd_out)
+            result = launcher.run([*command, "batch", "-j", "2"], env=env, stdin=fd_in, stdout=fd_out)
         finally:
             os.close(fd_in)
             os.close(fd_out)
@@ -345,7 +350,7 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=100.0, help="ms of idle before a warm run (100)")
     parser.add_argument("--stamps", type=int, default=30, help="runs for the per-step stamps (30)")
     parser.add_argument("--only", default="cold,batch,warm,stamps", help="parts to run (all)")
-    parser.add_argument("--sbx", help="the sbx command (default: this Python -m sandbox, this checkout)")
+    parser.add_argument("--sbx", help="the sbx command (default: this Python running this checkout's bin/sbx)")
     parser.add_argument("--baseline", help="another sbx checkout to measure alongside (before and after)")
     args = parser.parse_args()
     parts = set(args.only.split(","))
@@ -357,16 +362,17 @@ def main() -> int:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/"),
            "LANG": "C.UTF-8", "PYTHONPATH": str(REPO),
            **{k: v for k, v in os.environ.items() if k.startswith("SBX_") and k != "SBX_STAMPS"}}
-    sbx = args.sbx.split() if args.sbx else [sys.executable, "-m", "sandbox"]
+    sbx = args.sbx.split() if args.sbx else [sys.executable, str(REPO / "bin" / "sbx")]
     sbx[0] = shutil.which(sbx[0]) or sbx[0]
     bwrap = bwrap_argv(bwrap_path)
-    # `-m sandbox` finds the package in the working directory before PYTHONPATH: work in "/".
+    # Nothing may find a package in the working directory before PYTHONPATH's: work in "/".
     os.chdir("/")
     launcher = Launcher(env)
     baseline = None
     if args.baseline:
-        baseline = {**env, "PYTHONPATH": os.path.abspath(args.baseline)}
-        print(f"baseline: {os.path.abspath(args.baseline)}")
+        where = os.path.abspath(args.baseline)
+        baseline = ([sys.executable, os.path.join(where, "bin", "sbx")], {**env, "PYTHONPATH": where})
+        print(f"baseline: {where}")
     print(f"uid {os.getuid()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; sbx: {' '.join(sbx)}; "
           f"{sys.executable} {sys.version.split()[0]}")
     try:
