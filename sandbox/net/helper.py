@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 
-from .link import IFNAME, TUN, RouteWatch
+from .link import IFNAME, TUN, RouteWatch, kill_and_reap
 from .network import NetError, helper_name
 
 TYPE_CHECKING = False
@@ -141,13 +141,8 @@ class UserNet:
         if self.ready_r >= 0:
             os.close(self.ready_r)
             self.ready_r = -1
-        if self.pid:
-            try:
-                os.kill(self.pid, _signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            os.waitpid(self.pid, 0)
-            self.pid = 0
+        kill_and_reap(self.pid)
+        self.pid = 0
         if self.log >= 0:
             if self.debug:
                 show_all(self.name, read_log(self.log))

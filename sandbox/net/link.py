@@ -100,16 +100,22 @@ class RouteWatch:
         return words
 
     def stop(self) -> None:
-        if self.pid:
-            try:
-                os.kill(self.pid, _signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            os.waitpid(self.pid, 0)
-            self.pid = 0
+        kill_and_reap(self.pid)
+        self.pid = 0
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def kill_and_reap(pid: int) -> None:
+    """SIGKILL our child `pid` (0: none) and wait for it (the route watch, the network helper)."""
+    if not pid:
+        return
+    try:
+        os.kill(pid, _signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    os.waitpid(pid, 0)
 
 
 def _watch(ifname: str) -> str:

@@ -273,13 +273,42 @@ def write_command(fd: int, command: Command) -> None:
 # -- the channel: a unix datagram socketpair, fds and credentials --------------------------------
 
 
-def _fds_message(fds: tuple[int, ...] | list[int]) -> list[tuple[int, int, bytes]]:
+Ancillary = list[tuple[int, int, bytes]]
+
+
+def fds_message(fds: tuple[int, ...] | list[int]) -> Ancillary:
+    """sendmsg's ancillary data passing `fds` (SCM_RIGHTS)."""
     return [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, b"".join(fd.to_bytes(4, "little") for fd in fds))]
+
+
+def fds_of(ancillary: Ancillary) -> list[int]:
+    """The fds recvmsg's ancillary data brought (ours now, to keep or close)."""
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds += [int.from_bytes(data[i:i + 4], "little") for i in range(0, len(data) - len(data) % 4, 4)]
+    return fds
+
+
+def _receive_waiting(sock: _socket.socket, tag: bytes, count: int, space: int) -> list[int] | None:
+    """The message `tag` waiting on `sock` with exactly `count` fds (`space`: room for its
+    ancillary data): the fds; None when no message waits.  ValueError for any other message
+    (its fds closed)."""
+    try:
+        data, ancillary, flags, _ = sock.recvmsg(1, space, _socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return None
+    fds = fds_of(ancillary)
+    if data != tag or len(fds) != count or flags & _socket.MSG_CTRUNC:
+        for fd in fds:
+            os.close(fd)
+        raise ValueError(f"not the {tag!r} message with {count} fds")
+    return fds
 
 
 def send_run_fds(sock: _socket.socket, fds: tuple[int, ...]) -> None:
     """The supervisor's one message: stdin, stdout, stderr, then the --pass-fd descriptors."""
-    sock.sendmsg([RUN_FDS], _fds_message(fds))
+    sock.sendmsg([RUN_FDS], fds_message(fds))
 
 
 def receive_run_fds(sock_fd: int) -> list[int]:
@@ -289,11 +318,7 @@ def receive_run_fds(sock_fd: int) -> list[int]:
         _, ancillary, _, _ = sock.recvmsg(1, _socket.CMSG_SPACE(4 * MAX_FDS))
     finally:
         sock.detach()
-    fds: list[int] = []
-    for level, kind, data in ancillary:
-        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-            fds += [int.from_bytes(data[i:i + 4], "little") for i in range(0, len(data) - len(data) % 4, 4)]
-    return fds
+    return fds_of(ancillary)
 
 
 def send_payload_ready(sock_fd: int, listener: int) -> None:
@@ -301,7 +326,7 @@ def send_payload_ready(sock_fd: int, listener: int) -> None:
     and `listener` (its seccomp listener fd, or -1) rides along."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM, 0, sock_fd)
     try:
-        sock.sendmsg([PAYLOAD_READY], [] if listener < 0 else _fds_message([listener]))
+        sock.sendmsg([PAYLOAD_READY], [] if listener < 0 else fds_message([listener]))
     finally:
         sock.detach()
 
@@ -325,7 +350,7 @@ def send_namespaces(sock_fd: int) -> None:
     fds = [os.open(f"/proc/self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC) for kind in ("user", "net")]
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM, 0, sock_fd)
     try:
-        sock.sendmsg([NAMESPACES], _fds_message(fds))
+        sock.sendmsg([NAMESPACES], fds_message(fds))
     finally:
         sock.detach()
         for fd in fds:
@@ -337,15 +362,10 @@ def receive_namespaces(sock: _socket.socket) -> tuple[int, int]:
     SetupError when init sent no such message."""
     try:
         # The kernel adds init's credentials (SO_PASSCRED): room for them too
-        data, ancillary, flags, _ = sock.recvmsg(1, _socket.CMSG_SPACE(12) + _socket.CMSG_SPACE(8),
-                                                 _socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        data, ancillary, flags = b"", [], 0
-    fds = [int.from_bytes(part[i:i + 4], "little") for level, kind, part in ancillary
-           if (level, kind) == (_socket.SOL_SOCKET, _socket.SCM_RIGHTS) for i in range(0, len(part) - 3, 4)]
-    if data != NAMESPACES or len(fds) != 2 or flags & _socket.MSG_CTRUNC:
-        for fd in fds:
-            os.close(fd)
+        fds = _receive_waiting(sock, NAMESPACES, 2, _socket.CMSG_SPACE(12) + _socket.CMSG_SPACE(8))
+    except ValueError:
+        fds = None
+    if fds is None:
         from ..errors import SetupError
 
         raise SetupError("the sandbox did not send its namespaces for its network helper")
@@ -357,7 +377,7 @@ def send_kept_layer(sock_fd: int, kept: int) -> None:
     on the --disk tmpfs, whose fd keeps that tmpfs alive after the sandbox is gone."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM, 0, sock_fd)
     try:
-        sock.sendmsg([KEPT_LAYER], _fds_message([kept]))
+        sock.sendmsg([KEPT_LAYER], fds_message([kept]))
     finally:
         sock.close()
 
@@ -365,17 +385,8 @@ def send_kept_layer(sock_fd: int, kept: int) -> None:
 def receive_kept_layer(sock: _socket.socket) -> int:
     """The saver's end of send_kept_layer, after the run: the directory fd, or -1 when none was
     sent (the layer is the host directory Spec.upper).  ValueError for any other message."""
-    try:
-        data, ancillary, flags, _ = sock.recvmsg(1, _socket.CMSG_SPACE(4), _socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        return -1
-    fds = [int.from_bytes(part[i:i + 4], "little") for level, kind, part in ancillary
-           if (level, kind) == (_socket.SOL_SOCKET, _socket.SCM_RIGHTS) for i in range(0, len(part) - 3, 4)]
-    if data != KEPT_LAYER or len(fds) != 1 or flags & _socket.MSG_CTRUNC:
-        for fd in fds:
-            os.close(fd)
-        raise ValueError("not one kept-layer directory")
-    return fds[0]
+    fds = _receive_waiting(sock, KEPT_LAYER, 1, _socket.CMSG_SPACE(4))
+    return -1 if fds is None else fds[0]
 
 
 # -- the exec pipe: close-on-exec, so EOF with nothing written means the exec happened ----------

@@ -32,6 +32,8 @@ from __future__ import annotations
 import os
 import sys
 
+from ..runtime.protocol import fds_message, fds_of
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import _socket
@@ -76,10 +78,7 @@ class Zygote:
             data, ancillary, _, _ = self.sock.recvmsg(REPLY_SPACE, _socket.CMSG_SPACE(4 * 6))
         except OSError as exc:
             raise SetupError(f"the sandbox fork server failed: {exc.strerror or exc}") from None
-        fds: list[int] = []
-        for level, kind, payload in ancillary:
-            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-                fds += [int.from_bytes(payload[i:i + 4], "little") for i in range(0, len(payload) - 3, 4)]
+        fds = fds_of(ancillary)
         if not data:
             raise SetupError("the sandbox fork server exited")
         reply = marshal.loads(data)
@@ -150,7 +149,7 @@ def _serve(sock: _socket.socket, answer: Callable[[bytes], Reply]) -> None:
         except OSError:
             return  # the asker went away mid-reply
         finally:
-            for fd in _fds(reply[1]):
+            for fd in fds_of(reply[1]):
                 os.close(fd)
 
 
@@ -162,7 +161,6 @@ def _error(message: str) -> Reply:
 
 def _spawn(request: bytes) -> Reply:
     """Fork the sandbox a request asks for, from this process (in whichever user namespace it is)."""
-    import _socket
     import marshal
     import pickle
 
@@ -174,19 +172,7 @@ def _spawn(request: bytes) -> Reply:
         child, ends = spawn.spawn(shape, program, nft)
     except (SbxError, OSError) as exc:
         return _error(f"cannot start the sandbox: {exc}")
-    fds = (*ends, os.pidfd_open(child))
-    return [marshal.dumps((child,))], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
-                                        b"".join(fd.to_bytes(4, "little") for fd in fds))]
-
-
-def _fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
-    import _socket
-
-    fds = []
-    for level, kind, payload in ancillary:
-        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-            fds += [int.from_bytes(payload[i:i + 4], "little") for i in range(0, len(payload) - 3, 4)]
-    return fds
+    return [marshal.dumps((child,))], fds_message((*ends, os.pidfd_open(child)))
 
 
 class _Holder:
