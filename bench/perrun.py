@@ -22,7 +22,8 @@ reaped (a sandbox's whole tree, since each of its processes reaps its own childr
 stamps: where the time goes, per step (SBX_STAMPS, sandbox/runtime/stamps.py), median of
     --stamps runs: a cold `sbx run` (from its spawn) and a warm API run (from execute()).
 --baseline DIR: another checkout of sbx (an earlier commit, say) measured in the same rounds
-    of (a) and (b), alternating with this one: before and after, in one machine state.
+    of (a), (b) and the cold stamps, alternating with this one: before and after, in one
+    machine state.
 
 Run it as an unprivileged user for the rootless figures.  A benchmark, not a test: it asserts
 nothing.  The default sbx is this checkout's `bin/sbx`, the command pip installs, run by this
@@ -296,7 +297,8 @@ def warm(launcher: Launcher, bwrap: list[str], runs: int, idle: float, env: dict
 # -- stamps ----------------------------------------------------------------------------------------
 
 
-def stamps(launcher: Launcher, sbx: list[str], runs: int, env: dict[str, str], tmp: str) -> None:
+def stamps(launcher: Launcher, sbx: list[str], runs: int, env: dict[str, str], tmp: str,
+           baseline: Baseline | None) -> None:
     sys.path.insert(0, str(REPO))
     from sandbox import Runner
     from sandbox.runtime.stamps import parse
@@ -313,16 +315,24 @@ def stamps(launcher: Launcher, sbx: list[str], runs: int, env: dict[str, str], t
             previous = m
 
     log = os.path.join(tmp, "stamps.log")
-    cold_runs = []
-    for _ in range(runs):
+
+    def cold_run(command: list[str], cold_env: dict[str, str]) -> list[tuple[str, float]]:
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            launcher.run([*sbx, "run", "--", "/bin/true"], env={**env, "SBX_STAMPS": str(time.monotonic_ns())},
-                         stderr=fd)
+            launcher.run([*command, "run", "--", "/bin/true"],
+                         env={**cold_env, "SBX_STAMPS": str(time.monotonic_ns())}, stderr=fd)
         finally:
             os.close(fd)
-        cold_runs.append(parse(Path(log).read_text()))
+        return parse(Path(log).read_text())
+
+    cold_runs, baseline_runs = [], []
+    for _ in range(runs):  # alternating with the baseline's, if any
+        cold_runs.append(cold_run(sbx, env))
+        if baseline is not None:
+            baseline_runs.append(cold_run(*baseline))
     table(f"\nstamps: a cold `sbx run -- /bin/true`, {runs} runs, from its spawn", cold_runs)
+    if baseline is not None:
+        table(f"stamps: the baseline's cold `sbx run -- /bin/true`, {runs} runs alternating with those", baseline_runs)
     # A warm run's stamps go to this process's stderr: point it at the log meanwhile.
     saved = os.dup(2)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -384,7 +394,7 @@ def main() -> int:
             if "warm" in parts:
                 warm(launcher, bwrap, args.runs, args.idle / 1000, env)
             if "stamps" in parts:
-                stamps(launcher, sbx, args.stamps, env, tmp)
+                stamps(launcher, sbx, args.stamps, env, tmp, baseline)
     finally:
         launcher.close()
     return 0
