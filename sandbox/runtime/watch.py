@@ -306,18 +306,19 @@ class Watch:
         return (int(first.split()[1]) - self.baseline_usec) / 1e6
 
     def _take_census(self) -> None:
-        began = time.monotonic()
+        began = time.thread_time()
         census = self.census
         if census is None:
             from .census import Census
 
             census = self.census = Census(self.init_pid, self.payload)
         census.scan()
-        now = time.monotonic()
-        # A large sandbox makes a slow census: look less often rather than spend over 5% of a CPU
-        # (the first scan reads every process on the host once: not a measure of the next).
-        floor = 0.0 if census.scans <= 1 else min(20 * (now - began), 0.5)
-        self.next_census = now + max(self._census_delay(), floor)
+        # A large sandbox makes a costly census: look less often rather than spend over 5% of a CPU
+        # (the first scan reads every process on the host once: not a measure of the next).  Its
+        # CPU time, not its wall time: preempted by the payload's own burners on a busy machine, a
+        # cheap scan looks slow, and looking less often would let the payload overshoot its limit.
+        floor = 0.0 if census.scans <= 1 else min(20 * (time.thread_time() - began), 0.5)
+        self.next_census = time.monotonic() + max(self._census_delay(), floor)
 
     def _census_delay(self) -> float:
         delays = [self.CENSUS_CPU_EVERY]
