@@ -155,6 +155,22 @@ def host_processes(*markers: str) -> list[tuple[int, str]]:
     return found
 
 
+def sleepers(marker: str) -> list[int]:
+    """Pids of host processes running `sleep MARKER` (not sbx itself, whose argv also holds the marker)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) >= 2 and os.path.basename(argv[0]) == b"sleep" and argv[1] == marker.encode():
+            found.append(int(name))
+    return found
+
+
 def ranged(environ: dict[str, str] | None = None) -> bool:
     """Whether runs here map id ranges (the payload is inside uid 1000, a subordinate id)."""
     from sandbox.kernel import idmap

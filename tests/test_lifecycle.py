@@ -16,28 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SBX, errors, host_mounts, host_processes, sbx, sbx_environ, sh, wait_for
+from conftest import SBX, errors, host_mounts, host_processes, sbx, sbx_environ, sh, sleepers, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
 # Unique per pytest process, so concurrent test runs on the host never see each other's markers.
 TAG = f"{os.getpid() % 10000:04d}"
-
-
-def sleepers(marker: str) -> list[int]:
-    """Pids of host processes running `sleep MARKER` (not sbx itself, whose argv also holds the marker)."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if len(argv) >= 2 and os.path.basename(argv[0]) == b"sleep" and argv[1] == marker.encode():
-            found.append(int(name))
-    return found
 
 
 def anywhere(marker: str) -> list[int]:

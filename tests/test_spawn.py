@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_for
+from conftest import process_tree, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -53,22 +53,14 @@ def finish(proc: subprocess.Popen[str]) -> dict[str, str]:
 
 def descendants(root: int) -> dict[int, tuple[int, str]]:
     """pid -> (parent pid, comm) for every host process below `root`."""
-    table: dict[int, tuple[int, str]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    head, tail = f.read().rsplit(") ", 1)
-                table[int(name)] = (int(tail.split()[1]), head.split(" (", 1)[1])
-            except (OSError, IndexError, ValueError):
-                continue
     found: dict[int, tuple[int, str]] = {}
-    for pid, (parent, comm) in table.items():
-        up = parent
-        while up in table and up not in (0, 1, root):
-            up = table[up][0]
-        if up == root and pid != root:
-            found[pid] = (parent, comm)
+    for pid in process_tree(root) - {root}:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                head, tail = f.read().rsplit(") ", 1)
+        except OSError:  # gone meanwhile
+            continue
+        found[pid] = (int(tail.split()[1]), head.split(" (", 1)[1])
     return found
 
 

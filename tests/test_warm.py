@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import host_processes, ranged, wait_for, wait_prepared
+from conftest import host_processes, ranged, sleepers, wait_for, wait_prepared
 from sandbox import Result, Runner
 from sandbox.runtime.supervisor import shape_of
 
@@ -371,19 +371,9 @@ def _payload_host_ids(runner: Runner) -> tuple[list[str], tuple[int, int], str]:
     mark = marker()
     seen: list[tuple[int, int]] = []
 
-    def sleeper() -> int:
-        for pid, _ in host_processes(mark):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if f.read().startswith(b"sleep\0"):
-                        return pid
-            except OSError:
-                continue
-        return 0
-
     def look() -> None:
-        assert wait_for(sleeper, 20)
-        pid = sleeper()
+        assert wait_for(lambda: sleepers(mark), 20)
+        pid = sleepers(mark)[0]
         with open(f"/proc/{pid}/status") as f:
             fields = dict(line.split(":", 1) for line in f.read().splitlines())
         seen.append((int(fields["Uid"].split()[0]), int(fields["Gid"].split()[0])))
