@@ -87,7 +87,12 @@ class Library:
         return _PyFunction((name, self))  # type: ignore[arg-type]
 
 
-function = Library(None).function  # libc's functions
+_program = Library(None)
+function = _program.function  # libc's functions
+# clone(): the interpreter's fork hooks, and syscall() called with the GIL held
+_before_fork, _after_fork_parent, _after_fork_child, _syscall_holding_gil = (
+    _program.python_function(name)
+    for name in ("PyOS_BeforeFork", "PyOS_AfterFork_Parent", "PyOS_AfterFork_Child", "syscall"))
 
 
 get_errno: Callable[[], int] = _ctypes.get_errno
@@ -202,20 +207,16 @@ def clone(flags: int) -> int:
     them.  What libc's fork() adds (its atfork handlers, resetting its locks) matters only to
     a process with other threads: callers must have none (single_threaded).
     """
-    program = Library(None)
-    before, parent, child = (program.python_function(name) for name in
-                             ("PyOS_BeforeFork", "PyOS_AfterFork_Parent", "PyOS_AfterFork_Child"))
-    call = program.python_function("syscall")
     # struct clone_args, its first version: flags, pidfd, child_tid, parent_tid, exit_signal,
     # stack, stack_size, tls (each a u64)
     args = CharP(pack((flags, 8), (0, 8), (0, 8), (0, 8), (SIGCHLD, 8), (0, 8), (0, 8), (0, 8)))
-    before()
-    pid = call(Long(NR_CLONE3), ULong(address(args)), ULong(64))
+    _before_fork()
+    pid = _syscall_holding_gil(Long(NR_CLONE3), ULong(address(args)), ULong(64))
     if pid == 0:
-        child()
+        _after_fork_child()
         return 0
     err = get_errno()
-    parent()
+    _after_fork_parent()
     if pid < 0:
         raise OSError(err, f"clone3: {os.strerror(err)}")
     return int(pid)
