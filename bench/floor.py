@@ -151,6 +151,13 @@ def enter_template(template: int) -> None:
     os.chdir("/")
 
 
+def map_ids(pid: int, uid: int, gid: int) -> None:
+    """A child's maps, its uid and gid 0 being ours."""
+    linux.write_file(f"/proc/{pid}/setgroups", "deny")
+    linux.write_file(f"/proc/{pid}/uid_map", f"0 {uid} 1")
+    linux.write_file(f"/proc/{pid}/gid_map", f"0 {gid} 1")
+
+
 def start_payload(vfork: bool) -> int:
     if vfork:
         return os.posix_spawn("/usr/bin/true", ["true"], {})
@@ -181,9 +188,7 @@ def python_sandbox(mounts: bool, vfork: bool = False) -> Callable[[], tuple[floa
             finally:
                 os._exit(0 if status == 0 else 1)
         os.close(ready_r)
-        linux.write_file(f"/proc/{pid}/setgroups", "deny")
-        linux.write_file(f"/proc/{pid}/uid_map", f"0 {uid} 1")
-        linux.write_file(f"/proc/{pid}/gid_map", f"0 {gid} 1")
+        map_ids(pid, uid, gid)
         os.close(ready_w)
         _, status, usage = os.wait4(pid, 0)
         wall = time.perf_counter() - start
@@ -216,9 +221,7 @@ class TemplateSandbox:
                 os._exit(code)
         os.close(requests_r)
         os.close(replies_w)
-        linux.write_file(f"/proc/{self.pid}/setgroups", "deny")
-        linux.write_file(f"/proc/{self.pid}/uid_map", f"0 {os.getuid()} 1")
-        linux.write_file(f"/proc/{self.pid}/gid_map", f"0 {os.getgid()} 1")
+        map_ids(self.pid, os.getuid(), os.getgid())
         os.write(self.requests, b"m")  # the maps are written
         if os.read(self.replies, 16) != b"ready":
             raise RuntimeError("the template holder failed")
@@ -243,9 +246,7 @@ class TemplateSandbox:
                 finally:
                     os._exit(0 if status == 0 else 1)
             os.close(ready_r)
-            linux.write_file(f"/proc/{pid}/setgroups", "deny")
-            linux.write_file(f"/proc/{pid}/uid_map", "0 0 1")
-            linux.write_file(f"/proc/{pid}/gid_map", "0 0 1")
+            map_ids(pid, 0, 0)
             os.close(ready_w)
             _, status, usage = os.wait4(pid, 0)
             # The holder's CPU from reply to reply: its wake-up, the clone, the maps, the reaping.
@@ -272,13 +273,7 @@ class TemplateSandbox:
 def fork_exec() -> tuple[float, float]:
     cpu = self_cpu()
     start = time.perf_counter()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.execv("/usr/bin/true", ["true"])
-        finally:
-            os._exit(127)
-    _, status, usage = os.wait4(pid, 0)
+    _, status, usage = os.wait4(start_payload(vfork=False), 0)
     wall = time.perf_counter() - start
     if status != 0:
         raise RuntimeError(f"fork+exec failed: status {status:#x}")
