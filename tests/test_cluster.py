@@ -102,7 +102,10 @@ class Worker:
         profile = base / "cluster-profile.toml"
         if not profile.exists():
             profile.write_text(f'[limits]\nwall_time = "{WALL}s"\n')
-        env = sbx_environ({**os.environ, "SBX_ROOT": str(base / "root")})
+        # A temp dir of its own: what the worker leaves there is seen (and not left in /tmp).
+        self.tmp = base / f"tmp-{name}"
+        self.tmp.mkdir()
+        env = sbx_environ({**os.environ, "SBX_ROOT": str(base / "root"), "TMPDIR": str(self.tmp)})
         self.proc = subprocess.Popen(
             [*SBX, "worker", "--broker", broker, "--hostname", name, "--concurrency", str(concurrency),
              "--profile", str(profile), *extra],
@@ -336,6 +339,20 @@ def test_client_api(redis: Redis, workers: list[Worker], tmp_path: Path) -> None
         assert answer["error"]["type"] == "UsageError" and answer["worker"] == worker.hostname
         extra = cluster.app.send_task("sbx.run", args=[{"argv": ["true"]}, "more"], queue="sbx").get(timeout=60)
         assert "exactly one argument" in extra["error"]["message"]
+
+
+def test_worker_leaves_no_temp_dir(redis: Redis, workers: list[Worker], tmp_path: Path) -> None:
+    """Celery's pool makes a directory in the temp dir that only an atexit finalizer removes, and
+    sbx exits without running those: the worker gives it one of its own and removes that."""
+    worker = start(workers, redis, tmp_path, "a")
+    check_numbered(Batch(redis.url, list(numbered(2))).finish(), 2)
+    during = [entry.name for entry in worker.tmp.iterdir()]
+    assert [name[:11] for name in during] == ["sbx-worker-"], during  # the control: TMPDIR is the one used
+    inside = [entry.name for entry in (worker.tmp / during[0]).iterdir()]
+    assert [name[:5] for name in inside] == ["pymp-"], inside  # what the worker must remove
+    worker.stop()
+    assert worker.proc.returncode == 0, "".join(worker.lines)  # Celery's warm shutdown, not the SIGKILL
+    assert list(worker.tmp.iterdir()) == []
 
 
 def test_worker_refuses_bad_options(redis: Redis, tmp_path: Path) -> None:

@@ -96,5 +96,17 @@ def main(args: list[str]) -> int:
         sys.stderr.flush()
 
     worker_ready.connect(ready, weak=False)
-    worker.start()
+    import shutil
+    import tempfile
+
+    # Celery's pool (billiard's shared-memory arenas) makes a pymp-* directory in the temp dir and
+    # leaves its removal to an atexit finalizer, which sbx's exit skips (os._exit, bin/sbx): give
+    # it a directory of ours, removed when the worker ends (a SIGKILL still leaves it, empty).
+    scratch = tempfile.mkdtemp(prefix="sbx-worker-")
+    tempfile.tempdir = scratch
+    try:
+        worker.start()
+    finally:
+        tempfile.tempdir = None
+        shutil.rmtree(scratch, ignore_errors=True)
     return int(worker.exitcode or 0)
