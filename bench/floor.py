@@ -54,6 +54,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from perrun import Launcher, bwrap_argv, spread  # noqa: E402
 
 from sandbox.kernel import linux  # noqa: E402
+from sandbox.runtime.rootfs import mount  # noqa: E402
 
 NAMESPACES = (linux.CLONE_NEWUSER | linux.CLONE_NEWPID | linux.CLONE_NEWNS | linux.CLONE_NEWIPC
               | linux.CLONE_NEWUTS | linux.CLONE_NEWNET)
@@ -98,12 +99,7 @@ def build_root(mounts: bool) -> None:
 
 def attach(tree: int, dir_fd: int, path: str) -> None:
     """move_mount a detached tree onto path (relative to dir_fd), closing it."""
-    target = os.open(path, os.O_PATH | os.O_CLOEXEC, dir_fd=dir_fd)
-    try:
-        linux.move_mount(tree, target)
-    finally:
-        os.close(target)
-        os.close(tree)
+    mount.attach(tree, os.open(path, os.O_PATH | os.O_CLOEXEC, dir_fd=dir_fd))
 
 
 def new_tmpfs(mode: str, attrs: int) -> int:
