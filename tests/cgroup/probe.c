@@ -3,7 +3,10 @@
  *
  *   probe busy                 spin forever
  *   probe spin SECONDS         spin for SECONDS of own CPU time, then print
- *                              "rusage USER SYS" (getrusage of itself) and exit 0
+ *                              "rusage USER SYS START_USER START_SYS" (getrusage of
+ *                              itself at the end, and as main began: what the process
+ *                              used before its own code, in its exec and, under sbx,
+ *                              in the set-up that ran in it before) and exit 0
  *   probe forkbusy N [SECONDS] N children spinning (forever, or SECONDS of CPU
  *                              each); the parent waits for them
  *   probe threads N            N busy threads, forever
@@ -67,11 +70,13 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "busy")) {
         spin(-1);
     } else if (!strcmp(mode, "spin") && argc == 3) {
+        struct rusage start, ru;
+        getrusage(RUSAGE_SELF, &start);
         spin(atof(argv[2]));
-        struct rusage ru;
         getrusage(RUSAGE_SELF, &ru);
-        printf("rusage %ld.%06ld %ld.%06ld\n", (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec,
-               (long)ru.ru_stime.tv_sec, (long)ru.ru_stime.tv_usec);
+        printf("rusage %ld.%06ld %ld.%06ld %ld.%06ld %ld.%06ld\n", (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec,
+               (long)ru.ru_stime.tv_sec, (long)ru.ru_stime.tv_usec, (long)start.ru_utime.tv_sec,
+               (long)start.ru_utime.tv_usec, (long)start.ru_stime.tv_sec, (long)start.ru_stime.tv_usec);
     } else if (!strcmp(mode, "forkbusy") && argc >= 3) {
         int n = atoi(argv[2]);
         double seconds = argc > 3 ? atof(argv[3]) : -1;
