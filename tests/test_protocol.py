@@ -156,3 +156,21 @@ def test_shape_strips_exactly_the_per_run_fields() -> None:
                        "meta", "redirects"}
     assert shape == Spec(argv=(), hostname="h", mounts=(Mount("/x"),), uid=1000, cgroup="/sys/fs/cgroup/x")
     assert shape_of(shape) == shape
+
+
+def test_command_round_trip_keeps_what_the_payload_execs_with() -> None:
+    """The layout C reads too (runtime/waiter.c): unlimited rlimits, undecodable bytes in argv,
+    and an environment naming a variable twice (the last wins, as in the dict execve gets)."""
+    import resource
+
+    command = Command(("prog", os.fsdecode(b"\xff\xfe"), ""), (("A", "1"), ("B", "x=y"), ("A", "2")),
+                      ((resource.RLIMIT_FSIZE, resource.RLIM_INFINITY, resource.RLIM_INFINITY),), (3, 200))
+    decoded = Command.decode(command.encode()[8:])
+    assert decoded == Command(command.argv, (("A", "2"), ("B", "x=y")), command.rlimits, command.pass_fds)
+
+
+@pytest.mark.parametrize("cut", [0, 3, 4, 9, -1])
+def test_command_truncated_or_padded_is_refused(cut: int) -> None:
+    body = Command(("sh", "-c", "true"), (("PATH", "/bin"),), ((7, 64, 64),), (5,), ((0, "/x"),)).encode()[8:]
+    with pytest.raises(ValueError):
+        Command.decode(body[:cut] if cut else body + b"\0")

@@ -56,6 +56,7 @@ def preload() -> None:
     import fcntl  # noqa: F401  (payload._dup_above)
     import select  # noqa: F401  (_orphaned)
     import stat  # noqa: F401  (landlock._kind)
+    import struct  # noqa: F401  (protocol.Command.decode)
 
     from ..seccomp import load  # noqa: F401
     from . import payload, rootfs  # noqa: F401

@@ -15,7 +15,7 @@ import errno
 import os
 import resource
 
-from . import landlock
+from . import landlock, waiter
 from ..kernel import linux
 from ..seccomp import load as seccomp
 from ..errors import EXIT_NOEXEC, EXIT_NOTFOUND, EXIT_SBX
@@ -214,8 +214,25 @@ def _filter_before_command(spec: Spec) -> bool:
     default deny-list allows all sbx does after it, unless the profile denies one of those calls;
     with action "kill" a violation would wait on a listener nobody reads yet, so never then."""
     policy = spec.seccomp
-    return (policy.policy == "default" and policy.action != "kill"
-            and not any(entry.partition("(")[0].strip() in AFTER_COMMAND for entry in policy.deny))
+    return policy.policy == "default" and policy.action != "kill" and not _denies_any(spec, AFTER_COMMAND)
+
+
+def _denies_any(spec: Spec, calls: frozenset[str]) -> bool:
+    return any(entry.partition("(")[0].strip() in calls for entry in spec.seccomp.deny)
+
+
+def _exec_waiter(handoff: Handoff, fds: tuple[int, int, int, int]) -> None:
+    """Become sbx-waiter (waiter.py), which waits for the command and does the rest; returns
+    only if its exec failed (a seccomp profile denying execveat, vm.memfd_noexec), with `fds`
+    close-on-exec again, so the command does not inherit them."""
+    for fd in fds:
+        os.set_inheritable(fd, True)  # the waiter makes them close-on-exec again
+    try:
+        os.execve(handoff.waiter, ["sbx-waiter", *map(str, fds)], {})
+    except OSError:
+        for fd in fds:
+            os.set_inheritable(fd, False)
+    os.close(handoff.waiter)
 
 
 def main(spec: Spec, handoff: Handoff, last_cap: int) -> None:
@@ -242,12 +259,18 @@ def main(spec: Spec, handoff: Handoff, last_cap: int) -> None:
         os.chdir(spec.workdir)
         _drop_privileges(last_cap, ids)
         _fence(spec)
-        linux.close_fds_but([exec_w, release_r, channel_w, handoff.command_r])
+        linux.close_fds_but([exec_w, release_r, channel_w, handoff.command_r, handoff.waiter])
         listener = -1
         program = handoff.seccomp  # the shape's: the same whatever the command
         early = program is not None and _filter_before_command(spec)
         if program is not None and early:
             listener = seccomp.load(program)
+        if handoff.waiter >= 0:
+            # The waiter sends no listener: only where the filter is loaded by now, or there is none.
+            if (early and listener < 0 and not _denies_any(spec, waiter.CALLS)) or program is None:
+                _exec_waiter(handoff, (handoff.command_r, channel_w, release_r, exec_w))
+            else:
+                os.close(handoff.waiter)
         command = protocol.read_command(handoff.command_r)
         if command is None:
             os._exit(EXIT_SBX)  # discarded before use

@@ -67,6 +67,8 @@ class Handoff:
         it maps its one id itself.
     keep_w: Spec.upper_sock's copy (or -1): init sends the kept writable layer's directory
         fd over it once the root is built, then closes it.
+    waiter: a copy of the sealed memfd holding sbx-waiter (waiter.py), or -1: the payload
+        execs it to wait for its command.
 
     Everything that differs from one run to the next comes through command_r and
     channel_w, so a sandbox can be built before its run is known (warm runs).
@@ -81,10 +83,12 @@ class Handoff:
     nft: str | None = None
     maps: tuple[int, int] | None = None
     keep_w: int = -1
+    waiter: int = -1
 
     def payload_only(self) -> tuple[int, ...]:
         """Fds that init must close once the payload has its copies."""
-        return (self.release_r, self.exec_w, self.channel_w, self.command_r)
+        return (self.release_r, self.exec_w, self.channel_w, self.command_r,
+                *((self.waiter,) if self.waiter >= 0 else ()))
 
     def all(self) -> tuple[int, ...]:
         return (self.report_w, *self.payload_only(), *(self.maps or ()), *((self.keep_w,) if self.keep_w >= 0 else ()))
@@ -234,17 +238,77 @@ class Command:
     redirects: tuple[tuple[int, str], ...] = ()  # Spec.redirects: opened by the payload itself
 
     def encode(self) -> bytes:
-        import marshal  # built in, and a data-only format: no code objects are sent
+        """Length-prefixed, in a layout C reads too (waiter.c): little-endian u32 counts and
+        values, rlimits as u32 resource and u64 soft and hard, strings as a u32 length, the
+        bytes, a NUL.  The environment names each variable once (the last value), as the
+        dict the payload execs with does."""
+        import struct  # preloaded by init (init.preload)
 
-        body = marshal.dumps((self.argv, self.env, self.rlimits, self.pass_fds, self.redirects))
+        env = dict(self.env)
+        parts = [*_strings(self.argv), *_strings([f"{k}={v}" for k, v in env.items()]),
+                 struct.pack("<I", len(self.rlimits))]
+        parts += [struct.pack("<IQQ", which, soft & _U64, hard & _U64) for which, soft, hard in self.rlimits]
+        parts.append(struct.pack(f"<I{len(self.pass_fds)}I", len(self.pass_fds), *self.pass_fds))
+        parts.append(struct.pack("<I", len(self.redirects)))
+        for target, path in self.redirects:
+            parts += [struct.pack("<I", target), _string(path)]
+        body = b"".join(parts)
         return len(body).to_bytes(8, "little") + body
 
     @classmethod
     def decode(cls, body: bytes) -> Command:
-        import marshal
+        """ValueError for a body encode() would not write."""
+        import struct
 
-        argv, env, rlimits, pass_fds, redirects = marshal.loads(body)
-        return cls(tuple(argv), tuple(env), tuple(rlimits), tuple(pass_fds), tuple(map(tuple, redirects)))
+        at = 0
+
+        def number() -> int:
+            nonlocal at
+            (value,) = struct.unpack_from("<I", body, at)
+            at += 4
+            return int(value)
+
+        def string() -> str:
+            nonlocal at
+            size = number()
+            end = at + size
+            if end >= len(body) or body[end] != 0:
+                raise ValueError("a malformed command")
+            text = os.fsdecode(body[at:end])
+            at = end + 1
+            return text
+
+        try:
+            argv = tuple(string() for _ in range(number()))
+            env = tuple(tuple(string().partition("=")[::2]) for _ in range(number()))
+            rlimits = []
+            for _ in range(number()):
+                which, soft, hard = struct.unpack_from("<IQQ", body, at)
+                at += 20
+                rlimits.append((which, _rlim(soft), _rlim(hard)))
+            pass_fds = tuple(number() for _ in range(number()))
+            redirects = tuple((number(), string()) for _ in range(number()))
+        except struct.error:
+            raise ValueError("a malformed command") from None
+        if at != len(body):
+            raise ValueError("a malformed command")
+        return cls(argv, env, tuple(rlimits), pass_fds, redirects)  # type: ignore[arg-type]
+
+
+_U64 = (1 << 64) - 1  # RLIM_INFINITY is -1 to Python, all ones to the kernel
+
+
+def _rlim(value: int) -> int:
+    return -1 if value == _U64 else value
+
+
+def _string(text: str) -> bytes:
+    data = os.fsencode(text)
+    return len(data).to_bytes(4, "little") + data + b"\0"
+
+
+def _strings(texts: tuple[str, ...] | list[str]) -> list[bytes]:
+    return [len(texts).to_bytes(4, "little"), *map(_string, texts)]
 
 
 def _read_exact(fd: int, size: int) -> bytes | None:

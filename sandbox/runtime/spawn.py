@@ -160,12 +160,14 @@ class Prepared:
         return self.reaped
 
 
-def spawn(shape: Spec, program: bytes | None, nft: str | None) -> tuple[int, tuple[int, int, int, int, int]]:
+def spawn(shape: Spec, program: bytes | None, nft: str | None,
+          waiter: int = -1) -> tuple[int, tuple[int, int, int, int, int]]:
     """Start a sandbox: clone its init into new namespaces (init.start), from this process, or
     where this process has other threads from a forked entry process.  Returns the pid of our
     child (init, or the entry process), and our ends: report_r, release_w, exec_r, command_w
     and the channel socket's fd (all close-on-exec).  For id ranges, returns once init's user
-    namespace is mapped."""
+    namespace is mapped.  `waiter`: the memfd of sbx-waiter (waiter.open_program), or -1; the
+    sandbox gets a copy."""
     ranges = None
     if shape.id_ranges:
         from ..kernel import idmap
@@ -190,7 +192,8 @@ def spawn(shape: Spec, program: bytes | None, nft: str | None) -> tuple[int, tup
     ours.setsockopt(_socket.SOL_SOCKET, _socket.SO_PASSCRED, 1)
     channel_w = theirs.detach()
     keep_w = os.dup(shape.upper_sock) if shape.upper_sock >= 0 else -1  # the caller keeps its own
-    handoff = Handoff(report_w, release_r, exec_w, channel_w, command_r, program, nft, maps, keep_w)
+    handoff = Handoff(report_w, release_r, exec_w, channel_w, command_r, program, nft, maps, keep_w,
+                      os.dup(waiter) if waiter >= 0 else -1)
     ends = (report_r, release_w, exec_r, command_w)
     supervisor = os.getpid()
     try:

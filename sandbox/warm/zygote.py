@@ -20,6 +20,9 @@ maps itself (kernel/idmap.available), so each sandbox still gets a user namespac
 nested in that one and mapping the same ids, without two helper processes per sandbox: they
 cost 5 ms of CPU and as much latency per run.  The zygote relays those requests and replies.
 
+The zygote copies sbx-waiter into a sealed memfd once (runtime/waiter.py), and every sandbox it
+or its holder forks gets a copy of that fd: its payload execs it to wait for the command.
+
 Requests and replies are one SOCK_SEQPACKET message each:
     request: a kind byte (RANGED for a shape with Spec.id_ranges, else PLAIN), then the
              pickle of (shape Spec, seccomp program, nft script)
@@ -117,10 +120,15 @@ def main(sock_fd: int, parent: int) -> None:
     # in a sandbox's processes (forks of this one) never writes to those objects' headers, a
     # copy-on-write fault per page touched.
     gc.freeze()
-    holder = _Holder()
+    from ..runtime import waiter
+
+    program = waiter.open_program()  # once: every sandbox we fork gets a copy of this fd
+    holder = _Holder(program)
 
     def answer(request: bytes) -> Reply:
-        return holder.relay(request[1:]) if request[:1] == RANGED and holder.wanted() else _spawn(request[1:])
+        if request[:1] == RANGED and holder.wanted():
+            return holder.relay(request[1:])
+        return _spawn(request[1:], program)
 
     _serve(_socket.socket(fileno=sock_fd), answer)
     holder.close()  # it ends at EOF once its sandboxes have
@@ -159,8 +167,9 @@ def _error(message: str) -> Reply:
     return [marshal.dumps(("error", message))], []
 
 
-def _spawn(request: bytes) -> Reply:
-    """Fork the sandbox a request asks for, from this process (in whichever user namespace it is)."""
+def _spawn(request: bytes, waiter: int) -> Reply:
+    """Fork the sandbox a request asks for, from this process (in whichever user namespace it is);
+    `waiter`: the memfd of sbx-waiter, or -1."""
     import marshal
     import pickle
 
@@ -169,7 +178,7 @@ def _spawn(request: bytes) -> Reply:
 
     try:
         shape, program, nft = pickle.loads(request)
-        child, ends = spawn.spawn(shape, program, nft)
+        child, ends = spawn.spawn(shape, program, nft, waiter)
     except (SbxError, OSError) as exc:
         return _error(f"cannot start the sandbox: {exc}")
     return [marshal.dumps((child,))], fds_message((*ends, os.pidfd_open(child)))
@@ -179,9 +188,10 @@ class _Holder:
     """The zygote's child in a user namespace mapping the caller's id ranges (started on first
     use), where sandboxes can map them without the setuid helpers."""
 
-    def __init__(self) -> None:
+    def __init__(self, waiter: int) -> None:
         self.sock: _socket.socket | None = None
         self.needed: bool | None = None
+        self.waiter = waiter
 
     def wanted(self) -> bool:
         """Whether ranged sandboxes go through it: only where the helpers would map them."""
@@ -201,7 +211,7 @@ class _Holder:
         for _ in range(2):  # once more with a new holder if the one we had has died
             if self.sock is None:
                 try:
-                    self.sock = _start_holder()
+                    self.sock = _start_holder(self.waiter)
                 except (SbxError, OSError) as exc:
                     return _error(f"cannot start the sandbox: {exc}")
             try:
@@ -220,9 +230,9 @@ class _Holder:
             self.sock = None
 
 
-def _start_holder() -> _socket.socket:
+def _start_holder(waiter: int) -> _socket.socket:
     """A child of ours in a new user namespace mapping the caller's id ranges, forking sandboxes
-    there as asked on the socket returned."""
+    there as asked on the socket returned (`waiter`: the memfd of sbx-waiter, kept, or -1)."""
     import _socket
     import signal as _signal
 
@@ -240,7 +250,7 @@ def _start_holder() -> _socket.socket:
     if child == 0:
         try:
             # Only our own fds: the Runner's socket is the zygote's to read.
-            linux.close_fds_but((theirs.fileno(), asked_w, mapped_r))
+            linux.close_fds_but((theirs.fileno(), asked_w, mapped_r, *((waiter,) if waiter >= 0 else ())))
             linux.prctl(linux.PR_SET_PDEATHSIG, _signal.SIGKILL)
             linux.set_name("sbx-userns")
             if os.getppid() != zygote:
@@ -250,7 +260,7 @@ def _start_holder() -> _socket.socket:
                 os._exit(1)  # the zygote could not map us; it says why
             os.close(asked_w)
             os.close(mapped_r)
-            _serve(theirs, _spawn)
+            _serve(theirs, lambda request: _spawn(request, waiter))
             theirs.close()
             _wait_all()
         finally:

@@ -1,0 +1,61 @@
+"""sbx-waiter, the compiled end of a warm payload (waiter.c): where it is, and when it is used.
+
+A warm sandbox is built before its command is known; its payload waits for the command.  The
+command's execve then tears down the payload's address space, a copy of the interpreter: ~0.9 ms
+on every warm run's path (bench/floor.py).  So where the program was built (setup.py, where a C
+compiler is), the payload does all the shape decides in Python, then execs the waiter, which
+does the rest (payload.py's steps after the command wait) from a few pages.
+
+The Runner's zygote copies the program into a sealed memfd once (open_program), and every
+sandbox execs that: the installed file lies outside the sandbox's root, where Landlock would not
+let it be executed, and the payload, the caller's own uid without id ranges, could change a file
+the caller owns; nobody can change a sealed memfd.  Without the program, or where its exec
+fails, the payload goes on in Python: same messages, same results.
+"""
+
+from __future__ import annotations
+
+import os
+
+PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sbx-waiter")
+
+# Every system call the waiter makes from its exec on (static glibc's start-up included; execveat
+# is the payload's own, to start it).  A seccomp filter loaded before the command wait that denies
+# one of these keeps the payload in Python (payload._use_waiter).
+CALLS = frozenset((
+    "execve", "execveat", "brk", "arch_prctl", "set_tid_address", "set_robust_list", "rseq", "prlimit64",
+    "setrlimit", "getrlimit", "readlink", "readlinkat", "getrandom", "mprotect", "mmap", "munmap", "fcntl",
+    "prctl", "read", "write", "close", "recvmsg", "dup2", "dup3", "open", "openat", "sendmsg", "uname",
+    "exit", "exit_group"))
+
+_MFD_EXEC = 0x10  # Linux 6.3: says the memfd may be executed (else vm.memfd_noexec may warn or refuse)
+
+
+def open_program() -> int:
+    """A sealed, close-on-exec memfd holding the program; -1 where it was not built, or where it
+    cannot be copied (no memfd, no sealing)."""
+    import fcntl
+
+    try:
+        with open(PROGRAM, "rb") as source:
+            data = source.read()
+    except OSError:
+        return -1
+    flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
+    try:
+        try:
+            fd = os.memfd_create("sbx-waiter", flags | _MFD_EXEC)
+        except OSError:
+            fd = os.memfd_create("sbx-waiter", flags)  # before 6.3: every memfd may be executed
+    except OSError:
+        return -1
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                    fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+    except OSError:
+        os.close(fd)
+        return -1
+    return fd
