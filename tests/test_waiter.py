@@ -386,13 +386,22 @@ def test_a_failing_exec_of_the_waiter_falls_back(tmp_path: Path) -> None:
 
 
 def test_results_match_the_python_payload(tmp_path: Path) -> None:
-    """The same commands warm (the waiter) and cold (`sbx run`: the Python payload, no waiter):
-    the same verdicts, codes and messages."""
+    """The same commands with the waiter (the default profile) and without it (a profile denying
+    rseq, which the waiter's libc calls: the payload does it all in Python), cold and warm: the
+    same exit codes, output and messages."""
     from conftest import sbx
 
-    cases = [["no-such-command-sbx"], ["/etc/passwd"], ["sh", "-c", "ulimit -n; exit 3"]]
-    with Runner(root=str(tmp_path / "store"), options=["--open-files", "50"]) as runner:
-        warm = [runner.run(argv) for argv in cases]
-    cold = [sbx("run", "--open-files", "50", "--", *argv) for argv in cases]
-    assert [r.exit_code for r in warm] == [c.returncode for c in cold] == [127, 126, 3]
-    assert warm[2].stdout == cold[2].stdout.encode() == b"50\n"
+    python = tmp_path / "python.toml"
+    python.write_text('extends = "default"\n\n[seccomp]\ndeny = ["rseq"]\n')
+    cases = [["no-such-command-sbx"], ["/etc/passwd"], ["sh", "-c", "ulimit -n; echo err >&2; exit 3"]]
+    seen = []
+    for profile in ("default", str(python)):
+        cold = [sbx("run", "--profile", profile, "--open-files", "50", "--", *argv) for argv in cases]
+        seen.append([(c.returncode, c.stdout, c.stderr) for c in cold])
+        with Runner(profile=profile, root=str(tmp_path / "store"), options=["--open-files", "50"]) as runner:
+            warm = [runner.run(argv) for argv in cases]
+        seen.append([(r.exit_code, (r.stdout or b"").decode(), (r.stderr or b"").decode()) for r in warm])
+    assert [code for code, _, _ in seen[0]] == [127, 126, 3]
+    assert seen[0][2][:2] == (3, "50\n")
+    assert seen[0] == seen[2], "cold runs differ with and without the waiter"
+    assert seen[1] == seen[3], "warm runs differ with and without the waiter"

@@ -141,6 +141,8 @@ def _redirect(redirects: tuple[tuple[int, str], ...]) -> None:
         if fd != target:
             os.dup2(fd, target)
             os.close(fd)
+        else:
+            os.set_inheritable(fd, True)  # os.open's fds close on exec
 
 
 def _set_rlimits(rlimits: tuple[tuple[int, int, int], ...]) -> None:
@@ -221,6 +223,12 @@ def _denies_any(spec: Spec, calls: frozenset[str]) -> bool:
     return any(entry.partition("(")[0].strip() in calls for entry in spec.seccomp.deny)
 
 
+def waits_in_waiter(spec: Spec, program: bytes | None) -> bool:
+    """Whether this shape's payload may wait in sbx-waiter (waiter.py): with no filter, or one
+    loaded before the command wait that denies nothing the waiter calls (it sends no listener)."""
+    return program is None or (_filter_before_command(spec) and not _denies_any(spec, waiter.CALLS))
+
+
 def _exec_waiter(handoff: Handoff, fds: tuple[int, int, int, int]) -> None:
     """Become sbx-waiter (waiter.py), which waits for the command and does the rest; returns
     only if its exec failed (a seccomp profile denying execveat, vm.memfd_noexec), with `fds`
@@ -266,8 +274,7 @@ def main(spec: Spec, handoff: Handoff, last_cap: int) -> None:
         if program is not None and early:
             listener = seccomp.load(program)
         if handoff.waiter >= 0:
-            # The waiter sends no listener: only where the filter is loaded by now, or there is none.
-            if (early and listener < 0 and not _denies_any(spec, waiter.CALLS)) or program is None:
+            if listener < 0 and waits_in_waiter(spec, program):
                 _exec_waiter(handoff, (handoff.command_r, channel_w, release_r, exec_w))
             else:
                 os.close(handoff.waiter)

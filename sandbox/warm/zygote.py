@@ -122,7 +122,7 @@ def main(sock_fd: int, parent: int) -> None:
     gc.freeze()
     from ..runtime import waiter
 
-    program = waiter.open_program()  # once: every sandbox we fork gets a copy of this fd
+    program = waiter.open_program()  # once: every sandbox we fork gets a copy of this fd (if it waits there)
     holder = _Holder(program)
 
     def answer(request: bytes) -> Reply:
@@ -174,11 +174,11 @@ def _spawn(request: bytes, waiter: int) -> Reply:
     import pickle
 
     from ..errors import SbxError
-    from ..runtime import spawn
+    from ..runtime import payload, spawn
 
     try:
         shape, program, nft = pickle.loads(request)
-        child, ends = spawn.spawn(shape, program, nft, waiter)
+        child, ends = spawn.spawn(shape, program, nft, waiter if payload.waits_in_waiter(shape, program) else -1)
     except (SbxError, OSError) as exc:
         return _error(f"cannot start the sandbox: {exc}")
     return [marshal.dumps((child,))], fds_message((*ends, os.pidfd_open(child)))
