@@ -1,7 +1,9 @@
 """Pid 2: wait for the supervisor's release, shed every privilege, exec.
 
 Runs in a fork of init after the root is pivoted.  Nothing here may return:
-every path ends in execve or os._exit.
+every path ends in execve or os._exit.  Where sbx-waiter was built and the
+seccomp policy allows (waits_in_waiter), the steps after the command wait are
+its (waiter.c), from a small address space; else they are done here.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-/* sbx-waiter: a warm payload's last steps, from a small address space.
+/* sbx-waiter: a payload's last steps, from a small address space.
  *
  * The Python payload (payload.py) does all a run's shape decides (ids, capabilities, Landlock,
  * the seccomp filter), then, before its command is known, execs this program from a sealed

@@ -1,13 +1,14 @@
 """sbx-waiter, the compiled end of a warm payload (waiter.c): where it is, and when it is used.
 
-A warm sandbox is built before its command is known; its payload waits for the command.  The
-command's execve then tears down the payload's address space, a copy of the interpreter: ~0.9 ms
-on every warm run's path (bench/floor.py).  So where the program was built (setup.py, where a C
-compiler is), the payload does all the shape decides in Python, then execs the waiter, which
-does the rest (payload.py's steps after the command wait) from a few pages.
+A payload waits for its command (a warm sandbox is built before it is known).  The command's
+execve then tears down the payload's address space, a copy of the interpreter: ~0.9 ms on every
+warm run's path (bench/floor.py), and counted in the run cgroup's CPU figure.  So where the
+program was built (setup.py, where a C compiler is), the payload does all the shape decides in
+Python, then execs the waiter, which does the rest (payload.py's steps after the command wait)
+from a few pages.
 
-The Runner's zygote copies the program into a sealed memfd once (open_program), and every
-sandbox execs that: the installed file lies outside the sandbox's root, where Landlock would not
+The Runner's zygote copies the program into a sealed memfd once (open_program; `sbx run` once
+per run, spawn.Prepared.start), and the sandboxes exec that: the installed file lies outside the sandbox's root, where Landlock would not
 let it be executed, and the payload, the caller's own uid without id ranges, could change a file
 the caller owns; nobody can change a sealed memfd.  Without the program, or where its exec
 fails, the payload goes on in Python: same messages, same results.
