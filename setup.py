@@ -1,14 +1,15 @@
 """Builds the one compiled part of sbx, where a C compiler is: sandbox/runtime/sbx-waiter.
 
 pyproject.toml holds everything else.  The program is optional (sandbox/runtime/waiter.py):
-without a compiler, or when the build fails, the install goes on without it and sbx does its
-work in Python, a little slower on warm runs.  $CC names the compiler (default: cc);
+without a compiler, or when the build fails (an architecture waiter.c has no glue for), the
+install goes on without it and sbx does its work in Python, a little slower on warm runs.  $CC names the compiler (default: cc);
 CC=false builds a wheel without it.
 """
 
 from __future__ import annotations
 
 import os
+import runpy
 import shlex
 import subprocess
 import sys
@@ -41,22 +42,19 @@ class BuildWaiter(Command):
         target = self._target()
         os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
         compiler = shlex.split(os.environ.get("CC") or "cc")
-        flags = ["-O2", "-Wall", "-std=gnu11"]
-        # Static where libc.a is there: no dynamic loader at its exec, and it runs in any image
-        # (a musl one has no glibc loader).  Else dynamic, which works in images with glibc.
-        for link in (["-static"], []):
-            try:
-                done = subprocess.run([*compiler, *flags, *link, "-o", target, SOURCE], capture_output=True)
-            except OSError as exc:
-                print(f"sbx: no C compiler ({exc}): sbx-waiter left out; warm runs do its work in Python",
-                      file=sys.stderr)
-                return
-            if done.returncode == 0:
-                return
-        print("sbx: sbx-waiter did not compile; warm runs do its work in Python:\n"
-              + done.stderr.decode(errors="replace"), file=sys.stderr)
-        if os.path.exists(target):
-            os.unlink(target)
+        # waiter.py's flags, read without importing the package (setup.py runs before it is built)
+        flags = list(runpy.run_path(os.path.join("sandbox", "runtime", "waiter.py"))["CFLAGS"])
+        try:
+            done = subprocess.run([*compiler, *flags, "-o", target, SOURCE], capture_output=True)
+        except OSError as exc:
+            print(f"sbx: no C compiler ({exc}): sbx-waiter left out; the payload does its work in Python",
+                  file=sys.stderr)
+            return
+        if done.returncode != 0:
+            print("sbx: sbx-waiter did not compile; the payload does its work in Python:\n"
+                  + done.stderr.decode(errors="replace"), file=sys.stderr)
+            if os.path.exists(target):
+                os.unlink(target)
 
     def get_outputs(self) -> list[str]:
         target = self._target()

@@ -15,6 +15,11 @@ test_user=${SBX_TEST_USER:-sbxtest}
 # renders the page; patchelf: python310 below.
 # redis-server: the cluster's broker in tests/test_cluster.py and test_image_push.py (the `cluster` extra).
 packages=(python3 python3-venv python3-dev gcc g++ libc6-dev libseccomp2 bubblewrap passt slirp4netns nftables uidmap golang-go openjdk-17-jdk-headless busybox-static zstd docker-registry skopeo openssl zsh bash-completion groff-base patchelf redis-server)
+# tests/test_waiter.py builds sbx-waiter for the other architecture it supports too, and runs it under qemu.
+case "$(uname -m)" in
+  x86_64) packages+=(gcc-aarch64-linux-gnu linux-libc-dev-arm64-cross qemu-user-static) ;;
+  aarch64) packages+=(gcc-x86-64-linux-gnu linux-libc-dev-amd64-cross qemu-user-static) ;;
+esac
 
 if [ "$(id -u)" = 0 ]; then
   venv=${SBX_VENV:-/opt/sbx-test-venv}

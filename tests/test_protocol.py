@@ -174,3 +174,9 @@ def test_command_truncated_or_padded_is_refused(cut: int) -> None:
     body = Command(("sh", "-c", "true"), (("PATH", "/bin"),), ((7, 64, 64),), (5,), ((0, "/x"),)).encode()[8:]
     with pytest.raises(ValueError):
         Command.decode(body[:cut] if cut else body + b"\0")
+
+
+def test_exec_pipe_errno_and_what() -> None:
+    """sbx-waiter has no strerror: it sends the errno, and the supervisor words it."""
+    assert protocol.decode_exec(b'F 2 open("/x")') == SetupFailed('open("/x"): No such file or directory')
+    assert protocol.decode_exec(b"F x y") == SetupFailed("x y")

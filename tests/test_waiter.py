@@ -13,8 +13,11 @@ import _socket
 import errno
 import fcntl
 import os
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -34,11 +37,36 @@ def test_the_program_was_built() -> None:
     assert os.access(waiter.PROGRAM, os.R_OK), f"{waiter.PROGRAM} was not built"
 
 
+# The other architecture waiter.c has glue for, by this one: its cross compiler and the qemu that
+# runs its build here (test.sh installs both).
+OTHER = {"x86_64": ("aarch64-linux-gnu-gcc", "qemu-aarch64-static"),
+         "aarch64": ("x86_64-linux-gnu-gcc", "qemu-x86_64-static")}
+
+
+@dataclass(frozen=True)
+class Build:
+    program: str
+    launcher: tuple[str, ...] = ()  # qemu, for the other architecture's build
+
+
+@pytest.fixture(scope="module", params=["native", "other architecture"])
+def build(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Build:
+    """The installed program, and waiter.c built for the other architecture, run under qemu."""
+    if request.param == "native":
+        return Build(waiter.PROGRAM)
+    compiler, qemu = OTHER[os.uname().machine]
+    program = str(tmp_path_factory.mktemp("other") / "sbx-waiter")
+    built = subprocess.run([compiler, *waiter.CFLAGS, "-o", program, waiter.SOURCE], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    return Build(program, (shutil.which(qemu) or qemu,))
+
+
 class Run:
     """One start of the program on fresh pipes, as a sandbox's payload execs it: its four fds at
-    `fd_base` and up (else where they were made), nothing else open but 0-2."""
+    `fd_base` and up (else where they were made), nothing else open but 0-2.  `memfd`: exec
+    that fd instead (the zygote's sealed copy)."""
 
-    def __init__(self, program: str | int = waiter.PROGRAM, fd_base: int = 0) -> None:
+    def __init__(self, build: Build, fd_base: int = 0, memfd: int = -1) -> None:
         command_r, self.command_w = os.pipe()
         release_r, self.release_w = os.pipe()
         self.exec_r, exec_w = os.pipe()
@@ -50,10 +78,10 @@ class Run:
         if self.pid == 0:
             try:
                 lifted = [os.dup2(fd, 200 + i, inheritable=False) for i, fd in enumerate(ends)]
-                image = program if isinstance(program, str) else os.dup2(program, 210, inheritable=False)
+                image = os.dup2(memfd, 210, inheritable=False) if memfd >= 0 else -1
                 for high, target in zip(lifted, targets):
                     os.dup2(high, target)
-                keep = sorted({0, 1, 2, *targets, *([image] if isinstance(image, int) else [])})
+                keep = sorted({0, 1, 2, *targets, *([image] if image >= 0 else [])})
                 os.closerange(keep[-1] + 1, 1 << 16)
                 for fd in range(3, keep[-1]):
                     if fd not in keep:
@@ -61,7 +89,13 @@ class Run:
                             os.close(fd)
                         except OSError:
                             pass
-                os.execve(image, ["sbx-waiter", *map(str, targets)], {})
+                args = [str(fd) for fd in targets]
+                if image >= 0:
+                    os.execve(image, ["sbx-waiter", *args], {})
+                elif build.launcher:
+                    os.execve(build.launcher[0], [*build.launcher, build.program, *args], {})
+                else:
+                    os.execve(build.program, ["sbx-waiter", *args], {})
             finally:
                 os._exit(99)
         for fd in ends:
@@ -120,10 +154,10 @@ def stdio(tmp_path: Path) -> Iterator[tuple[int, int, int, Path]]:
         os.close(fd)
 
 
-def run(command: Command, fds: tuple[int, ...], fd_base: int = 0,
+def run(build: Build, command: Command, fds: tuple[int, ...], fd_base: int = 0,
         ready: bool = True) -> tuple[int, protocol.ExecOutcome | None]:
     """Exit status and exec outcome; `ready`: whether it says ready (else it fails before)."""
-    r = Run(fd_base=fd_base)
+    r = Run(build, fd_base=fd_base)
     r.send(command, fds)
     if ready:
         assert r.ready() == r.pid  # the credentials name the program itself
@@ -134,25 +168,25 @@ def text(path: Path) -> str:
     return path.read_text()
 
 
-def test_execs_with_argv_env_and_path_search(stdio: tuple[int, int, int, Path]) -> None:
+def test_execs_with_argv_env_and_path_search(build: Build, stdio: tuple[int, int, int, Path]) -> None:
     stdin, out, err, tmp = stdio
     command = Command(("sh", "-c", 'echo "$0|$1|$X|$PATH"; env | sort', "a b"), (*PATH, ("X", "é ü"), ("X", "last")),
                       ())
-    status, outcome = run(command, (stdin, out, err))
+    status, outcome = run(build, command, (stdin, out, err))
     assert (status, outcome) == (0, None)
     lines = text(tmp / "out").splitlines()
     assert lines[0] == "a b||last|/usr/bin:/bin"
     assert sorted(line.split("=")[0] for line in lines[1:]) == ["PATH", "PWD", "X"]  # sh adds PWD
 
 
-def test_fds_land_on_their_numbers_and_nothing_else_leaks(stdio: tuple[int, int, int, Path]) -> None:
+def test_fds_land_on_their_numbers_and_nothing_else_leaks(build: Build, stdio: tuple[int, int, int, Path]) -> None:
     """stdin, stdout, stderr and the --pass-fd ones; the program's own fds sit where targets go
     (fd_base), so it must lift them first; the command sees none of them."""
     stdin, out, err, tmp = stdio
     extra_r, extra_w = os.pipe()
     try:
         command = Command(("sh", "-c", "ls /proc/self/fd; echo to-9 >&9; echo to-err >&2"), PATH, (), (5, 9))
-        status, outcome = run(command, (stdin, out, err, extra_r, extra_w), fd_base=5)
+        status, outcome = run(build, command, (stdin, out, err, extra_r, extra_w), fd_base=5)
         os.close(extra_w)
         extra_w = -1
         assert (status, outcome) == (0, None)
@@ -165,45 +199,45 @@ def test_fds_land_on_their_numbers_and_nothing_else_leaks(stdio: tuple[int, int,
             os.close(extra_w)
 
 
-def test_redirects(stdio: tuple[int, int, int, Path]) -> None:
+def test_redirects(build: Build, stdio: tuple[int, int, int, Path]) -> None:
     stdin, out, err, tmp = stdio
     (tmp / "in").write_text("input\n")
     command = Command(("sh", "-c", "cat; echo both >&2; echo six >&6"), PATH, (), (),
                       ((0, str(tmp / "in")), (1, str(tmp / "new")), (2, ""), (6, str(tmp / "six"))))
-    status, outcome = run(command, (stdin, out, err))
+    status, outcome = run(build, command, (stdin, out, err))
     assert (status, outcome) == (0, None)
     assert text(tmp / "new") == "input\nboth\n"  # "" copies fd 1
     assert text(tmp / "six") == "six\n"
     assert text(tmp / "err") == ""
 
 
-def test_a_redirect_that_cannot_open(stdio: tuple[int, int, int, Path]) -> None:
+def test_a_redirect_that_cannot_open(build: Build, stdio: tuple[int, int, int, Path]) -> None:
     stdin, out, err, tmp = stdio
     missing = str(tmp / "no" / "such")
-    status, outcome = run(Command(("true",), PATH, (), (), ((0, missing),)), (stdin, out, err), ready=False)
+    status, outcome = run(build, Command(("true",), PATH, (), (), ((0, missing),)), (stdin, out, err), ready=False)
     assert status == 125
     assert outcome == SetupFailed(f'open("{missing}"): No such file or directory')
 
 
-def test_rlimits(stdio: tuple[int, int, int, Path]) -> None:
+def test_rlimits(build: Build, stdio: tuple[int, int, int, Path]) -> None:
     import resource
 
     stdin, out, err, tmp = stdio
     limits = ((resource.RLIMIT_NOFILE, 77, 88), (resource.RLIMIT_FSIZE, 1 << 40, resource.RLIM_INFINITY))
     script = "ulimit -Sn; ulimit -Hn; ulimit -Sf; ulimit -Hf; ulimit -c"
-    status, outcome = run(Command(("sh", "-c", script), PATH, limits), (stdin, out, err))
+    status, outcome = run(build, Command(("sh", "-c", script), PATH, limits), (stdin, out, err))
     assert (status, outcome) == (0, None)
     assert text(tmp / "out").split() == ["77", "88", str((1 << 40) // 512), "unlimited", "0"]
 
 
-def test_a_limit_it_may_not_raise(stdio: tuple[int, int, int, Path]) -> None:
+def test_a_limit_it_may_not_raise(build: Build, stdio: tuple[int, int, int, Path]) -> None:
     import resource
 
     stdin, out, err, _ = stdio
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if os.getuid() == 0:
         pytest.skip("root may raise a hard limit")
-    status, outcome = run(Command(("true",), PATH, ((resource.RLIMIT_NOFILE, hard + 1, hard + 1),)),
+    status, outcome = run(build, Command(("true",), PATH, ((resource.RLIMIT_NOFILE, hard + 1, hard + 1),)),
                           (stdin, out, err), ready=False)
     assert (status, outcome) == (125, SetupFailed("setrlimit: Operation not permitted"))
 
@@ -217,52 +251,52 @@ def test_a_limit_it_may_not_raise(stdio: tuple[int, int, int, Path]) -> None:
     (("passwd",), "/nonexistent:/etc:/no/such", 126, errno.EACCES),
     (("sh",), "/nonexistent:/etc/passwd:/bin/", 0, 0),  # "/bin/" + "sh": no doubled slash needed
 ])
-def test_exec_failures_say_the_errno(stdio: tuple[int, int, int, Path], argv: tuple[str, ...], path: str,
+def test_exec_failures_say_the_errno(build: Build, stdio: tuple[int, int, int, Path], argv: tuple[str, ...], path: str,
                                      code: int, err: int) -> None:
     stdin, out, stderr, _ = stdio
     command = Command((*argv, "-c", "exit 0") if argv == ("sh",) else argv, (("PATH", path),), ())
-    status, outcome = run(command, (stdin, out, stderr))
+    status, outcome = run(build, command, (stdin, out, stderr))
     assert (status, outcome) == (code, ExecFailed(err) if err else None)
 
 
-def test_without_path_searches_bin_and_usr_bin(stdio: tuple[int, int, int, Path]) -> None:
+def test_without_path_searches_bin_and_usr_bin(build: Build, stdio: tuple[int, int, int, Path]) -> None:
     stdin, out, err, tmp = stdio
-    status, outcome = run(Command(("echo", "found"), (), ()), (stdin, out, err))
+    status, outcome = run(build, Command(("echo", "found"), (), ()), (stdin, out, err))
     assert (status, outcome) == (0, None)
     assert text(tmp / "out") == "found\n"
 
 
-def test_embedded_null_byte(stdio: tuple[int, int, int, Path]) -> None:
+def test_embedded_null_byte(build: Build, stdio: tuple[int, int, int, Path]) -> None:
     stdin, out, err, _ = stdio
-    status, outcome = run(Command(("echo", "a\0b"), PATH, ()), (stdin, out, err), ready=False)
+    status, outcome = run(build, Command(("echo", "a\0b"), PATH, ()), (stdin, out, err), ready=False)
     assert (status, outcome) == (125, SetupFailed("embedded null byte"))
 
 
-def test_the_wrong_number_of_fds(stdio: tuple[int, int, int, Path]) -> None:
+def test_the_wrong_number_of_fds(build: Build, stdio: tuple[int, int, int, Path]) -> None:
     stdin, out, err, _ = stdio
-    r = Run()
+    r = Run(build)
     r.send(Command(("true",), PATH, (), (7,)), (stdin, out, err))
     assert r.finish(release=False) == (125, SetupFailed("the supervisor sent the wrong number of descriptors"))
 
 
-def test_discarded_unused_exits_quietly() -> None:
-    r = Run()
+def test_discarded_unused_exits_quietly(build: Build) -> None:
+    r = Run(build)
     os.close(r.command_w)
     r.command_w = -1
     assert r.finish(release=False) == (125, None)
 
 
-def test_never_runs_unreleased(stdio: tuple[int, int, int, Path]) -> None:
+def test_never_runs_unreleased(build: Build, stdio: tuple[int, int, int, Path]) -> None:
     """EOF on the release pipe: the supervisor is gone, so no exec."""
     stdin, out, err, tmp = stdio
-    r = Run()
+    r = Run(build)
     r.send(Command(("sh", "-c", "echo ran"), PATH, ()), (stdin, out, err))
     r.ready()
     status, outcome = r.finish(release=False)
     assert status == 125 and text(tmp / "out") == ""
 
 
-def test_malformed_commands_fail_cleanly(stdio: tuple[int, int, int, Path]) -> None:
+def test_malformed_commands_fail_cleanly(build: Build, stdio: tuple[int, int, int, Path]) -> None:
     """Every truncation of a valid command, and corrupted counts: exit 125 with a message, never
     a crash (the supervisor writes the command, but C must not trust a length)."""
     stdin, out, err, _ = stdio
@@ -271,12 +305,12 @@ def test_malformed_commands_fail_cleanly(stdio: tuple[int, int, int, Path]) -> N
     bodies += [b"\xff\xff\xff\xff" + body[4:], body[:4] + b"\xff\xff\xff\x7f" + body[8:], body + b"x"]
     results = []
     for broken in bodies:
-        r = Run()
+        r = Run(build)
         r.send(len(broken).to_bytes(8, "little") + broken, ())
         results.append(r.finish(release=False))
     assert all(status == 125 for status, _ in results), results
     assert {outcome for _, outcome in results} <= {SetupFailed("the supervisor sent a malformed command")}
-    r = Run()
+    r = Run(build)
     r.send((1 << 40).to_bytes(8, "little"), ())  # a length beyond any command
     assert r.finish(release=False) == (125, SetupFailed("the supervisor sent a malformed command"))
 
@@ -294,7 +328,7 @@ def test_from_the_sealed_memfd(stdio: tuple[int, int, int, Path]) -> None:
         with pytest.raises(PermissionError):
             with open(f"/proc/self/fd/{fd}", "r+b") as f:
                 f.write(b"\0")
-        r = Run(program=fd)
+        r = Run(Build(waiter.PROGRAM), memfd=fd)
         r.send(Command(("echo", "from memfd"), PATH, ()), (stdin, out, err))
         r.ready()
         assert r.finish() == (0, None)
@@ -359,7 +393,7 @@ def test_warm_payloads_wait_in_the_waiter(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("deny, payload, expect", [
-    (("rseq",), "sbx-payload", "dup2 ok"),  # the waiter's libc calls it at start: Python goes on
+    (("prctl",), "sbx-payload", "dup2 ok"),  # the waiter names itself with it: Python goes on
     (("dup2", "dup3"), "sbx-payload", "dup2 EPERM"),  # loaded last, after the wait: no waiter
     ((), "sbx-waiter", "dup2 ok"),
 ])
@@ -387,12 +421,12 @@ def test_a_failing_exec_of_the_waiter_falls_back(tmp_path: Path) -> None:
 
 def test_results_match_the_python_payload(tmp_path: Path) -> None:
     """The same commands with the waiter (the default profile) and without it (a profile denying
-    rseq, which the waiter's libc calls: the payload does it all in Python), cold and warm: the
-    same exit codes, output and messages."""
+    prctl, which the waiter calls: the payload does it all in Python), cold and warm: the same
+    exit codes, output and messages."""
     from conftest import sbx
 
     python = tmp_path / "python.toml"
-    python.write_text('extends = "default"\n\n[seccomp]\ndeny = ["rseq"]\n')
+    python.write_text('extends = "default"\n\n[seccomp]\ndeny = ["prctl"]\n')
     cases = [["no-such-command-sbx"], ["/etc/passwd"], ["sh", "-c", "ulimit -n; echo err >&2; exit 3"]]
     seen = []
     for profile in ("default", str(python)):

@@ -486,4 +486,8 @@ def decode_exec(data: bytes) -> ExecOutcome | None:
     kind, _, detail = data.decode(errors="replace").partition(" ")
     if kind == "X" and detail.isdigit():
         return ExecFailed(int(detail))
+    if kind == "F":  # sbx-waiter's "F ERRNO WHAT" (it has no strerror): what os.strerror says of it
+        err, _, what = detail.partition(" ")
+        if err.isdigit():
+            return SetupFailed(f"{what}: {os.strerror(int(err))}")
     return SetupFailed(detail)

@@ -9,48 +9,154 @@
  * Why: an execve tears down the address space it replaces.  From a copy of the interpreter
  * that is ~0.9 ms on the run's path (bench/floor.py); from here, next to nothing.
  *
- * Optional: built where a C compiler is (setup.py); without it, payload.py does all of this.
- * It calls only what waiter.py lists (CALLS), so a profile's deny-list can be checked against it.
+ * No libc: a static glibc program is 680 KB, copied into a memfd for every `sbx run`, and its
+ * start-up makes a dozen system calls; a dynamic one would run the image's libc, which an image
+ * may have planted (and which would set, or not, the run's rlimits).  So this is freestanding:
+ * its own _start and system calls, for x86-64 and arm64 (setup.py builds it elsewhere never; the
+ * payload then does all of this in Python).  It makes only the calls waiter.CALLS lists.
  *
  * usage: sbx-waiter COMMAND_R CHANNEL RELEASE_R EXEC_W
  */
-#define _GNU_SOURCE
-#include <errno.h>
-#include <fcntl.h>
+#include <stddef.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
-#include <sys/uio.h>
-#include <unistd.h>
+#include <asm/unistd.h>
 
-enum { EXIT_SBX = 125, EXIT_NOEXEC = 126, EXIT_NOTFOUND = 127 };
+#if defined(__x86_64__)
+__asm__(".text\n.global _start\n_start:\n\txor %rbp, %rbp\n\tmov %rsp, %rdi\n\tand $-16, %rsp\n"
+	"\tcall start\n\thlt\n");
+
+static long sys6(long n, long a, long b, long c, long d, long e, long f)
+{
+	register long r10 __asm__("r10") = d, r8 __asm__("r8") = e, r9 __asm__("r9") = f;
+	long ret;
+	__asm__ volatile("syscall" : "=a"(ret) : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+			 : "rcx", "r11", "memory");
+	return ret;
+}
+#elif defined(__aarch64__)
+__asm__(".text\n.global _start\n_start:\n\tmov x29, #0\n\tmov x30, #0\n\tmov x0, sp\n"
+	"\tand sp, x0, #-16\n\tbl start\n");
+
+static long sys6(long n, long a, long b, long c, long d, long e, long f)
+{
+	register long x8 __asm__("x8") = n, x0 __asm__("x0") = a, x1 __asm__("x1") = b, x2 __asm__("x2") = c,
+		      x3 __asm__("x3") = d, x4 __asm__("x4") = e, x5 __asm__("x5") = f;
+	__asm__ volatile("svc 0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2), "r"(x3), "r"(x4), "r"(x5)
+			 : "memory", "cc");
+	return x0;
+}
+#else
+#error "sbx-waiter: no system call glue for this architecture (the payload does its work in Python)"
+#endif
+
+#define sys3(n, a, b, c) sys6(n, (long)(a), (long)(b), (long)(c), 0, 0, 0)
+
+/* The kernel's ABI values, the same on both architectures. */
+enum {
+	EINTR = 4, ENOENT = 2, ENOTDIR = 20, ENOMEM = 12,
+	O_RDONLY = 0, O_WRONLY = 1, O_CREAT = 0100, O_NOCTTY = 0400, O_TRUNC = 01000, O_NONBLOCK = 04000,
+	O_CLOEXEC = 02000000, AT_FDCWD = -100,
+	F_SETFD = 2, F_GETFL = 3, F_SETFL = 4, F_DUPFD_CLOEXEC = 1030, FD_CLOEXEC = 1,
+	SOL_SOCKET = 1, SCM_RIGHTS = 1, MSG_CMSG_CLOEXEC = 0x40000000,
+	PR_SET_NAME = 15, RLIMIT_CORE = 4,
+	PROT_RW = 3, MAP_PRIVATE_ANONYMOUS = 0x22,
+};
+enum { EXIT_SBX = 125, EXIT_NOEXEC = 126, EXIT_NOTFOUND = 127 }; /* errors.py */
 #define MAX_FDS (3 + 64)             /* protocol.MAX_FDS */
 #define MAX_COMMAND (64u << 20)      /* far above what execve takes */
-#define EXEC_MESSAGE_MAX 4000        /* protocol.EXEC_MESSAGE_MAX */
+#define MESSAGE_MAX 4000             /* protocol.EXEC_MESSAGE_MAX */
+
+struct iovec { void *base; size_t len; };
+struct msghdr {
+	void *name; uint32_t namelen; struct iovec *iov; size_t iovlen;
+	void *control; size_t controllen; int flags;
+};
+struct cmsghdr { size_t len; int level; int type; };
+#define CMSG_ALIGN(n) (((n) + sizeof(size_t) - 1) & ~(sizeof(size_t) - 1))
+struct rlimit { uint64_t soft, hard; };
+
+/* What the compiler may call for struct copies and zeroing (and would make of these loops, but
+ * for the attribute). */
+__attribute__((optimize("no-tree-loop-distribute-patterns"))) void *memcpy(void *d, const void *s, size_t n)
+{
+	unsigned char *dp = d;
+	const unsigned char *sp = s;
+	while (n--)
+		*dp++ = *sp++;
+	return d;
+}
+
+__attribute__((optimize("no-tree-loop-distribute-patterns"))) void *memset(void *d, int c, size_t n)
+{
+	unsigned char *dp = d;
+	while (n--)
+		*dp++ = (unsigned char)c;
+	return d;
+}
+
+__attribute__((optimize("no-tree-loop-distribute-patterns"))) static size_t length(const char *s)
+{
+	size_t n = 0;
+	while (s[n])
+		n++;
+	return n;
+}
+
+static _Noreturn void leave(int code)
+{
+	for (;;)
+		sys3(__NR_exit_group, code, 0, 0);
+}
 
 static int exec_w = -1;
 
-/* protocol.SetupFailed on the exec pipe, then exit: `what`, and strerror(err) when err != 0. */
-static _Noreturn void setup_failed(const char *what, int err)
+/* A message on the exec pipe, one write (below PIPE_BUF): `kind`, then the decimal `number`
+ * when it is >= 0, then `text`. */
+static void say(const char *kind, long number, const char *text)
 {
-	char message[EXEC_MESSAGE_MAX];
-	int n = err ? snprintf(message, sizeof message, "E %s: %s", what, strerror(err))
-		    : snprintf(message, sizeof message, "E %s", what);
-	if (n > 0 && exec_w >= 0)
-		(void)!write(exec_w, message, (size_t)n < sizeof message ? (size_t)n : sizeof message - 1);
-	_exit(EXIT_SBX);
+	char message[MESSAGE_MAX];
+	size_t at = 0;
+	for (const char *p = kind; *p && at < sizeof message; p++)
+		message[at++] = *p;
+	if (number >= 0) {
+		char digits[24];
+		int n = 0;
+		do
+			digits[n++] = (char)('0' + number % 10);
+		while ((number /= 10) && n < 24);
+		while (n && at < sizeof message)
+			message[at++] = digits[--n];
+	}
+	if (text && at < sizeof message)
+		message[at++] = ' ';
+	for (const char *p = text; p && *p && at < sizeof message; p++)
+		message[at++] = *p;
+	sys3(__NR_write, exec_w, message, at);
+}
+
+/* protocol.SetupFailed, then exit: "F ERRNO WHAT" (the supervisor adds strerror), or "E WHAT". */
+static _Noreturn void setup_failed(const char *what, long err)
+{
+	if (exec_w >= 0) {
+		if (err > 0)
+			say("F ", err, what);
+		else
+			say("E", -1, what);
+	}
+	leave(EXIT_SBX);
+}
+
+static _Noreturn void malformed(void)
+{
+	setup_failed("the supervisor sent a malformed command", 0);
 }
 
 static int read_exact(int fd, void *buf, size_t size)
 {
 	char *p = buf;
 	while (size) {
-		ssize_t n = read(fd, p, size);
-		if (n < 0 && errno == EINTR)
+		long n = sys3(__NR_read, fd, p, size);
+		if (n == -EINTR)
 			continue;
 		if (n <= 0)
 			return -1;
@@ -60,16 +166,24 @@ static int read_exact(int fd, void *buf, size_t size)
 	return 0;
 }
 
+/* Memory: one anonymous mapping, handed out in order (freed by the exec). */
+static char *arena, *arena_end;
+
+static void *take_memory(size_t size)
+{
+	size = (size + 15) & ~(size_t)15;
+	if ((size_t)(arena_end - arena) < size)
+		setup_failed("out of memory", ENOMEM);
+	void *p = arena;
+	arena += size;
+	return p;
+}
+
 /* The command body (protocol.Command.encode): little-endian u32 counts and values, strings as
  * a u32 length, the bytes, then a NUL. */
 struct cursor {
 	const unsigned char *p, *end;
 };
-
-static _Noreturn void malformed(void)
-{
-	setup_failed("the supervisor sent a malformed command", 0);
-}
 
 static uint64_t take(struct cursor *c, unsigned size)
 {
@@ -82,7 +196,7 @@ static uint64_t take(struct cursor *c, unsigned size)
 	return value;
 }
 
-static uint32_t count(struct cursor *c, uint32_t max)
+static uint32_t count(struct cursor *c, uint64_t max)
 {
 	uint64_t n = take(c, 4);
 	if (n > max)
@@ -93,10 +207,10 @@ static uint32_t count(struct cursor *c, uint32_t max)
 static char *string(struct cursor *c)
 {
 	uint64_t size = take(c, 4);
-	if ((size_t)(c->end - c->p) <= size || c->p[size] != 0)
+	if ((uint64_t)(c->end - c->p) <= size || c->p[size] != 0)
 		malformed();
 	char *s = (char *)c->p;
-	if (memchr(s, 0, size))
+	if (length(s) != size)
 		setup_failed("embedded null byte", 0); /* what os.execve says of one */
 	c->p += size + 1;
 	return s;
@@ -104,30 +218,41 @@ static char *string(struct cursor *c)
 
 static char **strings(struct cursor *c)
 {
-	uint32_t n = count(c, (uint32_t)(c->end - c->p) / 5);
-	char **list = calloc((size_t)n + 1, sizeof *list);
-	if (!list)
-		setup_failed("malloc", ENOMEM);
+	uint32_t n = count(c, (uint64_t)(c->end - c->p) / 5);
+	char **list = take_memory(((size_t)n + 1) * sizeof *list);
 	for (uint32_t i = 0; i < n; i++)
 		list[i] = string(c);
+	list[n] = 0;
 	return list;
 }
 
 static int number(const char *s)
 {
-	char *end;
-	long value = strtol(s, &end, 10);
-	if (*s == 0 || *end != 0 || value < 0 || value > 1 << 20)
-		_exit(EXIT_SBX);
+	long value = 0;
+	if (!*s)
+		leave(EXIT_SBX);
+	for (; *s; s++) {
+		if (*s < '0' || *s > '9' || value > 1 << 20)
+			leave(EXIT_SBX);
+		value = value * 10 + (*s - '0');
+	}
 	return (int)value;
 }
 
 static int dup_above(int fd, int floor)
 {
-	int high = fcntl(fd, F_DUPFD_CLOEXEC, floor);
+	long high = sys3(__NR_fcntl, fd, F_DUPFD_CLOEXEC, floor);
 	if (high < 0)
-		setup_failed("fcntl", errno);
-	return high;
+		setup_failed("fcntl", -high);
+	return (int)high;
+}
+
+/* dup2, which arm64 lacks: the target loses close-on-exec. */
+static void move_fd(int fd, int target)
+{
+	long r = fd == target ? sys3(__NR_fcntl, fd, F_SETFD, 0) : sys3(__NR_dup3, fd, target, 0);
+	if (r < 0)
+		setup_failed("dup2", -r);
 }
 
 /* The run's fds (stdin, stdout, stderr, then the --pass-fd ones) from the channel, each onto its
@@ -139,30 +264,35 @@ static void place_fds(int channel, const int *targets, uint32_t ntargets, int *o
 	struct iovec iov = {&tag, 1};
 	union {
 		struct cmsghdr header;
-		char space[CMSG_SPACE(sizeof(int) * MAX_FDS)];
+		char space[CMSG_ALIGN(sizeof(struct cmsghdr)) + CMSG_ALIGN(sizeof(int) * MAX_FDS)];
 	} control;
-	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
-			     .msg_controllen = sizeof control.space};
-	ssize_t got;
+	struct msghdr msg = {.iov = &iov, .iovlen = 1, .control = control.space, .controllen = sizeof control.space};
+	long got;
 	do
-		got = recvmsg(channel, &msg, MSG_CMSG_CLOEXEC);
-	while (got < 0 && errno == EINTR);
+		got = sys3(__NR_recvmsg, channel, &msg, MSG_CMSG_CLOEXEC);
+	while (got == -EINTR);
 	if (got < 0)
-		setup_failed("recvmsg", errno);
+		setup_failed("recvmsg", -got);
 	int fds[MAX_FDS];
 	uint32_t nfds = 0, extra = 0;
-	for (struct cmsghdr *h = CMSG_FIRSTHDR(&msg); h; h = CMSG_NXTHDR(&msg, h)) {
-		if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
-			continue;
-		size_t n = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-		for (size_t i = 0; i < n; i++) {
-			int fd;
-			memcpy(&fd, CMSG_DATA(h) + i * sizeof(int), sizeof fd);
-			if (nfds < MAX_FDS)
-				fds[nfds++] = fd;
-			else
-				extra++, close(fd);
+	size_t at = 0;
+	while (at + sizeof(struct cmsghdr) <= msg.controllen) {
+		struct cmsghdr *h = (struct cmsghdr *)(control.space + at);
+		if (h->len < sizeof(struct cmsghdr) || h->len > msg.controllen - at)
+			break;
+		if (h->level == SOL_SOCKET && h->type == SCM_RIGHTS) {
+			const unsigned char *data = (const unsigned char *)h + CMSG_ALIGN(sizeof(struct cmsghdr));
+			size_t n = (h->len - CMSG_ALIGN(sizeof(struct cmsghdr))) / sizeof(int);
+			for (size_t i = 0; i < n; i++) {
+				int fd;
+				memcpy(&fd, data + i * sizeof(int), sizeof fd);
+				if (nfds < MAX_FDS)
+					fds[nfds++] = fd;
+				else
+					extra++, sys3(__NR_close, fd, 0, 0);
+			}
 		}
+		at += CMSG_ALIGN(h->len);
 	}
 	if (nfds + extra != ntargets)
 		setup_failed("the supervisor sent the wrong number of descriptors", 0);
@@ -172,21 +302,20 @@ static void place_fds(int channel, const int *targets, uint32_t ntargets, int *o
 			floor = targets[i] + 1;
 	for (uint32_t i = 0; i < nfds; i++) {
 		int high = dup_above(fds[i], floor);
-		close(fds[i]);
+		sys3(__NR_close, fds[i], 0, 0);
 		fds[i] = high;
 	}
 	for (int k = 0; k < nours; k++)
 		for (uint32_t i = 0; i < ntargets; i++)
 			if (*ours[k] == targets[i]) {
 				int high = dup_above(*ours[k], floor);
-				close(*ours[k]);
+				sys3(__NR_close, *ours[k], 0, 0);
 				*ours[k] = high;
 				break;
 			}
 	for (uint32_t i = 0; i < nfds; i++) {
-		if (dup2(fds[i], targets[i]) < 0)
-			setup_failed("dup2", errno);
-		close(fds[i]);
+		move_fd(fds[i], targets[i]);
+		sys3(__NR_close, fds[i], 0, 0);
 	}
 }
 
@@ -194,62 +323,64 @@ static void place_fds(int channel, const int *targets, uint32_t ntargets, int *o
  * path copies fd 1.  O_NONBLOCK: a FIFO never blocks us before the release; cleared once open. */
 static void redirect(int target, const char *path)
 {
-	int fd;
 	if (!*path) {
-		fd = 1;
-	} else {
-		int flags = target == 0 ? O_RDONLY : O_WRONLY | O_CREAT | O_TRUNC;
-		fd = open(path, flags | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0666);
-		if (fd < 0) {
-			char what[EXEC_MESSAGE_MAX / 2];
-			snprintf(what, sizeof what, "open(\"%s\")", path);
-			setup_failed(what, errno);
-		}
-		int fl = fcntl(fd, F_GETFL);
-		if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0)
-			setup_failed("fcntl", errno);
+		move_fd(1, target);
+		return;
 	}
-	if (fd == target) {
-		if (fcntl(fd, F_SETFD, 0) < 0)
-			setup_failed("fcntl", errno);
-	} else {
-		if (dup2(fd, target) < 0)
-			setup_failed("dup2", errno);
-		if (fd != 1)
-			close(fd);
+	int flags = target == 0 ? O_RDONLY : O_WRONLY | O_CREAT | O_TRUNC;
+	long fd = sys6(__NR_openat, AT_FDCWD, (long)path, flags | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0666, 0, 0);
+	if (fd < 0) {
+		char what[MESSAGE_MAX / 2];
+		size_t at = 0, n = length(path);
+		const char *head = "open(\"";
+		for (const char *p = head; *p; p++)
+			what[at++] = *p;
+		for (size_t i = 0; i < n && at < sizeof what - 4; i++)
+			what[at++] = path[i];
+		what[at++] = '"';
+		what[at++] = ')';
+		what[at] = 0;
+		setup_failed(what, -fd);
 	}
+	long fl = sys3(__NR_fcntl, fd, F_GETFL, 0);
+	if (fl < 0 || (fl = sys3(__NR_fcntl, fd, F_SETFL, fl & ~O_NONBLOCK)) < 0)
+		setup_failed("fcntl", -fl);
+	move_fd((int)fd, target);
+	if (fd != target)
+		sys3(__NR_close, fd, 0, 0);
 }
 
 /* payload.exec_command: execvpe's PATH search (PATH from the command's environment, else
- * /bin:/usr/bin); the first error that is not ENOENT or ENOTDIR wins.  Returns that errno. */
-static int exec_command(char **argv, char **envp)
+ * /bin:/usr/bin); where all fail, the first error that is not ENOENT or ENOTDIR wins.  Returns
+ * that errno. */
+static long exec_command(char **argv, char **envp)
 {
 	const char *file = argv[0];
-	if (strchr(file, '/')) {
-		execve(file, argv, envp);
-		return errno;
-	}
+	size_t flen = length(file);
+	for (size_t i = 0; i < flen; i++)
+		if (file[i] == '/')
+			return -sys3(__NR_execve, file, argv, envp);
 	const char *path = "/bin:/usr/bin";
-	for (char **e = envp; *e; e++)
-		if (!strncmp(*e, "PATH=", 5)) {
-			path = *e + 5; /* the only one: Command.encode sends each name once */
+	for (char **e = envp; *e; e++) {
+		const char *v = *e;
+		if (v[0] == 'P' && v[1] == 'A' && v[2] == 'T' && v[3] == 'H' && v[4] == '=') {
+			path = v + 5; /* the only one: Command.encode sends each name once */
 			break;
 		}
-	int last = ENOENT, first = 0;
-	size_t flen = strlen(file);
-	char *full = malloc(strlen(path) + flen + 2);
-	if (!full)
-		return ENOMEM;
-	for (const char *dir = path;; ) {
-		const char *colon = strchrnul(dir, ':');
+	}
+	long last = ENOENT, first = 0;
+	char *full = take_memory(length(path) + flen + 2);
+	for (const char *dir = path;;) {
+		const char *colon = dir;
+		while (*colon && *colon != ':')
+			colon++;
 		size_t dlen = (size_t)(colon - dir);
 		memcpy(full, dir, dlen);
 		size_t at = dlen;
 		if (dlen && dir[dlen - 1] != '/')
 			full[at++] = '/';
 		memcpy(full + at, file, flen + 1);
-		execve(full, argv, envp);
-		last = errno;
+		last = -sys3(__NR_execve, full, argv, envp);
 		if (last != ENOENT && last != ENOTDIR && !first)
 			first = last;
 		if (!*colon)
@@ -259,42 +390,50 @@ static int exec_command(char **argv, char **envp)
 	return first ? first : last;
 }
 
-int main(int argc, char **argv)
+__attribute__((used)) _Noreturn void start(long *stack)
 {
+	long argc = stack[0];
+	char **argv = (char **)(stack + 1);
 	if (argc != 5)
-		return EXIT_SBX;
+		leave(EXIT_SBX);
 	int command_r = number(argv[1]), channel = number(argv[2]), release_r = number(argv[3]);
 	exec_w = number(argv[4]);
 	/* Inherited across our own exec; close-on-exec again, so the command gets none of them. */
 	int *ours[] = {&command_r, &channel, &release_r, &exec_w};
 	for (int k = 0; k < 4; k++)
-		if (fcntl(*ours[k], F_SETFD, FD_CLOEXEC) < 0)
-			_exit(EXIT_SBX);
-	prctl(PR_SET_NAME, "sbx-waiter");
+		if (sys3(__NR_fcntl, *ours[k], F_SETFD, FD_CLOEXEC) < 0)
+			leave(EXIT_SBX);
+	sys3(__NR_prctl, PR_SET_NAME, "sbx-waiter", 0);
 
 	unsigned char header[8];
 	if (read_exact(command_r, header, sizeof header) < 0)
-		_exit(EXIT_SBX); /* discarded before use */
+		leave(EXIT_SBX); /* discarded before use */
 	struct cursor c = {header, header + sizeof header};
 	uint64_t size = take(&c, 8);
 	if (size > MAX_COMMAND)
 		malformed();
-	unsigned char *body = malloc(size ? size : 1);
-	if (!body)
-		setup_failed("malloc", ENOMEM);
+	/* The body, the pointers to its strings (each string takes at least 5 bytes of it), and a
+	 * path as long as it: at most 4 times its size. */
+	size_t room = (size_t)size * 4 + 65536;
+	long mem = sys6(__NR_mmap, 0, (long)room, PROT_RW, MAP_PRIVATE_ANONYMOUS, -1, 0);
+	if (mem < 0 && mem > -4096)
+		setup_failed("mmap", -mem);
+	arena = (char *)mem;
+	arena_end = arena + room;
+	unsigned char *body = take_memory(size ? size : 1);
 	if (read_exact(command_r, body, size) < 0)
-		_exit(EXIT_SBX);
-	close(command_r);
+		leave(EXIT_SBX);
+	sys3(__NR_close, command_r, 0, 0);
 
 	c = (struct cursor){body, body + size};
 	char **args = strings(&c), **envp = strings(&c);
 	if (!args[0])
 		setup_failed("execve: argv must not be empty", 0);
-	uint32_t nlimits = count(&c, (uint32_t)size / 20);
-	const unsigned char *limits = c.p;
-	c.p += (size_t)nlimits * 20;
-	if (c.p > c.end)
+	uint32_t nlimits = count(&c, size / 20);
+	struct cursor limits = {c.p, c.p + (size_t)nlimits * 20};
+	if (limits.end > c.end)
 		malformed();
+	c.p = limits.end;
 	uint32_t npass = count(&c, MAX_FDS - 3);
 	int targets[MAX_FDS] = {0, 1, 2};
 	for (uint32_t i = 0; i < npass; i++) {
@@ -303,11 +442,9 @@ int main(int argc, char **argv)
 			malformed();
 		targets[3 + i] = (int)fd;
 	}
-	uint32_t nredirects = count(&c, (uint32_t)size / 9);
-	int *redirect_fds = calloc((size_t)nredirects + 1, sizeof *redirect_fds);
-	char **redirect_paths = calloc((size_t)nredirects + 1, sizeof *redirect_paths);
-	if (!redirect_fds || !redirect_paths)
-		setup_failed("malloc", ENOMEM);
+	uint32_t nredirects = count(&c, size / 9);
+	int *redirect_fds = take_memory(((size_t)nredirects + 1) * sizeof *redirect_fds);
+	char **redirect_paths = take_memory(((size_t)nredirects + 1) * sizeof *redirect_paths);
 	for (uint32_t i = 0; i < nredirects; i++) {
 		uint64_t target = take(&c, 4);
 		if (target > 1 << 20)
@@ -322,37 +459,35 @@ int main(int argc, char **argv)
 	place_fds(channel, targets, 3 + npass, ours + 1, 3);
 	for (uint32_t i = 0; i < nredirects; i++)
 		redirect(redirect_fds[i], redirect_paths[i]);
-
 	struct rlimit none = {0, 0};
-	if (setrlimit(RLIMIT_CORE, &none) < 0)
-		setup_failed("setrlimit", errno);
-	struct cursor l = {limits, limits + (size_t)nlimits * 20};
+	long r = sys6(__NR_prlimit64, 0, RLIMIT_CORE, (long)&none, 0, 0, 0);
+	if (r < 0)
+		setup_failed("setrlimit", -r);
 	for (uint32_t i = 0; i < nlimits; i++) {
-		int which = (int)take(&l, 4);
-		struct rlimit limit = {(rlim_t)take(&l, 8), (rlim_t)take(&l, 8)};
-		if (setrlimit(which, &limit) < 0)
-			setup_failed("setrlimit", errno);
+		long which = (long)take(&limits, 4);
+		struct rlimit limit;
+		limit.soft = take(&limits, 8);
+		limit.hard = take(&limits, 8);
+		if ((r = sys6(__NR_prlimit64, 0, which, (long)&limit, 0, 0, 0)) < 0)
+			setup_failed("setrlimit", -r);
 	}
 
-	/* protocol.send_payload_ready: the kernel adds our credentials; no listener here (waiter.py
+	/* protocol.send_payload_ready: the kernel adds our credentials; no listener here (the waiter
 	 * is used only where the filter was loaded before the command wait). */
 	char ready = 'P';
 	struct iovec iov = {&ready, 1};
-	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-	while (sendmsg(channel, &msg, 0) < 0)
-		if (errno != EINTR)
-			setup_failed("sendmsg", errno);
+	struct msghdr msg = {.iov = &iov, .iovlen = 1};
+	while ((r = sys3(__NR_sendmsg, channel, &msg, 0)) < 0)
+		if (r != -EINTR)
+			setup_failed("sendmsg", -r);
 	char go = 0;
-	ssize_t n;
 	do
-		n = read(release_r, &go, 1);
-	while (n < 0 && errno == EINTR);
-	if (n != 1 || go != 'G')
-		_exit(EXIT_SBX); /* the supervisor is gone: never run unsupervised */
+		r = sys3(__NR_read, release_r, &go, 1);
+	while (r == -EINTR);
+	if (r != 1 || go != 'G')
+		leave(EXIT_SBX); /* the supervisor is gone: never run unsupervised */
 
-	int err = exec_command(args, envp);
-	char message[32];
-	int len = snprintf(message, sizeof message, "X %d", err);
-	(void)!write(exec_w, message, (size_t)len);
-	_exit(err == ENOENT || err == ENOTDIR ? EXIT_NOTFOUND : EXIT_NOEXEC);
+	long err = exec_command(args, envp);
+	say("X ", err, 0);
+	leave(err == ENOENT || err == ENOTDIR ? EXIT_NOTFOUND : EXIT_NOEXEC);
 }

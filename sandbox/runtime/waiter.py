@@ -19,15 +19,18 @@ from __future__ import annotations
 import os
 
 PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sbx-waiter")
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "waiter.c")
+# How setup.py compiles it (and tests/test_waiter.py for arm64): freestanding (waiter.c says why),
+# so no libc, no start files, no stack protector (it needs libc's canary), a fixed-address static
+# program, stripped.
+CFLAGS = ("-Os", "-std=gnu11", "-Wall", "-ffreestanding", "-static", "-nostdlib", "-fno-stack-protector", "-fno-pie",
+          "-no-pie", "-fno-asynchronous-unwind-tables", "-Wl,--build-id=none", "-s")
 
-# Every system call the waiter makes from its exec on (static glibc's start-up included; execveat
-# is the payload's own, to start it).  A seccomp filter loaded before the command wait that denies
-# one of these keeps the payload in Python (payload._use_waiter).
-CALLS = frozenset((
-    "execve", "execveat", "brk", "arch_prctl", "set_tid_address", "set_robust_list", "rseq", "prlimit64",
-    "setrlimit", "getrlimit", "readlink", "readlinkat", "getrandom", "mprotect", "mmap", "munmap", "fcntl",
-    "prctl", "read", "write", "close", "recvmsg", "dup2", "dup3", "open", "openat", "sendmsg", "uname",
-    "exit", "exit_group"))
+# Every system call the waiter makes from its exec on (it has no libc; execveat is the payload's,
+# to start it).  A seccomp filter loaded before the command wait that denies one of these keeps
+# the payload in Python (payload.waits_in_waiter).
+CALLS = frozenset(("execve", "execveat", "prctl", "fcntl", "read", "write", "close", "mmap", "recvmsg", "dup3",
+                   "openat", "prlimit64", "sendmsg", "exit_group"))
 
 _MFD_EXEC = 0x10  # Linux 6.3: says the memfd may be executed (else vm.memfd_noexec may warn or refuse)
 
