@@ -17,10 +17,12 @@ degraded path only.  Figures:
    loop's CPU from its main() on.  Between the two lies what the process used
    before main: sbx's set-up in the payload before exec, which the degraded
    path counts and the cgroup path does not (the run cgroup starts at the
-   payload's ready message), then the exec (which tears down the payload's
-   copy of sbx's interpreter) and dynamic loading, which both count.  On this
-   host's degraded path that is ~4 ms; on the VM's emulated CPU ~30 ms of
-   set-up and ~70 ms of exec and loading.
+   payload's ready message), then the command's exec and dynamic loading,
+   which both count.  Where sbx-waiter is built, the payload's set-up ends
+   with its exec, which tears down the payload's copy of sbx's interpreter
+   before the ready message; without it that teardown is part of the
+   command's exec.  On this host's degraded path all of it is ~4 ms; on the
+   VM's emulated CPU ~30 ms of set-up and ~45-70 ms of exec and loading.
 3. Peak-memory accuracy: a program touching exactly 100 MiB; memory_peak
    (cgroup: memory.peak; degraded: ru_maxrss) - 100 MiB.
 4. Per-run overhead: `sbx run -- true` wall time, cgroup vs degraded path.
