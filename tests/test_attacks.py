@@ -151,8 +151,10 @@ def in_sbx(env: Env, profile: str, argv: list[str], *extra: str, timeout: float 
         [*SBX, "run", "--profile", name, "-v", f"{env.bin}:/atk:ro", "--result", str(result), *extra, "--", *argv],
         text=True, timeout=timeout, cwd=cwd, env=sbx_environ(), **kwargs,  # type: ignore[call-overload]
     )
-    data = json.loads(result.read_text()) if result.exists() else {}
-    return Run(p.returncode, p.stdout, p.stderr, data)
+    text = result.read_text() if result.exists() else ""
+    # Empty when sbx failed before the run (the file is opened first): say how, not a JSON error.
+    assert text or p.returncode == 125 or not result.exists(), (p.returncode, p.stdout, p.stderr)
+    return Run(p.returncode, p.stdout, p.stderr, json.loads(text) if text else {})
 
 
 def atk(name: str, *args: object) -> list[str]:
