@@ -122,13 +122,13 @@ def main(sock_fd: int, parent: int) -> None:
     gc.freeze()
     from ..runtime import waiter
 
-    program = waiter.open_program()  # once: every sandbox we fork gets a copy of this fd (if it waits there)
-    holder = _Holder(program)
+    waiter_fd = waiter.open_program()  # once: every sandbox we fork gets a copy (if it waits there)
+    holder = _Holder(waiter_fd)
 
     def answer(request: bytes) -> Reply:
         if request[:1] == RANGED and holder.wanted():
             return holder.relay(request[1:])
-        return _spawn(request[1:], program)
+        return _spawn(request[1:], waiter_fd)
 
     _serve(_socket.socket(fileno=sock_fd), answer)
     holder.close()  # it ends at EOF once its sandboxes have
