@@ -14,6 +14,7 @@ import errno
 import fcntl
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_for
+from sandbox.kernel import linux
 from sandbox.runtime import protocol, waiter
 from sandbox.runtime.protocol import RELEASE, Command, ExecFailed, SetupFailed
 from sandbox.warm.api import Runner
@@ -77,6 +79,8 @@ class Run:
         self.pid = os.fork()
         if self.pid == 0:
             try:
+                # A test that fails midway leaves it waiting on a pipe nobody writes: end with us.
+                linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
                 lifted = [os.dup2(fd, 200 + i, inheritable=False) for i, fd in enumerate(ends)]
                 image = os.dup2(memfd, 210, inheritable=False) if memfd >= 0 else -1
                 for high, target in zip(lifted, targets):
