@@ -68,19 +68,32 @@ class Run:
     `fd_base` and up (else where they were made), nothing else open but 0-2.  `memfd`: exec
     that fd instead (the zygote's sealed copy)."""
 
-    def __init__(self, build: Build, fd_base: int = 0, memfd: int = -1) -> None:
+    def __init__(self, build: Build, fd_base: int = 0, memfd: int = -1, setup: bytes | None = None,
+                 ruleset: int = -1, userns: bool = False) -> None:
+        """`setup`: start it as init does (payload.spawn_waiter), with this protocol.Setup and
+        `ruleset`; `userns`: in a user namespace of its own, as root there (what the set-up drops)."""
         command_r, self.command_w = os.pipe()
         release_r, self.release_w = os.pipe()
         self.exec_r, exec_w = os.pipe()
         self.channel, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_DGRAM)
         self.channel.setsockopt(_socket.SOL_SOCKET, _socket.SO_PASSCRED, 1)
         ends = [command_r, theirs.detach(), release_r, exec_w]
-        targets = [fd_base + i for i in range(4)] if fd_base else ends
+        setup_w = -1
+        if setup is not None:
+            setup_r, setup_w = os.pipe()
+            ends.append(setup_r)
+            if ruleset >= 0:
+                ends.append(ruleset)
+        targets = [fd_base + i for i in range(len(ends))] if fd_base else ends
+        uid, gid = os.getuid(), os.getgid()
         self.pid = os.fork()
         if self.pid == 0:
             try:
                 # A test that fails midway leaves it waiting on a pipe nobody writes: end with us.
                 linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+                if userns:
+                    linux.unshare(linux.CLONE_NEWUSER)
+                    linux.map_ids(0, uid, 0, gid)
                 lifted = [os.dup2(fd, 200 + i, inheritable=False) for i, fd in enumerate(ends)]
                 image = os.dup2(memfd, 210, inheritable=False) if memfd >= 0 else -1
                 for high, target in zip(lifted, targets):
@@ -94,6 +107,8 @@ class Run:
                         except OSError:
                             pass
                 args = [str(fd) for fd in targets]
+                if setup is not None and ruleset < 0:
+                    args.append("-1")
                 if image >= 0:
                     os.execve(image, ["sbx-waiter", *args], {})
                 elif build.launcher:
@@ -103,7 +118,14 @@ class Run:
             finally:
                 os._exit(99)
         for fd in ends:
-            os.close(fd)
+            if fd != ruleset:
+                os.close(fd)
+        if setup is not None:
+            try:
+                os.write(setup_w, setup)
+            except BrokenPipeError:
+                pass
+            os.close(setup_w)
         self.status: int | None = None
 
     def wait(self) -> int:
@@ -319,6 +341,146 @@ def test_malformed_commands_fail_cleanly(build: Build, stdio: tuple[int, int, in
     assert r.finish(release=False) == (125, SetupFailed("the supervisor sent a malformed command"))
 
 
+# -- started by init, with the payload's set-up (payload.spawn_waiter) -------------------------------
+
+def setup_of(workdir: str, flags: int = 0, uid: int = 0, gid: int = 0, program: bytes = b"") -> bytes:
+    last_cap = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    return protocol.Setup(flags, uid, gid, last_cap, workdir, program).encode()
+
+
+def set_up_run(build: Build, command: Command, fds: tuple[int, ...], setup: bytes | None, ruleset: int = -1,
+               ready: bool = True) -> tuple[int, protocol.ExecOutcome | None]:
+    """As run(), but as root of a user namespace of its own (full capabilities there), with
+    `setup` to carry out first (None: none, the control)."""
+    r = Run(build, setup=setup, ruleset=ruleset, userns=True)
+    try:
+        r.send(command, fds)
+    except (BrokenPipeError, ConnectionRefusedError):
+        assert not ready  # it failed and exited first
+    if ready:
+        assert r.ready() == r.pid
+    return r.finish(release=ready)
+
+
+STATUS = "grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp):' /proc/self/status; id -u; id -g; pwd; ls /proc/self/fd"
+
+
+def status_of(out: Path) -> tuple[dict[str, str], list[str]]:
+    lines = out.read_text().splitlines()
+    return dict(line.split(":\t") for line in lines if ":\t" in line), [line for line in lines if ":\t" not in line]
+
+
+def test_the_set_up_sheds_every_privilege(build: Build, stdio: tuple[int, int, int, Path]) -> None:
+    """Capabilities (every set, the bounding one too), no_new_privs, the working directory, and
+    no fd but the run's: what payload.main does before the wait.  The control, without a set-up,
+    has them all."""
+    stdin, out, err, tmp = stdio
+    status, outcome = set_up_run(build, Command(("sh", "-c", STATUS), PATH, ()), (stdin, out, err), None)
+    assert (status, outcome) == (0, None)
+    before, _ = status_of(tmp / "out")
+    assert before["CapEff"] != "0000000000000000" and before["NoNewPrivs"] == "0"
+    workdir = tmp / "work"
+    workdir.mkdir()
+    after = os.open(tmp / "after", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        status, outcome = set_up_run(build, Command(("sh", "-c", STATUS), PATH, ()), (stdin, after, err),
+                                     setup_of(str(workdir)))
+    finally:
+        os.close(after)
+    assert (status, outcome) == (0, None)
+    fields, rest = status_of(tmp / "after")
+    assert {fields[f"Cap{k}"] for k in ("Inh", "Prm", "Eff", "Bnd", "Amb")} == {"0000000000000000"}
+    assert fields["NoNewPrivs"] == "1"
+    assert rest[:3] == ["0", "0", str(workdir)]
+    assert sorted(int(fd) for fd in rest[3:]) == [0, 1, 2, 3]  # 3: ls's own
+
+
+def test_the_set_up_maps_the_run_s_ids(stdio: tuple[int, int, int, Path]) -> None:
+    """--uid/--gid without id ranges: a child user namespace mapping them to our root.  The native
+    build only: qemu-user has threads, and a threaded process may not unshare its user namespace."""
+    build = Build(waiter.PROGRAM)
+    stdin, out, err, tmp = stdio
+    setup = setup_of(str(tmp), protocol.SETUP_NESTED_USERNS | protocol.SETUP_DUMPABLE, 1234, 5678)
+    status, outcome = set_up_run(build, Command(("sh", "-c", STATUS), PATH, ()), (stdin, out, err), setup)
+    assert (status, outcome) == (0, None)
+    fields, rest = status_of(tmp / "out")
+    assert fields["CapEff"] == fields["CapBnd"] == "0000000000000000"
+    assert rest[:2] == ["1234", "5678"]
+
+
+def test_the_set_up_loads_the_filter(stdio: tuple[int, int, int, Path]) -> None:
+    """The seccomp program, before the command wait: one that makes mkdirat fail with EPERM.
+    The native build only: under qemu-user the filter would judge qemu's own calls."""
+    import struct
+
+    stdin, out, err, tmp = stdio
+    mkdir, mkdirat = {"x86_64": (83, 258), "aarch64": (34, 34)}[os.uname().machine]
+    program = b"".join(struct.pack("<HBBI", *insn) for insn in (
+        (0x20, 0, 0, 0),  # ld [0]: the call's number
+        (0x15, 1, 0, mkdir),  # jeq mkdir: to the deny
+        (0x15, 0, 1, mkdirat),  # jeq mkdirat
+        (0x06, 0, 0, 0x00050000 | errno.EPERM),  # ret ERRNO(EPERM)
+        (0x06, 0, 0, 0x7FFF0000)))  # ret ALLOW
+    command = Command(("sh", "-c", "mkdir made; grep ^Seccomp: /proc/self/status"), PATH, ())
+    status, outcome = set_up_run(Build(waiter.PROGRAM), command, (stdin, out, err), setup_of(str(tmp), program=program))
+    assert (status, outcome) == (0, None)
+    assert "Operation not permitted" in text(tmp / "err") and not (tmp / "made").exists()
+    assert text(tmp / "out") == "Seccomp:\t2\n"
+
+
+def test_the_set_up_enforces_the_ruleset(stdio: tuple[int, int, int, Path]) -> None:
+    """Landlock: init builds the ruleset, the waiter enforces it (after no_new_privs).  Here one
+    that lets nothing be written: the control, without it, writes.  The native build only (qemu-user
+    does not pass Landlock's calls on)."""
+    from sandbox.runtime import landlock
+
+    stdin, out, err, tmp = stdio
+    version = landlock.abi()
+    assert version >= 1, "this suite's kernels have Landlock"
+    rules = landlock.Rules(fs=landlock.FS_ALL_KNOWN, net=0, scoped=0,
+                           paths=(("/", landlock.FS_READ | landlock.FS_EXECUTE),), ports=())
+    command = Command(("sh", "-c", "echo x > written"), PATH, ())
+    status, outcome = set_up_run(Build(waiter.PROGRAM), command, (stdin, out, err), setup_of(str(tmp)))
+    assert (status, outcome) == (0, None) and (tmp / "written").exists()
+    (tmp / "written").unlink()
+    ruleset = landlock.build(rules, version)
+    try:
+        status, outcome = set_up_run(Build(waiter.PROGRAM), command, (stdin, out, err), setup_of(str(tmp)), ruleset)
+    finally:
+        os.close(ruleset)
+    assert (status, outcome) == (2, None)
+    assert "Permission denied" in text(tmp / "err") and not (tmp / "written").exists()
+
+
+def test_a_set_up_that_fails_says_why(build: Build, stdio: tuple[int, int, int, Path]) -> None:
+    stdin, out, err, tmp = stdio
+    missing = str(tmp / "no" / "such")
+    status, outcome = set_up_run(build, Command(("true",), PATH, ()), (stdin, out, err), setup_of(missing), ready=False)
+    assert (status, outcome) == (125, SetupFailed(f"{missing}: No such file or directory"))
+
+
+def test_malformed_set_ups_fail_cleanly(build: Build, stdio: tuple[int, int, int, Path]) -> None:
+    """Every truncation of a valid set-up, and corrupted fields: exit 125 with a message, never
+    a crash, and nothing run."""
+    stdin, out, err, tmp = stdio
+    body = setup_of(str(tmp), program=bytes(16))[8:]
+    broken = [len(b).to_bytes(8, "little") + b for b in [body[:n] for n in range(0, len(body), 3)]]
+    broken += [len(body).to_bytes(8, "little") + body[:12] + b"\x40\0\0\0" + body[16:],  # last_cap 64
+               len(body).to_bytes(8, "little") + body[:-20] + b"\x0c\0\0\0" + body[-16:],  # 12 program bytes
+               (len(body) + 1).to_bytes(8, "little") + body + b"x",  # one byte too many
+               (1 << 40).to_bytes(8, "little"),  # a length beyond any set-up
+               len(body).to_bytes(8, "little") + body[:10]]  # cut short
+    results = []
+    for setup in broken:
+        results.append(set_up_run(build, Command(("sh", "-c", "echo ran"), PATH, ()), (stdin, out, err), setup,
+                                  ready=False))
+    assert all(status == 125 for status, _ in results), results
+    assert {outcome for _, outcome in results} <= {SetupFailed("init sent a malformed set-up"),
+                                                   SetupFailed("init's set-up was cut short")}
+    assert SetupFailed("init sent a malformed set-up") in {outcome for _, outcome in results}
+    assert text(tmp / "out") == ""
+
+
 def test_from_the_sealed_memfd(stdio: tuple[int, int, int, Path]) -> None:
     """What the zygote hands its sandboxes: a copy nobody can change."""
     stdin, out, err, tmp = stdio
@@ -411,6 +573,29 @@ def test_a_profile_denying_what_the_waiter_calls_keeps_python(
             result = runner.run(["python3", "-c", probe])
             assert (result.verdict, result.stdout) == ("OK", f"{expect}\n".encode()), result
             _assert_prepared_payloads(runner, payload)
+
+
+def test_payloads_are_not_forks_of_the_interpreter(tmp_path: Path) -> None:
+    """Where the waiter does the set-up too, init starts it by posix_spawn: the command's process
+    never was a copy of Python.  A process's minor faults survive exec, so the command sees it:
+    cat's own are ~80, a payload forked from init and set up in Python adds ~400 (copy-on-write).
+    The Python payload (a profile denying prctl) is the control."""
+    from conftest import sbx
+
+    python = tmp_path / "python.toml"
+    python.write_text('extends = "default"\n\n[seccomp]\ndeny = ["prctl"]\n')
+    faults: dict[str, list[int]] = {}
+    for profile in ("default", str(python)):
+        seen = faults.setdefault(profile, [])
+        cold = sbx("run", "--profile", profile, "--", "cat", "/proc/self/stat")
+        assert cold.returncode == 0, cold.stderr
+        seen.append(int(cold.stdout.rpartition(")")[2].split()[7]))
+        with Runner(profile=profile, root=str(tmp_path / "store")) as runner:
+            for _ in range(2):
+                result = runner.run(["cat", "/proc/self/stat"])
+                assert result.verdict == "OK" and result.stdout is not None
+                seen.append(int(result.stdout.decode().rpartition(")")[2].split()[7]))
+    assert max(faults["default"]) * 2 < min(faults[str(python)]), faults
 
 
 def test_a_failing_exec_of_the_waiter_falls_back(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 The supervisor (or the warm zygote) clones init straight into its new namespaces
 (`start`): a user namespace mapping root inside to the caller, plus mount, pid, ipc,
 uts, cgroup and usually net, with init pid 1 of the new pid namespace.  Init builds the
-root filesystem, forks the payload (pid 2), reaps orphans and forwards signals.  When
+root filesystem, starts the payload (pid 2: sbx-waiter, spawned, or a fork of itself; see
+payload.py), reaps orphans and forwards signals.  When
 the payload exits, init kills everything left, reaps it, reports the payload's status
 and the sandbox's rusage, and exits, which ends the pid namespace.
 
@@ -259,10 +260,12 @@ def init(spec: Spec, handoff: Handoff) -> None:
         # Signals are ignored here until init's handlers exist; hold them instead, so one that
         # arrives now is delivered later (to init's forwarder, or to the payload once it resets).
         _signal.pthread_sigmask(_signal.SIG_BLOCK, set(FORWARDED))
-        payload = os.fork()
-        if payload == 0:
-            os.close(report_w)
-            payload_mod.main(spec, handoff, last_cap)
+        payload = payload_mod.spawn_waiter(spec, handoff, last_cap)
+        if payload < 0:
+            payload = os.fork()
+            if payload == 0:
+                os.close(report_w)
+                payload_mod.main(spec, handoff, last_cap)
         for fd in set(handoff.payload_only()):
             os.close(fd)
         if spec.stamps:

@@ -124,8 +124,18 @@ def restrict_self(ruleset: int) -> None:
 
 
 def apply(rules: Rules, version: int) -> None:
-    """Build and enforce `rules` as far as ABI `version` knows them.  Paths are opened O_PATH
-    from the current root; a final symlink or a missing path gets no rule (less access, never more)."""
+    """Build and enforce `rules` as far as ABI `version` knows them (see build)."""
+    ruleset = build(rules, version)
+    try:
+        restrict_self(ruleset)
+    finally:
+        os.close(ruleset)
+
+
+def build(rules: Rules, version: int) -> int:
+    """A ruleset fd (close-on-exec) holding `rules` as far as ABI `version` knows them.  Paths are
+    opened O_PATH from the current root; a final symlink or a missing path gets no rule (less
+    access, never more)."""
     rules = for_abi(rules, version)
     ruleset = create_ruleset(rules.fs, rules.net, rules.scoped)
     try:
@@ -144,9 +154,10 @@ def apply(rules: Rules, version: int) -> None:
                 os.close(fd)
         for port, access in rules.ports:
             add_port(ruleset, port, access)
-        restrict_self(ruleset)
-    finally:
+    except BaseException:
         os.close(ruleset)
+        raise
+    return ruleset
 
 
 def _kind(fd: int) -> str:

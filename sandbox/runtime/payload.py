@@ -1,9 +1,10 @@
 """Pid 2: wait for the supervisor's release, shed every privilege, exec.
 
-Runs in a fork of init after the root is pivoted.  Nothing here may return:
-every path ends in execve or os._exit.  Where sbx-waiter was built and the
-seccomp policy allows (waits_in_waiter), the steps after the command wait are
-its (waiter.c), from a small address space; else they are done here.
+Where sbx-waiter was built and the seccomp policy allows (waits_in_waiter),
+init starts it as the payload (spawn_waiter) and it does all of this itself
+(waiter.c), from the plan init gives it.  Else main() runs in a fork of init
+after the root is pivoted, and execs the waiter at the command wait where it
+can.  Nothing in main() may return: every path ends in execve or os._exit.
 """
 
 from __future__ import annotations
@@ -229,6 +230,52 @@ def waits_in_waiter(spec: Spec, program: bytes | None) -> bool:
     """Whether this shape's payload may wait in sbx-waiter (waiter.py): with no filter, or one
     loaded before the command wait that denies nothing the waiter calls (it sends no listener)."""
     return program is None or (_filter_before_command(spec) and not _denies_any(spec, waiter.CALLS))
+
+
+def spawn_waiter(spec: Spec, handoff: Handoff, last_cap: int) -> int:
+    """In init: start the payload as sbx-waiter itself, by posix_spawn (vfork and exec: no copy of
+    this interpreter to make, fault in and tear down), with a plan of main()'s set-up before the
+    command wait (protocol.Setup), which it carries out in main()'s order.  Its pid; -1 where it
+    cannot be (no program, a policy that keeps the payload in Python, the exec refused), and
+    init forks main() instead.  The Landlock ruleset is built here (the same rules, from the
+    same root), so the waiter only enforces it."""
+    program = handoff.seccomp
+    if handoff.waiter < 0 or not waits_in_waiter(spec, program):
+        return -1
+    flags = 0
+    if spec.uid != 0 or spec.gid != 0:
+        flags = protocol.SETUP_DUMPABLE | (protocol.SETUP_SET_IDS if spec.id_ranges else protocol.SETUP_NESTED_USERNS)
+    setup = protocol.Setup(flags, spec.uid, spec.gid, last_cap, spec.workdir, program or b"").encode()
+    version = landlock.effective_abi(spec.landlock)
+    ruleset = landlock.build(_rules(spec), version) if version >= 1 else -1
+    setup_r, setup_w = os.pipe()
+    fds = (handoff.command_r, handoff.channel_w, handoff.release_r, handoff.exec_w, setup_r)
+    try:
+        for fd in (*fds, ruleset):
+            if fd >= 0:
+                os.set_inheritable(fd, True)
+        try:
+            pid = os.posix_spawn(f"/proc/self/fd/{handoff.waiter}", ["sbx-waiter", *map(str, fds), str(ruleset)], {},
+                                 setsid=not spec.tty, setsigmask=(),
+                                 setsigdef=_signal.valid_signals() - {_signal.SIGKILL, _signal.SIGSTOP})
+        except OSError:
+            for fd in fds:
+                os.set_inheritable(fd, False)  # the fork's main() runs with them
+            os.close(setup_w)
+            return -1
+    finally:
+        os.close(setup_r)
+        if ruleset >= 0:
+            os.close(ruleset)
+    try:
+        view = memoryview(setup)
+        while view:
+            view = view[os.write(setup_w, view):]
+    except BrokenPipeError:
+        pass  # it died first: init reports how
+    finally:
+        os.close(setup_w)
+    return pid
 
 
 def _exec_waiter(handoff: Handoff, fds: tuple[int, int, int, int]) -> None:

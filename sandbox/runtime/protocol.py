@@ -297,6 +297,32 @@ class Command:
 
 _U64 = (1 << 64) - 1  # RLIM_INFINITY is -1 to Python, all ones to the kernel
 
+SETUP_NESTED_USERNS, SETUP_SET_IDS, SETUP_DUMPABLE = 1, 2, 4
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The payload's set-up, for an sbx-waiter that init starts directly (payload.spawn_waiter):
+    what payload.main would do before the command wait.  `flags`: SETUP_NESTED_USERNS (map
+    uid/gid to our root in a child user namespace), SETUP_SET_IDS (setresuid/gid to them),
+    SETUP_DUMPABLE; `program`: the seccomp filter to load (b"": none)."""
+
+    flags: int
+    uid: int
+    gid: int
+    last_cap: int
+    workdir: str
+    program: bytes = b""
+
+    def encode(self) -> bytes:
+        """Command.encode's layout: u32 flags, uid, gid, last_cap, the workdir string, then the
+        program as a u32 length and its bytes."""
+        import struct
+
+        body = b"".join((struct.pack("<IIII", self.flags, self.uid, self.gid, self.last_cap), _string(self.workdir),
+                         struct.pack("<I", len(self.program)), self.program))
+        return len(body).to_bytes(8, "little") + body
+
 
 def _rlim(value: int) -> int:
     return -1 if value == _U64 else value

@@ -1,8 +1,9 @@
-/* sbx-waiter: a payload's last steps, from a small address space.
+/* sbx-waiter: a payload from a small address space.
  *
  * The Python payload (payload.py) does all a run's shape decides (ids, capabilities, Landlock,
  * the seccomp filter), then, before its command is known, execs this program from a sealed
- * memfd (waiter.py).  Here, as payload.py does after its command wait: read the command, place
+ * memfd (waiter.py); or init spawns it and it does that set-up itself (below).  Then, as
+ * payload.py does after its command wait: read the command, place
  * the run's fds, open the redirects, set the rlimits, say ready, wait for the release, exec.
  * The messages are protocol.py's; the supervisor sees no difference but the time.
  *
@@ -13,9 +14,15 @@
  * start-up makes a dozen system calls; a dynamic one would run the image's libc, which an image
  * may have planted (and which would set, or not, the run's rlimits).  So this is freestanding:
  * its own _start and system calls, for x86-64 and arm64 (setup.py builds it elsewhere never; the
- * payload then does all of this in Python).  It makes only the calls waiter.CALLS lists.
+ * payload then does all of this in Python).  Under the filter it makes only the calls
+ * waiter.CALLS lists.
  *
- * usage: sbx-waiter COMMAND_R CHANNEL RELEASE_R EXEC_W
+ * Where init can start it directly (payload.spawn_waiter: posix_spawn, no copy of the
+ * interpreter at all), it first does the payload's set-up too, from a plan init writes on SETUP_R
+ * (protocol.Setup): ids, capabilities, securebits, no_new_privs, Landlock (RULESET, built by
+ * init), every other fd closed, then the seccomp filter, the same steps in payload.main's order.
+ *
+ * usage: sbx-waiter COMMAND_R CHANNEL RELEASE_R EXEC_W [SETUP_R RULESET]
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -60,7 +67,19 @@ enum {
 	SOL_SOCKET = 1, SCM_RIGHTS = 1, MSG_CMSG_CLOEXEC = 0x40000000,
 	PR_SET_NAME = 15, RLIMIT_CORE = 4,
 	PROT_RW = 3, MAP_PRIVATE_ANONYMOUS = 0x22,
+	/* linux.py's, for the set-up */
+	PR_SET_DUMPABLE = 4, PR_CAPBSET_DROP = 24, PR_SET_SECUREBITS = 28, PR_SET_NO_NEW_PRIVS = 38,
+	PR_CAP_AMBIENT = 47, PR_CAP_AMBIENT_CLEAR_ALL = 4, SECURE_ALL_LOCKED = 0xcf,
+	CLONE_NEWUSER = 0x10000000, SECCOMP_SET_MODE_FILTER = 1,
 };
+#ifndef __NR_landlock_restrict_self
+#define __NR_landlock_restrict_self 446 /* the same number on every architecture */
+#endif
+#ifndef __NR_close_range
+#define __NR_close_range 436
+#endif
+/* protocol.Setup's flags */
+enum { SETUP_NESTED_USERNS = 1, SETUP_SET_IDS = 2, SETUP_DUMPABLE = 4 };
 enum { EXIT_SBX = 125, EXIT_NOEXEC = 126, EXIT_NOTFOUND = 127 }; /* errors.py */
 #define MAX_FDS (3 + 64)             /* protocol.MAX_FDS */
 #define MAX_COMMAND (64u << 20)      /* far above what execve takes */
@@ -146,9 +165,11 @@ static _Noreturn void setup_failed(const char *what, long err)
 	leave(EXIT_SBX);
 }
 
+static const char *malformed_what = "the supervisor sent a malformed command";
+
 static _Noreturn void malformed(void)
 {
-	setup_failed("the supervisor sent a malformed command", 0);
+	setup_failed(malformed_what, 0);
 }
 
 static int read_exact(int fd, void *buf, size_t size)
@@ -390,20 +411,146 @@ static long exec_command(char **argv, char **envp)
 	return first ? first : last;
 }
 
+/* Write `text` to the file at `path` (a /proc/self id map), or fail. */
+static void write_file(const char *path, const char *text, size_t size)
+{
+	long fd = sys6(__NR_openat, AT_FDCWD, (long)path, O_WRONLY | O_CLOEXEC, 0, 0, 0);
+	if (fd < 0)
+		setup_failed(path, -fd);
+	long n = sys3(__NR_write, fd, text, size);
+	sys3(__NR_close, fd, 0, 0);
+	if (n < 0)
+		setup_failed(path, -n);
+	if ((size_t)n != size)
+		setup_failed(path, 5 /* EIO */);
+}
+
+/* "ID 0 1\n": map `id` here to our root (the caller) outside. */
+static size_t id_map(char *out, uint32_t id)
+{
+	char digits[12];
+	size_t n = 0, at = 0;
+	do
+		digits[n++] = (char)('0' + id % 10);
+	while ((id /= 10));
+	while (n)
+		out[at++] = digits[--n];
+	const char *tail = " 0 1\n";
+	while (*tail)
+		out[at++] = *tail++;
+	return at;
+}
+
+static void check(long r, const char *what)
+{
+	if (r < 0)
+		setup_failed(what, -r);
+}
+
+/* Close every fd from 3 up but those in keep[] (linux.close_fds_but). */
+static void close_all_but(int *keep, int nkeep)
+{
+	for (int i = 1; i < nkeep; i++) /* sort: a handful of fds */
+		for (int j = i; j > 0 && keep[j - 1] > keep[j]; j--) {
+			int t = keep[j];
+			keep[j] = keep[j - 1];
+			keep[j - 1] = t;
+		}
+	unsigned low = 3;
+	for (int i = 0; i < nkeep; i++) {
+		if (keep[i] < 3)
+			continue;
+		if ((unsigned)keep[i] > low)
+			check(sys3(__NR_close_range, low, keep[i] - 1, 0), "close_range");
+		low = (unsigned)keep[i] + 1;
+	}
+	check(sys3(__NR_close_range, low, ~0u, 0), "close_range");
+}
+
+/* payload.main's set-up, as protocol.Setup plans it: the same calls in the same order. */
+static void set_up(int setup_r, int ruleset, int *ours[], int nours)
+{
+	unsigned char header[8];
+	malformed_what = "init sent a malformed set-up";
+	if (read_exact(setup_r, header, sizeof header) < 0)
+		setup_failed("init's set-up was cut short", 0);
+	struct cursor c = {header, header + sizeof header};
+	uint64_t size = take(&c, 8);
+	if (size > (1u << 20))
+		malformed();
+	long mem = sys6(__NR_mmap, 0, (long)size + 1, PROT_RW, MAP_PRIVATE_ANONYMOUS, -1, 0);
+	if (mem < 0 && mem > -4096)
+		setup_failed("mmap", -mem);
+	unsigned char *body = (unsigned char *)mem;
+	if (read_exact(setup_r, body, size) < 0)
+		setup_failed("init's set-up was cut short", 0);
+	sys3(__NR_close, setup_r, 0, 0);
+	c = (struct cursor){body, body + size};
+	uint32_t flags = (uint32_t)take(&c, 4), uid = (uint32_t)take(&c, 4), gid = (uint32_t)take(&c, 4);
+	uint32_t last_cap = count(&c, 63);
+	char *workdir = string(&c);
+	uint32_t nprogram = count(&c, 4096 * 8); /* BPF_MAXINSNS instructions of 8 bytes */
+	const unsigned char *program = c.p;
+	if (nprogram % 8 || (size_t)(c.end - c.p) != nprogram)
+		malformed();
+	malformed_what = "the supervisor sent a malformed command";
+
+	if (flags & SETUP_DUMPABLE) /* our /proc files must be ours to write the id maps */
+		check(sys3(__NR_prctl, PR_SET_DUMPABLE, 1, 0), "prctl");
+	if (flags & SETUP_NESTED_USERNS) { /* payload._enter_nested_userns */
+		char map[32];
+		check(sys3(__NR_unshare, CLONE_NEWUSER, 0, 0), "unshare");
+		write_file("/proc/self/setgroups", "deny", 4);
+		write_file("/proc/self/uid_map", map, id_map(map, uid));
+		write_file("/proc/self/gid_map", map, id_map(map, gid));
+	}
+	check(sys3(__NR_chdir, workdir, 0, 0), workdir);
+	/* payload._drop_privileges */
+	for (uint32_t cap = 0; cap <= last_cap; cap++)
+		check(sys6(__NR_prctl, PR_CAPBSET_DROP, cap, 0, 0, 0, 0), "prctl");
+	check(sys6(__NR_prctl, PR_SET_SECUREBITS, SECURE_ALL_LOCKED, 0, 0, 0, 0), "prctl");
+	check(sys6(__NR_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0, 0), "prctl");
+	if (flags & SETUP_SET_IDS) {
+		check(sys3(__NR_setgroups, 0, 0, 0), "setgroups");
+		check(sys3(__NR_setresgid, gid, gid, gid), "setresgid");
+		check(sys3(__NR_setresuid, uid, uid, uid), "setresuid");
+	}
+	struct { uint32_t version; int pid; } cap_header = {0x20080522, 0}; /* _LINUX_CAPABILITY_VERSION_3 */
+	uint32_t cap_data[6] = {0};
+	check(sys3(__NR_capset, &cap_header, cap_data, 0), "capset");
+	check(sys6(__NR_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0), "prctl");
+	/* payload._fence: init built the ruleset; enforcing it needs no_new_privs */
+	if (ruleset >= 0) {
+		check(sys3(__NR_landlock_restrict_self, ruleset, 0, 0), "landlock_restrict_self");
+		sys3(__NR_close, ruleset, 0, 0);
+	}
+	int keep[8];
+	for (int k = 0; k < nours; k++)
+		keep[k] = *ours[k];
+	close_all_but(keep, nours);
+	if (nprogram) { /* seccomp.load, before the command wait (payload._filter_before_command) */
+		struct { uint16_t len; uint16_t pad[3]; const void *filter; } fprog = {(uint16_t)(nprogram / 8), {0}, program};
+		check(sys3(__NR_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fprog), "seccomp");
+	}
+}
+
 __attribute__((used)) _Noreturn void start(long *stack)
 {
 	long argc = stack[0];
 	char **argv = (char **)(stack + 1);
-	if (argc != 5)
+	if (argc != 5 && argc != 7)
 		leave(EXIT_SBX);
 	int command_r = number(argv[1]), channel = number(argv[2]), release_r = number(argv[3]);
 	exec_w = number(argv[4]);
+	int setup_r = argc == 7 ? number(argv[5]) : -1, ruleset = argc == 7 && argv[6][0] != '-' ? number(argv[6]) : -1;
 	/* Inherited across our own exec; close-on-exec again, so the command gets none of them. */
-	int *ours[] = {&command_r, &channel, &release_r, &exec_w};
-	for (int k = 0; k < 4; k++)
-		if (sys3(__NR_fcntl, *ours[k], F_SETFD, FD_CLOEXEC) < 0)
+	int *ours[] = {&command_r, &channel, &release_r, &exec_w, &setup_r, &ruleset};
+	for (int k = 0; k < 6; k++)
+		if (*ours[k] >= 0 && sys3(__NR_fcntl, *ours[k], F_SETFD, FD_CLOEXEC) < 0)
 			leave(EXIT_SBX);
 	sys3(__NR_prctl, PR_SET_NAME, "sbx-waiter", 0);
+	if (setup_r >= 0)
+		set_up(setup_r, ruleset, ours, 4);
 
 	unsigned char header[8];
 	if (read_exact(command_r, header, sizeof header) < 0)

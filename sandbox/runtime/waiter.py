@@ -1,11 +1,12 @@
-"""sbx-waiter, the compiled end of a warm payload (waiter.c): where it is, and when it is used.
+"""sbx-waiter, the compiled payload (waiter.c): where it is, and when it is used.
 
-A payload waits for its command (a warm sandbox is built before it is known).  The command's
-execve then tears down the payload's address space, a copy of the interpreter: ~0.9 ms on every
-warm run's path (bench/floor.py), and counted in the run cgroup's CPU figure.  So where the
-program was built (setup.py, where a C compiler is), the payload does all the shape decides in
-Python, then execs the waiter, which does the rest (payload.py's steps after the command wait)
-from a few pages.
+A payload waits for its command (a warm sandbox is built before it is known).  A payload forked
+from init is a copy of the interpreter: the fork, its copy-on-write faults, and the teardown at
+the command's execve cost ~2 ms of CPU per sandbox (bench/floor.py), ~0.9 ms of it on every
+warm run's path and in the run cgroup's CPU figure.  So where the program was built (setup.py,
+where a C compiler is), init starts it directly (payload.spawn_waiter: posix_spawn) and it does
+the payload's set-up from init's plan, then the steps after the command wait, from a few pages.
+Where init cannot spawn it, the forked Python payload does the set-up and then execs it.
 
 The Runner's zygote copies the program into a sealed memfd once (open_program; `sbx run` once
 per run, spawn.Prepared.start), and the sandboxes exec that: the installed file lies outside the sandbox's root, where Landlock would not
@@ -26,9 +27,10 @@ SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "waiter.c")
 CFLAGS = ("-Os", "-std=gnu11", "-Wall", "-ffreestanding", "-static", "-nostdlib", "-fno-stack-protector", "-fno-pie",
           "-no-pie", "-fno-asynchronous-unwind-tables", "-Wl,--build-id=none", "-s")
 
-# Every system call the waiter makes from its exec on (it has no libc; execveat is the payload's,
-# to start it).  A seccomp filter loaded before the command wait that denies one of these keeps
-# the payload in Python (payload.waits_in_waiter).
+# Every system call the waiter makes under the filter: from its exec on where the Python payload
+# loaded it (execveat is that payload's, to start it), after its own set-up where it loads it
+# itself (it has no libc).  A seccomp filter loaded before the command wait that denies one of
+# these keeps the payload in Python (payload.waits_in_waiter).
 CALLS = frozenset(("execve", "execveat", "prctl", "fcntl", "read", "write", "close", "mmap", "recvmsg", "dup3",
                    "openat", "prlimit64", "sendmsg", "exit_group"))
 
