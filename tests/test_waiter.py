@@ -362,7 +362,8 @@ def set_up_run(build: Build, command: Command, fds: tuple[int, ...], setup: byte
     return r.finish(release=ready)
 
 
-STATUS = "grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp):' /proc/self/status; id -u; id -g; pwd; ls /proc/self/fd"
+STATUS = ("grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp):' /proc/self/status; "
+          "id -u; id -g; pwd; ls /proc/self/fd")
 
 
 def status_of(out: Path) -> tuple[dict[str, str], list[str]]:

@@ -102,10 +102,26 @@ else:
     def _eq(self, other):
         if other.__class__ is not self.__class__:
             return NotImplemented
+        if self.__class__.__hash__ is _hash:
+            # The instances' dicts hold their fields and, once hashed, the hash: compared in C.
+            try:
+                return hash(self) == hash(other) and self.__dict__ == other.__dict__
+            except TypeError:
+                pass  # a field that cannot be hashed (a dict): field by field
         return _key(self) == _key(other)
 
     def _hash(self):
-        return hash(_key(self))
+        # Cached: a run's Spec is a key of the Runner's and the pool's dicts several times a run,
+        # and hashing it afresh walks every nested spec (its mounts, limits, ...) each time.
+        cached = self.__dict__.get("__sbx_hash__")
+        if cached is None:
+            cached = hash(_key(self))
+            object.__setattr__(self, "__sbx_hash__", cached)
+        return cached
+
+    def _getstate(self):
+        # Without the cached hash: a string's hash differs in another process (the zygote).
+        return {n: getattr(self, n) for n in self.__sbx_fields__}
 
     def _setattr(self, name, value):
         raise FrozenInstanceError(f"cannot assign to field {name!r}")
@@ -126,6 +142,7 @@ else:
                 cls.__setattr__ = _setattr
                 cls.__delattr__ = _delattr
                 cls.__hash__ = _hash
+                cls.__getstate__ = _getstate
             else:
                 cls.__hash__ = None
             return cls

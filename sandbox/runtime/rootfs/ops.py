@@ -131,7 +131,7 @@ class Op:
 
     def describe(self) -> str:
         rest = " ".join(f"{name}={oct(value) if name == 'mode' and isinstance(value, int) else repr(value)}"
-                        for name, value in vars(self).items() if name != "target")
+                        for name, value in vars(self).items() if name != "target" and not name.startswith("__"))
         return f"{type(self).__name__} {self.target} {rest}".rstrip()
 
 
