@@ -285,6 +285,56 @@ def test_broker_restart_mid_batch(redis: Redis, workers: list[Worker], tmp_path:
     assert worker.proc.poll() is None, "".join(worker.lines)
 
 
+def test_delivery_acknowledged_while_broker_away(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What stopped a worker for good after a restart (the batch above then never ended): kombu's
+    Redis QoS kept a message whose acknowledgement failed, holding the consumer's one prefetch slot."""
+    from kombu import Connection
+    from kombu.transport import redis as kombu_redis
+
+    from sandbox.cluster.worker import keep_deliveries
+
+    monkeypatch.setattr(kombu_redis.Channel, "QoS", kombu_redis.Channel.QoS)  # kombu's own again afterwards
+    keep_deliveries()
+    with Connection(redis.url) as connection:
+        queue = connection.SimpleQueue("acked-while-away")
+        queue.put({"run": 1})
+        message = queue.get(timeout=10)
+        qos = queue.channel.qos
+        qos.prefetch_count = 1  # the worker's (prefetch multiplier 1, one process)
+        assert not qos.can_consume()
+        redis.stop()
+        with pytest.raises(connection.connection_errors):
+            message.ack()
+        assert qos.can_consume()  # the worker takes the next run once Redis is back
+        redis.start()
+        import redis as redis_py
+
+        broker = redis_py.Redis.from_url(redis.url)
+        assert broker.hlen("unacked") == 1  # still Redis's to give out again (the visibility timeout)
+        broker.close()
+        queue.close()
+
+
+def test_message_lost_in_broker_restart(redis: Redis, workers: list[Worker], tmp_path: Path) -> None:
+    """A message Redis took off the queue for a worker (BRPOP) but whose reply the restart lost is
+    nowhere; the client sends that run again under its task id."""
+    import redis as redis_py
+
+    from sandbox.cluster import Client
+
+    with Client(redis.url) as cluster:
+        pending = [cluster.submit({"argv": ["sh", "-c", f"echo {i}"]}) for i in range(3)]
+        broker = redis_py.Redis.from_url(redis.url)
+        lost = broker.lindex("sbx", -2)  # the second one out
+        assert lost is not None and json.loads(lost)["headers"]["id"] == pending[1].id
+        assert broker.lrem("sbx", 1, lost) == 1
+        broker.close()
+        redis.stop()
+        redis.start()
+        start(workers, redis, tmp_path, "w")
+        assert [p.result(60).stdout for p in pending] == [b"0\n", b"1\n", b"2\n"]
+
+
 def test_client_api(redis: Redis, workers: list[Worker], tmp_path: Path) -> None:
     import redis as redis_py
 

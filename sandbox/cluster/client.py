@@ -16,12 +16,18 @@ str, a path on the worker.  Errors are typed as in the API (UsageError,
 ProfileError, SetupError, BoxError, ImageError), raised when the answer is
 read; ClusterError when the broker cannot be reached or an answer is
 unusable, RunTimeout when `timeout` passes first.
+
+Through a broker restart: an answer announced while the client's connection
+was down is read directly (CHECK), and a run whose message the restart lost
+is sent again (Client.recover).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import time
+import weakref
 
 from ..errors import SbxError, UsageError
 from . import jobs
@@ -35,6 +41,7 @@ if TYPE_CHECKING:
 
     from celery import Celery
     from celery.result import AsyncResult
+    from redis import Redis
 
     from ..model.result import Result
     from .blobs import RedisBlobs
@@ -42,6 +49,8 @@ if TYPE_CHECKING:
 WINDOW = 1000        # runs submitted ahead of the one whose answer is awaited
 RECONNECT = 60.0     # seconds to keep trying while the broker is away
 CHECK = 5.0          # seconds between reading an awaited answer directly (pub/sub may have missed it)
+RESEND_GAP = 1.0     # seconds between the two looks that find a run's message lost
+UNACKED = "unacked"  # kombu's Redis hash of delivered, unacknowledged messages
 SPEC_KEYWORDS = ("profile", "options", "limits", "env", "volumes", "workdir", "image", "network")
 
 
@@ -94,12 +103,23 @@ def raise_error(error: Mapping[str, object]) -> None:
     raise kinds.get(str(error.get("type")), SbxError)(str(error.get("message", "")))
 
 
+def message_id(raw: bytes, delivered: bool = False) -> object:
+    """The task id of a message as kombu keeps it in Redis: queued, the message; delivered,
+    [message, exchange, routing key]."""
+    try:
+        message = json.loads(raw)
+        return (message[0] if delivered else message)["headers"]["id"]
+    except (ValueError, LookupError, TypeError):
+        return None
+
+
 class Pending:
     """A submitted run; answer() waits for it."""
 
-    def __init__(self, client: Client, async_result: AsyncResult) -> None:
+    def __init__(self, client: Client, async_result: AsyncResult, job: dict[str, object]) -> None:
         self.client = client
         self.async_result = async_result
+        self.job = job  # sent again should a broker restart lose its message
 
     @property
     def id(self) -> str:
@@ -107,33 +127,45 @@ class Pending:
 
     def answer(self, timeout: float | None = None) -> dict[str, object]:
         """The worker's answer (jobs.py), checked; waits through broker restarts for up to RECONNECT s each."""
-        from celery.exceptions import TimeoutError as CeleryTimeout
-
         deadline = None if timeout is None else time.monotonic() + timeout
         lost = 0.0
         while True:
             left = CHECK if deadline is None else min(CHECK, max(0.0, deadline - time.monotonic()))
             try:
-                value = self.async_result.get(timeout=left, propagate=False, interval=0.05)
-                state = self.async_result.state
-                break
-            except CeleryTimeout:
-                # Answers are announced on a pub/sub channel: one announced while the connection
-                # was down (a broker restart) is only seen by reading it.
-                meta = self.client.app.backend.get_task_meta(self.id)
-                if meta.get("status") in ("SUCCESS", "FAILURE", "REVOKED"):
-                    value, state = meta.get("result"), meta["status"]
-                    break
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise RunTimeout(f"run {self.id}: no answer within {timeout:g}s") from None
+                done = self._wait(left)
             except Exception as exc:  # the broker or backend went away: wait for it to come back
                 lost = self.client.outage(exc, lost, f"the broker has been unreachable for {RECONNECT:g}s")
+                continue
+            lost = 0.0
+            if done is not None:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise RunTimeout(f"run {self.id}: no answer within {timeout:g}s")
+        self.client.unanswered.pop(self.id, None)
+        value, state = done
         if state != "SUCCESS":
             raise ClusterError(f"run {self.id}: the worker failed ({state}): {str(value)[:200]}")
         try:
             return jobs.check_answer(value)
         except jobs.JobError as exc:
             raise ClusterError(f"run {self.id}: {exc}") from None
+
+    def _wait(self, seconds: float) -> tuple[object, str] | None:
+        """(answer, state) if the answer comes within about `seconds`, else None."""
+        from celery.exceptions import TimeoutError as CeleryTimeout
+
+        try:
+            value = self.async_result.get(timeout=seconds, propagate=False, interval=0.05)
+            return value, str(self.async_result.state)
+        except CeleryTimeout:
+            pass
+        # Answers are announced on a pub/sub channel: one announced while the connection
+        # was down (a broker restart) is only seen by reading it.
+        meta = self.client.app.backend.get_task_meta(self.id)
+        if meta.get("status") in ("SUCCESS", "FAILURE", "REVOKED"):
+            return meta.get("result"), str(meta["status"])
+        self.client.recover()
+        return None
 
     def result(self, timeout: float | None = None) -> Result:
         answer = self.answer(timeout)
@@ -156,6 +188,9 @@ class Client:
         self.queue = queue
         self.app: Celery = make_app(broker, backend)
         self._blobs: RedisBlobs | None = None
+        self._broker: Redis | None = None   # for the broker's run id, the queue and delivered messages
+        self._run: str | None = None        # the broker's run id when last recovered (or first sent to)
+        self.unanswered: weakref.WeakValueDictionary[str, Pending] = weakref.WeakValueDictionary()
 
     def __enter__(self) -> Client:
         return self
@@ -166,6 +201,8 @@ class Client:
     def close(self) -> None:
         if self._blobs is not None:
             self._blobs.close()
+        if self._broker is not None:
+            self._broker.close()
         self.app.close()
 
     def outage(self, exc: Exception, since: float, what: str) -> float:
@@ -173,7 +210,8 @@ class Client:
         if it is no connection error; ClusterError ("`what`: exc") once RECONNECT s have passed."""
         errors = (*self.app.connection_for_write().connection_errors, *self.app.backend.connection_errors,
                   ConnectionError, OSError)
-        if not isinstance(exc, errors):
+        # Celery's result consumer gives up on its own reconnection with a RuntimeError, from the error.
+        if not isinstance(exc, errors) and not isinstance(exc.__cause__, errors):
             raise exc
         now = time.monotonic()
         if since and now - since > RECONNECT:
@@ -198,10 +236,56 @@ class Client:
         lost = 0.0
         while True:
             try:
+                if self._run is None:
+                    self._run = self.broker_run()
                 sent = self.app.send_task(TASK, args=[checked], task_id=task_id, queue=self.queue)
-                return Pending(self, sent)
+                pending = self.unanswered[task_id] = Pending(self, sent, checked)
+                return pending
             except Exception as exc:
                 lost = self.outage(exc, lost, f"cannot reach the broker {self.broker}")
+
+    def broker_run(self) -> str:
+        """The broker's run id: Redis makes a new one each time it starts."""
+        if self._broker is None:
+            import redis
+
+            self._broker = redis.Redis.from_url(self.broker)
+        return str(self._broker.info("server").get("run_id", ""))
+
+    def recover(self) -> None:
+        """Send again the runs of this client whose message the broker lost in a restart.
+
+        A worker takes a message off the queue (BRPOP), then records it as delivered; Redis going
+        down between the two, or before its reply reached the worker, loses the message.  Once
+        after each restart (a new run id), an unanswered run found neither queued, nor delivered,
+        nor answered, twice RESEND_GAP apart, is sent again under its task id (answered once for
+        all its messages, worker.py)."""
+        run = self.broker_run()
+        if run == self._run:
+            return
+        lost = self._nowhere(list(self.unanswered.values()))
+        if lost:
+            time.sleep(RESEND_GAP)  # a worker between taking a message and recording it
+            lost = self._nowhere(lost)
+        for pending in lost:
+            self.app.send_task(TASK, args=[pending.job], task_id=pending.id, queue=self.queue)
+        self._run = run
+
+    def _nowhere(self, pendings: list[Pending]) -> list[Pending]:
+        """Those of `pendings` whose message is neither queued nor delivered, and that have no answer."""
+        assert self._broker is not None
+        with self._broker.pipeline(transaction=True) as pipe:  # both at one moment: a message moves atomically
+            pipe.lrange(self.queue, 0, -1)
+            pipe.hvals(UNACKED)
+            queued, delivered = pipe.execute()
+        seen = {message_id(raw) for raw in queued} | {message_id(raw, delivered=True) for raw in delivered}
+        rest = [pending for pending in pendings if pending.id not in seen]
+        if not rest:
+            return []
+        # Read after the broker: a worker stores an answer before it acknowledges the message.
+        backend = self.app.backend
+        answers = backend.client.mget([backend.get_key_for_task(pending.id) for pending in rest])
+        return [pending for pending, answer in zip(rest, answers) if answer is None]
 
     def run(self, argv: Iterable[str], *, stdin: object = None, files: Mapping[str, object] | None = None,
             capture_limit: int = jobs.CAPTURE, timeout: float | None = None, **spec_args: object) -> Result:

@@ -19,6 +19,14 @@ after the run, or the broker came back from a restart) finds the stored
 answer and returns it without running again; a message delivered more than
 MAX_DELIVERIES times (each delivery killed its worker: a poisoned job) is
 answered XX without running.
+
+A broker restart: kombu's Redis transport records a delivered message in
+Redis (its "unacked" hash), then in the consumer's memory, and forgets it in
+the same order.  A connection error in between lost the message (delivered)
+or kept it in memory for good (acknowledged): it held the consumer's one
+prefetch slot and the worker took no more runs.  keep_deliveries() keeps the
+memory side going; Redis, which still has such a message as unacknowledged,
+gives it out again after the visibility timeout, answered from the stored answer.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ from . import jobs
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from celery import Celery, Task
 
     from ..warm.api import Runner
@@ -40,6 +50,7 @@ if TYPE_CHECKING:
 DEFAULT_CEILING = 600.0   # seconds of wall time for workers whose profile sets none
 MARGIN = 15.0             # visibility timeout = ceiling + this (a delivered run starts at once: prefetch 1)
 MAX_DELIVERIES = 3
+OUTAGE = 60               # retries, a second apart, of the delivery count while Redis is away
 DELIVERIES = "sbx:deliveries:"
 
 
@@ -233,6 +244,40 @@ class Process:
             os.close(fd)
 
 
+def keep_deliveries() -> None:
+    """kombu's Redis consumers (this process's), their memory of deliveries kept through a broker restart."""
+    from kombu.transport import redis, virtual
+
+    # kombu's methods are untyped: called through these.
+    recorded: Any = redis.QoS   # in Redis, then in memory
+    local: Any = virtual.QoS    # in memory only
+
+    class KeptQoS(redis.QoS):
+        def append(self, message: Any, delivery_tag: Any) -> None:
+            try:
+                recorded.append(self, message, delivery_tag)
+            except self.channel.connection_errors:
+                # Off the queue already (BRPOP): run it, though unrecorded it is not given out
+                # again should this worker die.
+                local.append(self, message, delivery_tag)
+
+        def ack(self, delivery_tag: Any) -> None:
+            try:
+                recorded.ack(self, delivery_tag)
+            except self.channel.connection_errors:
+                local.ack(self, delivery_tag)  # its prefetch slot free; Redis gives it out again
+                raise  # for Celery's "Couldn't ack"
+
+        def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+            try:
+                recorded.reject(self, delivery_tag, requeue)
+            except self.channel.connection_errors:
+                local.ack(self, delivery_tag)
+                raise
+
+    redis.Channel.QoS = KeptQoS
+
+
 def install(app: Celery, settings: Settings) -> None:
     """Register the task and the pool processes' start and end on `app`."""
     from billiard.process import current_process
@@ -248,6 +293,7 @@ def install(app: Celery, settings: Settings) -> None:
         if process is not None:
             process.close()
 
+    keep_deliveries()
     worker_process_init.connect(start, weak=False)
     worker_process_shutdown.connect(stop, weak=False)
 
@@ -259,9 +305,11 @@ def install(app: Celery, settings: Settings) -> None:
         stored = task.backend.get_task_meta(task_id)
         if stored.get("status") == "SUCCESS" and isinstance(stored.get("result"), dict):
             return dict(stored["result"])  # delivered again: answered already
-        client = task.backend.client
-        deliveries = int(client.incr(DELIVERIES + task_id))
-        client.expire(DELIVERIES + task_id, RESULT_EXPIRES)
+        client, ensure = task.backend.client, task.backend.ensure
+        # Through a broker restart (the stored answer's read above retries on its own): a connection
+        # error raised here would answer the run with a Celery failure instead of running it.
+        deliveries = int(ensure(client.incr, (DELIVERIES + task_id,), max_retries=OUTAGE))
+        ensure(client.expire, (DELIVERIES + task_id, RESULT_EXPIRES), max_retries=OUTAGE)
         if deliveries > MAX_DELIVERIES:
             return jobs.answer_error(worker, jobs.JobError(
                 f"delivered {deliveries} times: each time its worker died (a poisoned job?)"))
