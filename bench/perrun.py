@@ -17,8 +17,11 @@ reaped (a sandbox's whole tree, since each of its processes reaps its own childr
     half as many each, both timed whole (sbx's start-up and fork server included).
 (c) warm: `sandbox.Runner().run(["/bin/true"])` in this process, after an --idle ms gap (the
     pool has prepared the next sandbox) and back to back (right after the first), against a
-    cold bubblewrap run and against /bin/true spawned bare; CPU per warm run is this
-    process's (getrusage RUSAGE_SELF) plus its fork server's with the sandboxes it reaped.
+    cold bubblewrap run and against /bin/true spawned bare; then sustained: a stream of
+    --runs runs with no gap, where the pool's stock is soon used up and each run waits for
+    (or competes with) the building of the next: the per-run latency a caller feeding runs
+    without pause sees.  CPU per warm run is that stream's: this process's (getrusage
+    RUSAGE_SELF) plus its fork server's with the sandboxes it reaped.
 stamps: where the time goes, per step (SBX_STAMPS, sandbox/runtime/stamps.py), median of
     --stamps runs: a cold `sbx run` (from its spawn) and a warm API run (from execute()).
 --baseline DIR: another checkout of sbx (an earlier commit, say) measured in the same rounds
@@ -272,26 +275,26 @@ def warm(launcher: Launcher, bwrap: list[str], runs: int, idle: float, env: dict
             time.sleep(idle)  # the pool's refill and reaping are done
             times["warm after idle"].append(one())
             times["warm back to back"].append(one())
-        # CPU per warm run: back to back, this process and the fork server with the sandboxes it reaped.
+        # Sustained, and its CPU per run: this process and the fork server with the sandboxes it reaped.
         time.sleep(idle)
         zygote = getattr(getattr(getattr(runner.pool, "zygote", None), "process", None), "pid", None)
         before = self_cpu() + (process_ticks(zygote) if zygote else 0.0)
-        for _ in range(runs):
-            one()
+        stream = [one() for _ in range(runs)]
         time.sleep(max(idle, 0.5))  # the fork server reaps its entry processes every 200 ms
         after = self_cpu() + (process_ticks(zygote) if zygote else 0.0)
+        times["warm sustained"] = stream[runs // 10:]  # past the stock prepared during the idle gap
     print(f"\n(c) warm latency, {runs} alternating rounds, idle {idle * 1000:g} ms   wall ms median [p25 p75]")
     for name, samples in times.items():
         print(f"    {name:24} {spread(samples)}")
     b = statistics.median(times["bwrap /bin/true (cold)"])
     bare = statistics.median(times["bare /bin/true"])
-    for name in ("warm after idle", "warm back to back"):
+    for name in ("warm after idle", "warm back to back", "warm sustained"):
         m = statistics.median(times[name])
         over = m - bare
         print(f"    {name:24} total/bwrap {m / b:5.2f}   overhead (less bare) /bwrap {over / b:5.2f} "
               f"(goal <= {GOAL_WARM}: {verdict(over / b <= GOAL_WARM)})")
     cpu_note = "" if zygote else " (fork server not found: this process only)"
-    print(f"    CPU per warm run (back to back) {(after - before) / runs * 1000:6.2f} ms{cpu_note}")
+    print(f"    CPU per warm run (sustained) {(after - before) / runs * 1000:6.2f} ms{cpu_note}")
 
 
 # -- stamps ----------------------------------------------------------------------------------------
