@@ -342,6 +342,7 @@ def warm(launcher: Launcher, bwrap: list[str], runs: int, idle: float, env: dict
         for _ in range(3):
             one()
         for _ in range(runs):
+            time.sleep(idle)  # the yardsticks too run on a quiet machine, not beside the pool's refill
             times["bwrap /bin/true (cold)"].append(launcher.run(bwrap)[0])
             times["bare /bin/true"].append(launcher.run(["/bin/true"])[0])
             time.sleep(idle)  # the pool's refill and reaping are done
