@@ -4,8 +4,10 @@ A run's sandbox depends on its shape (image, mounts, network, ids, sizes:
 supervisor.shape_of), not on its command, limits or files.  After a run of a
 shape, the pool's thread builds the next sandbox of that shape (namespaces,
 root, a payload waiting for its command) while the caller does something
-else.  Each sandbox still serves exactly one run: nothing is reused between
-runs but the interpreter and what the Runner caches.
+else: at once if none of that shape is left ready, else once no run of it has
+started or ended for REFILL_AFTER, so a run that follows another at once does
+not share the CPU with that build.  Each sandbox still serves exactly one run: nothing is
+reused between runs but the interpreter and what the Runner caches.
 
 Sandboxes are forked by a zygote (zygote.py), never by the caller's process.
 The pool's thread starts the zygote and lives as long as the pool, so the
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 from ..errors import SbxError, SetupError
 from ..runtime.spawn import Prepared
@@ -45,6 +48,11 @@ if TYPE_CHECKING:
 
 # A shape not asked for in this many runs of others loses its prepared sandboxes.
 STALE_AFTER = 64
+# A shape that still has a sandbox ready is topped up only once none of its runs has started or
+# ended for this long (seconds): a run that follows another at once then has the CPUs to itself,
+# not shared with the building of the next sandbox; the first lull builds it.  One with none
+# ready is refilled at once.
+REFILL_AFTER = 0.005
 
 Entry = tuple[int, int, int]  # st_dev, st_ino, file type (stat.S_IFMT)
 Identity = tuple[Entry | None, ...]  # None: that path does not exist
@@ -193,6 +201,7 @@ class Pool:
         self.cond = threading.Condition()
         self.ready: dict[Spec, list[Prepared]] = {}
         self.wanted: dict[Spec, int] = {}  # shape -> when it was last asked for
+        self.active: dict[Spec, float] = {}  # shape -> when a run of it last started or ended (monotonic)
         self.clock = 0
         self.zombies: list[Prepared] = []
         self.failed: set[Spec] = set()  # shapes not prepared ahead (it failed, or their paths cannot be checked)
@@ -208,12 +217,14 @@ class Pool:
 
         One being prepared right now is waited for: it is further along than a cold start.
         The pool refills after the run (done()), not now: a fork of this process and a root
-        being built would compete with the run for the CPU and the GIL.
+        being built would compete with the run for the CPU and the GIL (and while one is left
+        ready, only after a lull of REFILL_AFTER: _wanting).
         """
         with self.cond:
             self.clock += 1
             known = shape in self.wanted
             self.wanted[shape] = self.clock
+            self.active[shape] = time.monotonic()
             if not known:
                 self.cond.notify()  # a new shape: start preparing it for the next run
         paths = bound_paths(shape)
@@ -249,6 +260,8 @@ class Pool:
     def done(self, prepared: Prepared | None) -> None:
         """After a run: refill, and reap its sandbox (its entry process may still be exiting)."""
         with self.cond:
+            if prepared is not None and prepared.shape in self.wanted:
+                self.active[prepared.shape] = time.monotonic()
             if prepared is not None and not prepared.reaped:
                 if self.closed:
                     prepared.forget()  # the zygote reaps it; nobody waits for it now
@@ -323,19 +336,29 @@ class Pool:
         if zygote is not None:
             zygote.close()
 
-    def _wanting(self) -> list[Spec]:
-        """One entry per sandbox to build now, each shape up to `depth` ready or being built."""
+    def _wanting(self) -> tuple[list[Spec], float | None]:
+        """One entry per sandbox to build now, each shape up to `depth` ready or being built, and
+        the seconds until a shape held back (REFILL_AFTER) may be topped up (None: none is)."""
         for shape, last in list(self.wanted.items()):
             if self.clock - last > STALE_AFTER:
                 del self.wanted[shape]
+                self.active.pop(shape, None)
                 for prepared in self.ready.pop(shape, []):
                     self.zombies.append(prepared)
         wanting = []
+        now = time.monotonic()
+        wake: float | None = None
         for shape in self.wanted:
             if shape not in self.failed:
                 have = len(self.ready.get(shape, ())) + self.preparing.get(shape, 0)
-                wanting += [shape] * max(self.depth - have, 0)
-        return wanting
+                if have >= self.depth:
+                    continue
+                held = self.active.get(shape, 0.0) + REFILL_AFTER - now
+                if have and held > 0:
+                    wake = held if wake is None else min(wake, held)
+                    continue
+                wanting += [shape] * (self.depth - have)
+        return wanting, wake
 
     def _loop(self) -> None:
         try:
@@ -352,12 +375,12 @@ class Pool:
                     if self.closed:
                         break
                     zombies, self.zombies = self.zombies, []
-                    shapes = self._wanting()
+                    shapes, wake = self._wanting()
                     for shape in shapes:
                         self.preparing[shape] = self.preparing.get(shape, 0) + 1
                     if zombies or shapes:
                         break
-                    self.cond.wait()
+                    self.cond.wait(wake)
                 if self.closed:
                     break
             # Fork them all first: each builds its root in its own processes, in parallel.
