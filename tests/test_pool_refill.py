@@ -36,6 +36,16 @@ def run_true(runner: Runner) -> None:
     assert result.verdict == "OK", result
 
 
+def fill(runner: Runner, monkeypatch: pytest.MonkeyPatch) -> Spec:
+    """The `true` shape, once the pool holds two of it.  With no pause meanwhile: the shape's first
+    run may take one of the two being built, and the other must not then wait for a pause."""
+    monkeypatch.setattr(pool_mod, "REFILL_AFTER", 0.0)
+    shape = true_shape(runner)
+    run_true(runner)
+    wait_stock(runner, shape, 2)
+    return shape
+
+
 def counts(runner: Runner, shape: Spec) -> tuple[int, int]:
     """(ready, being built) sandboxes of the shape."""
     pool = runner.pool
@@ -46,12 +56,10 @@ def counts(runner: Runner, shape: Spec) -> tuple[int, int]:
 
 def test_a_shape_with_one_ready_is_topped_up_only_after_the_pause(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pool_mod, "REFILL_AFTER", 4.0)
     with Runner(root=str(tmp_path / "store")) as runner:
         assert runner.pool is not None and runner.pool.depth == 2
-        shape = true_shape(runner)
-        run_true(runner)  # the shape's first run: the pool builds two
-        wait_stock(runner, shape, 2)
+        shape = fill(runner, monkeypatch)
+        monkeypatch.setattr(pool_mod, "REFILL_AFTER", 4.0)
         started = time.monotonic()
         run_true(runner)  # takes one, one is left
         assert counts(runner, shape) == (1, 0)  # nothing built while the next run may follow
@@ -64,25 +72,21 @@ def test_a_shape_with_one_ready_is_topped_up_only_after_the_pause(tmp_path: Path
 def test_back_to_back_runs_take_ready_sandboxes_and_the_last_one_is_replaced_at_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A pause no test waits out: a refill within it comes from the "none ready" rule alone.
-    monkeypatch.setattr(pool_mod, "REFILL_AFTER", 3600.0)
     with Runner(root=str(tmp_path / "store")) as runner:
-        shape = true_shape(runner)
-        run_true(runner)
-        wait_stock(runner, shape, 2)
+        shape = fill(runner, monkeypatch)
+        monkeypatch.setattr(pool_mod, "REFILL_AFTER", 3600.0)
         run_true(runner)
         run_true(runner)  # the last one ready: none left
         wait_stock(runner, shape, 2, timeout=30)
         run_true(runner)
+        time.sleep(0.5)  # time enough for a refill to start, had one been asked for
         assert counts(runner, shape) == (1, 0)
 
 
 def test_without_the_pause_a_run_is_replaced_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The control: with no pause the pool is back at two after every run."""
-    monkeypatch.setattr(pool_mod, "REFILL_AFTER", 0.0)
     with Runner(root=str(tmp_path / "store")) as runner:
-        shape = true_shape(runner)
-        run_true(runner)
-        wait_stock(runner, shape, 2)
+        shape = fill(runner, monkeypatch)
         for _ in range(3):
             run_true(runner)
             wait_stock(runner, shape, 2, timeout=30)

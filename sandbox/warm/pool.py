@@ -6,8 +6,8 @@ shape, the pool's thread builds the next sandbox of that shape (namespaces,
 root, a payload waiting for its command) while the caller does something
 else: at once if none of that shape is left ready, else once no run of it has
 started or ended for REFILL_AFTER, so a run that follows another at once does
-not share the CPU with that build.  Each sandbox still serves exactly one run: nothing is
-reused between runs but the interpreter and what the Runner caches.
+not share the CPU with that build.  Each sandbox still serves exactly one run:
+nothing is reused between runs but the interpreter and what the Runner caches.
 
 Sandboxes are forked by a zygote (zygote.py), never by the caller's process.
 The pool's thread starts the zygote and lives as long as the pool, so the
