@@ -124,14 +124,16 @@ def supervise_run(prepared: Prepared, spec: Spec, inner: Spec, streams: Streams,
             if cgroup is None and spec.limits.memory is not None:
                 _force_shm_removal(prepared.init_pid)  # before the release: SysV memory the census sees
             start = time.monotonic()
+            if stamps is not None:
+                # Before the write: the payload it wakes may take this CPU until it has exec'd,
+                # and a stamp after it would count that as the release's own cost.
+                stamps.stamp("released")
             try:
                 os.write(prepared.release_w, RELEASE)
             except BrokenPipeError:
                 pass  # a forwarded signal ended the payload first; init reports how it died
             os.close(prepared.release_w)
             prepared.release_w = -1
-            if stamps is not None:
-                stamps.stamp("released")
             exec_outcome = _await_exec(prepared.exec_r)
             if stamps is not None:
                 stamps.stamp("exec")
